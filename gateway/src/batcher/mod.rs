@@ -1,0 +1,400 @@
+//! The dynamic batcher of one model version: a bounded queue shared by the
+//! version's instance threads. Each instance thread owns one backend
+//! session; when free it asks the policy for the next batch, concatenates
+//! the requests along the batch dimension, runs the engine, and splits the
+//! outputs back. The HTTP side only pushes jobs and awaits their answers.
+
+pub mod policy;
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::backend::{Backend, BackendError};
+use crate::error::InferError;
+use crate::metrics::VersionMetrics;
+use crate::model::ModelSpec;
+use crate::tensor::{Tensor, TensorData, element_count};
+use policy::{BatchLimits, BatchQueue, Dropped, Next, Queued};
+
+/// The answer to one job.
+#[derive(Debug)]
+pub struct JobOutput {
+    /// Every model output, in the model's order, cut to this job's rows.
+    pub outputs: Vec<Tensor>,
+    pub queue_time: Duration,
+    pub compute_time: Duration,
+    /// Rows in the batch this job ran in.
+    pub batch_rows: usize,
+}
+
+pub type Reply = Result<JobOutput, InferError>;
+
+/// One admitted request waiting for the model.
+pub struct Job {
+    /// In the model's input order, already checked against its spec.
+    pub inputs: Vec<Tensor>,
+    pub rows: usize,
+    pub enqueued_at: Instant,
+    pub deadline: Option<Instant>,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+impl Queued for Job {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn enqueued_at(&self) -> Instant {
+        self.enqueued_at
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn fits_with(&self, head: &Self) -> bool {
+        self.inputs.iter().zip(&head.inputs).all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+    }
+}
+
+struct State {
+    queue: BatchQueue<Job>,
+    /// Instances running a batch now.
+    busy: usize,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    spec: Arc<ModelSpec>,
+    metrics: VersionMetrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock is a bug elsewhere; the queue's
+        // contents are still consistent, so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a job was not queued; the job comes back so its reply can be used.
+pub enum Rejected {
+    Full(Job),
+    Closed(Job),
+}
+
+pub struct Batcher {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Batcher {
+    /// Starts one thread per backend (model instance).
+    pub fn start(
+        spec: Arc<ModelSpec>,
+        backends: Vec<Box<dyn Backend>>,
+        limits: BatchLimits,
+        metrics: VersionMetrics,
+    ) -> std::io::Result<Batcher> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { queue: BatchQueue::new(limits), busy: 0, closed: false }),
+            wake: Condvar::new(),
+            spec,
+            metrics,
+        });
+        let mut threads = Vec::with_capacity(backends.len());
+        for (i, backend) in backends.into_iter().enumerate() {
+            let mine = Arc::clone(&shared);
+            let name = format!("quiver-{}-v{}-{i}", shared.spec.name, shared.spec.version);
+            let thread = std::thread::Builder::new().name(name).spawn(move || instance_loop(&mine, backend));
+            match thread {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    let b = Batcher { shared, threads: Mutex::new(threads) };
+                    b.close();
+                    b.join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Batcher { shared, threads: Mutex::new(threads) })
+    }
+
+    /// Queues `job`; a full queue hands it back at once.
+    pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(Rejected::Closed(job));
+        }
+        state.queue.push(job).map_err(Rejected::Full)?;
+        self.shared.metrics.queue_depth.set(state.queue.len() as f64);
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shared.lock().queue.limits().capacity
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Stops taking jobs. Queued jobs still run; the threads end once the
+    /// queue is empty.
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// Waits for the instance threads to end (after [`Batcher::close`]).
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!(model = %self.shared.spec.name, version = self.shared.spec.version, "instance thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        // Threads drain the queue and exit on their own; nobody waits.
+        self.close();
+    }
+}
+
+fn instance_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
+    let mut dropped = Vec::new();
+    loop {
+        let batch = {
+            let mut state = shared.lock();
+            loop {
+                let busy = state.busy > 0;
+                match state.queue.next(Instant::now(), busy, &mut dropped) {
+                    Next::Batch(batch) => {
+                        state.busy += 1;
+                        shared.metrics.queue_depth.set(state.queue.len() as f64);
+                        break Some(batch);
+                    }
+                    _ if !dropped.is_empty() => break None,
+                    Next::Empty if state.closed => return,
+                    Next::Empty => state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+                    Next::WaitUntil(t) => {
+                        let timeout = t.saturating_duration_since(Instant::now());
+                        state = shared.wake.wait_timeout(state, timeout).unwrap_or_else(|p| p.into_inner()).0;
+                    }
+                }
+            }
+        };
+        // Answers go out without the lock held.
+        for (job, why) in dropped.drain(..) {
+            match why {
+                Dropped::Expired => {
+                    shared.metrics.expired.increment(1);
+                    let _ = job.reply.send(Err(InferError::Expired));
+                }
+                Dropped::Cancelled => shared.metrics.cancelled.increment(1),
+            }
+        }
+        let Some(batch) = batch else { continue };
+        run_batch(shared, backend.as_mut(), batch);
+        shared.lock().busy -= 1;
+        // Another instance may be waiting for this one to finish.
+        shared.wake.notify_one();
+    }
+}
+
+fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
+    let started = Instant::now();
+    let rows: usize = batch.iter().map(|j| j.rows).sum();
+    let inputs = if batch.len() == 1 {
+        batch.first_mut().map(|j| std::mem::take(&mut j.inputs)).unwrap_or_default()
+    } else {
+        concatenate(&batch, rows)
+    };
+    let result = backend.run(inputs);
+    let compute_time = started.elapsed();
+    shared.metrics.compute_duration.record(compute_time.as_secs_f64());
+    shared.metrics.batch_size.record(rows as f64);
+    let outputs = result.and_then(|outputs| split(outputs, &batch, rows, shared.spec.is_batched()));
+    match outputs {
+        Ok(per_job) => {
+            for (job, outputs) in batch.into_iter().zip(per_job) {
+                let queue_time = started.saturating_duration_since(job.enqueued_at);
+                shared.metrics.queue_duration.record(queue_time.as_secs_f64());
+                let _ = job.reply.send(Ok(JobOutput { outputs, queue_time, compute_time, batch_rows: rows }));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(model = %shared.spec.name, version = shared.spec.version, batch_size = rows, error = %e, "batch failed");
+            for job in batch {
+                let _ = job.reply.send(Err(InferError::Backend(e.clone())));
+            }
+        }
+    }
+}
+
+/// Concatenates each input along the batch dimension, in job order.
+fn concatenate(batch: &[Job], rows: usize) -> Vec<Tensor> {
+    let Some(head) = batch.first() else { return Vec::new() };
+    head.inputs
+        .iter()
+        .enumerate()
+        .map(|(i, first)| {
+            let mut shape = first.shape.clone();
+            if let Some(d) = shape.first_mut() {
+                *d = rows as i64;
+            }
+            let mut data = TensorData::empty(first.datatype(), element_count(&shape).unwrap_or(0));
+            for job in batch {
+                if let Some(t) = job.inputs.get(i) {
+                    // Same datatype by admission; `fits_with` checked the rest.
+                    data.extend_from(&t.data);
+                }
+            }
+            Tensor { name: first.name.clone(), shape, data }
+        })
+        .collect()
+}
+
+/// Splits each output back into one piece per job.
+fn split(outputs: Vec<Tensor>, batch: &[Job], rows: usize, batched: bool) -> Result<Vec<Vec<Tensor>>, BackendError> {
+    if batch.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let mut per_job: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for out in outputs {
+        let first = out.shape.first().copied().unwrap_or(0);
+        if !batched || first != rows as i64 {
+            return Err(BackendError::Run(format!(
+                "output '{}' has first dimension {first}, but the batch has {rows} rows",
+                out.name
+            )));
+        }
+        let per_row = out.data.len() / rows.max(1);
+        let mut offset = 0;
+        for (job, dest) in batch.iter().zip(per_job.iter_mut()) {
+            let mut shape = out.shape.clone();
+            shape[0] = job.rows as i64;
+            let data = out.data.slice(offset * per_row, (offset + job.rows) * per_row);
+            offset += job.rows;
+            dest.push(Tensor { name: out.name.clone(), shape, data });
+        }
+    }
+    Ok(per_job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TensorSpec;
+    use crate::tensor::DataType;
+
+    /// Doubles its one FP32 input and records the batch sizes it saw.
+    struct Doubler {
+        seen: Arc<Mutex<Vec<usize>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Backend for Doubler {
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+            let (lock, cv) = &*self.gate;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            drop(open);
+            let x = &inputs[0];
+            self.seen.lock().unwrap().push(x.shape[0] as usize);
+            let TensorData::Fp32(v) = &x.data else { panic!() };
+            Ok(vec![Tensor { name: "y".into(), shape: x.shape.clone(), data: TensorData::Fp32(v.iter().map(|a| a * 2.0).collect()) }])
+        }
+    }
+
+    fn spec() -> Arc<ModelSpec> {
+        let t = |n: &str| TensorSpec { name: n.into(), datatype: DataType::Fp32, shape: vec![-1, 2] };
+        Arc::new(ModelSpec { name: "m".into(), version: 1, inputs: vec![t("x")], outputs: vec![t("y")], max_batch_size: 8 })
+    }
+
+    fn job(rows: usize, base: f32) -> (Job, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        let data = (0..rows * 2).map(|i| base + i as f32).collect();
+        let input = Tensor { name: "x".into(), shape: vec![rows as i64, 2], data: TensorData::Fp32(data) };
+        (Job { inputs: vec![input], rows, enqueued_at: Instant::now(), deadline: None, reply: tx }, rx)
+    }
+
+    /// While the one instance is held busy, queued jobs collect; released,
+    /// they run as one batch and each gets its own rows back.
+    #[test]
+    fn queued_jobs_batch_and_split_back() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let backend = Doubler { seen: Arc::clone(&seen), gate: Arc::clone(&gate) };
+        let limits = BatchLimits { max_rows: 8, max_queue_delay: Duration::from_millis(1), preferred: vec![], capacity: 16 };
+        let b = Batcher::start(spec(), vec![Box::new(backend)], limits, VersionMetrics::new("m", 1)).unwrap();
+        let (first, first_rx) = job(1, 0.0);
+        b.submit(first).ok().unwrap();
+        // Wait until the instance holds the first job (queue empty again).
+        while b.queue_len() > 0 {
+            std::thread::yield_now();
+        }
+        let mut rxs = Vec::new();
+        for (i, rows) in [1usize, 3, 2].into_iter().enumerate() {
+            let (j, rx) = job(rows, 100.0 * (i + 1) as f32);
+            b.submit(j).ok().unwrap();
+            rxs.push((rows, 100.0 * (i + 1) as f32, rx));
+        }
+        {
+            let (lock, cv) = &*gate;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        assert!(first_rx.blocking_recv().unwrap().is_ok());
+        for (rows, base, rx) in rxs {
+            let out = rx.blocking_recv().unwrap().unwrap();
+            assert_eq!(out.batch_rows, 6);
+            let want: Vec<f32> = (0..rows * 2).map(|i| 2.0 * (base + i as f32)).collect();
+            assert_eq!(out.outputs[0].data, TensorData::Fp32(want));
+            assert_eq!(out.outputs[0].shape, vec![rows as i64, 2]);
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![1, 6]);
+        b.close();
+        b.join();
+    }
+
+    #[test]
+    fn full_queue_rejects_and_close_drains() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let backend = Doubler { seen: Arc::new(Mutex::new(Vec::new())), gate: Arc::clone(&gate) };
+        let limits = BatchLimits { max_rows: 8, max_queue_delay: Duration::ZERO, preferred: vec![], capacity: 1 };
+        let b = Batcher::start(spec(), vec![Box::new(backend)], limits, VersionMetrics::new("m", 1)).unwrap();
+        let (j1, rx1) = job(1, 0.0);
+        b.submit(j1).ok().unwrap();
+        while b.queue_len() > 0 {
+            std::thread::yield_now();
+        }
+        let (j2, rx2) = job(1, 0.0);
+        b.submit(j2).ok().unwrap();
+        let (j3, _rx3) = job(1, 0.0);
+        assert!(matches!(b.submit(j3), Err(Rejected::Full(_))));
+        b.close();
+        let (j4, _rx4) = job(1, 0.0);
+        assert!(matches!(b.submit(j4), Err(Rejected::Closed(_))));
+        {
+            let (lock, cv) = &*gate;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        b.join();
+        assert!(rx1.blocking_recv().unwrap().is_ok());
+        assert!(rx2.blocking_recv().unwrap().is_ok(), "queued work finishes on close");
+    }
+}

@@ -1,0 +1,363 @@
+//! Which queued requests form the next batch: pure policy, no threads and
+//! no clock of its own, so it can be tested exhaustively.
+//!
+//! - An idle model never waits: the next batch leaves as soon as there is
+//!   one request.
+//! - While the model is busy (another instance is running a batch),
+//!   requests collect until the batch is full or its oldest request has
+//!   waited `max_queue_delay`.
+//! - A batch is a FIFO prefix of the queue: it stops at the first request
+//!   that does not fit (too many rows, or other non-batch dimensions).
+//! - Requests past their deadline, or whose client went away, are taken
+//!   out before they can reach the model, and handed back to the caller.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// What the policy needs to know about a queued request.
+pub trait Queued {
+    /// Rows along the batch dimension (1 for unbatched models).
+    fn rows(&self) -> usize;
+    fn enqueued_at(&self) -> Instant;
+    fn deadline(&self) -> Option<Instant>;
+    /// The client no longer waits for the answer.
+    fn is_cancelled(&self) -> bool;
+    /// Whether this request can share a batch with `head`.
+    fn fits_with(&self, head: &Self) -> bool;
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchLimits {
+    /// Most rows in one batch (1 for unbatched models: one request each).
+    pub max_rows: usize,
+    pub max_queue_delay: Duration,
+    /// Preferred batch sizes in rows; a batch is cut at the largest one it
+    /// can reach, when it can reach any.
+    pub preferred: Vec<usize>,
+    /// Most requests in the queue.
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    Expired,
+    Cancelled,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Next<T> {
+    /// Run these now, in this order.
+    Batch(Vec<T>),
+    /// Nothing to run before this instant unless something changes.
+    WaitUntil(Instant),
+    Empty,
+}
+
+pub struct BatchQueue<T> {
+    items: VecDeque<T>,
+    limits: BatchLimits,
+}
+
+impl<T: Queued> BatchQueue<T> {
+    pub fn new(mut limits: BatchLimits) -> Self {
+        limits.max_rows = limits.max_rows.max(1);
+        limits.preferred.sort_unstable();
+        limits.preferred.dedup();
+        BatchQueue { items: VecDeque::with_capacity(limits.capacity.min(4096)), limits }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn limits(&self) -> &BatchLimits {
+        &self.limits
+    }
+
+    /// Queues `item`, or hands it back when the queue is full.
+    pub fn push(&mut self, item: T) -> Result<(), T> {
+        if self.items.len() >= self.limits.capacity {
+            return Err(item);
+        }
+        self.items.push_back(item);
+        Ok(())
+    }
+
+    /// Decides what an instance that has just become free should do.
+    /// `model_busy`: another instance of the same model is running a batch.
+    /// Requests dropped on the way are appended to `dropped`.
+    pub fn next(&mut self, now: Instant, model_busy: bool, dropped: &mut Vec<(T, Dropped)>) -> Next<T> {
+        self.evict(now, dropped);
+        let Some(head) = self.items.front() else { return Next::Empty };
+        let (count, rows, full) = self.extent();
+        let waited_enough = now >= head.enqueued_at() + self.limits.max_queue_delay;
+        if !model_busy || full || waited_enough {
+            let take = self.cut(count, rows);
+            return Next::Batch(self.items.drain(..take).collect());
+        }
+        Next::WaitUntil(head.enqueued_at() + self.limits.max_queue_delay)
+    }
+
+    /// Takes everything out (shutdown of an instance-less queue).
+    pub fn drain_all(&mut self) -> Vec<T> {
+        self.items.drain(..).collect()
+    }
+
+    fn evict(&mut self, now: Instant, dropped: &mut Vec<(T, Dropped)>) {
+        let stale = |t: &T| t.is_cancelled() || t.deadline().is_some_and(|d| d <= now);
+        if !self.items.iter().any(stale) {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(self.items.len());
+        for item in self.items.drain(..) {
+            if item.is_cancelled() {
+                dropped.push((item, Dropped::Cancelled));
+            } else if item.deadline().is_some_and(|d| d <= now) {
+                dropped.push((item, Dropped::Expired));
+            } else {
+                kept.push_back(item);
+            }
+        }
+        self.items = kept;
+    }
+
+    /// How many leading requests form the largest possible batch, their
+    /// rows, and whether the batch is full (nothing more could join).
+    fn extent(&self) -> (usize, usize, bool) {
+        let mut iter = self.items.iter();
+        let Some(head) = iter.next() else { return (0, 0, false) };
+        let (mut count, mut rows) = (1, head.rows());
+        for item in iter {
+            if !item.fits_with(head) || rows + item.rows() > self.limits.max_rows {
+                return (count, rows, true);
+            }
+            count += 1;
+            rows += item.rows();
+        }
+        (count, rows, rows >= self.limits.max_rows)
+    }
+
+    /// Cuts a batch of `count` requests (`rows` rows) back to the largest
+    /// preferred size it passes through exactly, if any.
+    fn cut(&self, count: usize, rows: usize) -> usize {
+        if self.limits.preferred.is_empty() || self.limits.preferred.contains(&rows) {
+            return count;
+        }
+        let mut best = None;
+        let mut sum = 0;
+        for (i, item) in self.items.iter().take(count).enumerate() {
+            sum += item.rows();
+            if self.limits.preferred.binary_search(&sum).is_ok() {
+                best = Some(i + 1);
+            }
+        }
+        best.unwrap_or(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Item {
+        id: usize,
+        rows: usize,
+        at: Instant,
+        deadline: Option<Instant>,
+        cancelled: bool,
+        key: u8,
+    }
+
+    impl Queued for Item {
+        fn rows(&self) -> usize {
+            self.rows
+        }
+        fn enqueued_at(&self) -> Instant {
+            self.at
+        }
+        fn deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+        fn is_cancelled(&self) -> bool {
+            self.cancelled
+        }
+        fn fits_with(&self, head: &Self) -> bool {
+            self.key == head.key
+        }
+    }
+
+    fn limits(max_rows: usize, delay_us: u64, preferred: Vec<usize>, capacity: usize) -> BatchLimits {
+        BatchLimits { max_rows, max_queue_delay: Duration::from_micros(delay_us), preferred, capacity }
+    }
+
+    fn item(id: usize, rows: usize, at: Instant) -> Item {
+        Item { id, rows, at, deadline: None, cancelled: false, key: 0 }
+    }
+
+    #[test]
+    fn idle_model_dispatches_at_once() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(limits(8, 1_000_000, vec![], 10));
+        q.push(item(0, 1, t0)).unwrap();
+        let mut dropped = Vec::new();
+        assert_eq!(q.next(t0, false, &mut dropped), Next::Batch(vec![item(0, 1, t0)]));
+    }
+
+    #[test]
+    fn busy_model_collects_until_full_or_delay() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(limits(4, 100, vec![], 10));
+        let mut dropped = Vec::new();
+        q.push(item(0, 1, t0)).unwrap();
+        assert_eq!(q.next(t0, true, &mut dropped), Next::WaitUntil(t0 + Duration::from_micros(100)));
+        q.push(item(1, 3, t0)).unwrap();
+        match q.next(t0, true, &mut dropped) {
+            Next::Batch(b) => assert_eq!(b.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]),
+            other => panic!("full batch should leave: {other:?}"),
+        }
+        q.push(item(2, 1, t0)).unwrap();
+        assert!(matches!(q.next(t0 + Duration::from_micros(100), true, &mut dropped), Next::Batch(_)));
+    }
+
+    #[test]
+    fn preferred_sizes_cut_the_batch() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(limits(16, 0, vec![2, 4], 10));
+        for id in 0..5 {
+            q.push(item(id, 1, t0)).unwrap();
+        }
+        let mut dropped = Vec::new();
+        let Next::Batch(b) = q.next(t0, false, &mut dropped) else { panic!() };
+        assert_eq!(b.len(), 4);
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn full_queue_hands_the_item_back() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(limits(4, 0, vec![], 1));
+        q.push(item(0, 1, t0)).unwrap();
+        assert_eq!(q.push(item(1, 1, t0)), Err(item(1, 1, t0)));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push { rows: usize, ttl_us: Option<u64>, key: u8 },
+        Cancel(usize),
+        Advance(u64),
+        Next { busy: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1usize..5, proptest::option::of(0u64..300), 0u8..2).prop_map(|(rows, ttl_us, key)| Op::Push { rows, ttl_us, key }),
+            1 => (0usize..64).prop_map(Op::Cancel),
+            2 => (0u64..200).prop_map(Op::Advance),
+            3 => any::<bool>().prop_map(|busy| Op::Next { busy }),
+        ]
+    }
+
+    proptest! {
+        /// Against a plain model (a list of what was pushed and not yet
+        /// accounted for): nothing lost or duplicated, FIFO, limits held,
+        /// expired and cancelled requests never dispatched.
+        #[test]
+        fn policy_matches_a_plain_model(
+            ops in proptest::collection::vec(op(), 1..200),
+            max_rows in 1usize..8,
+            delay_us in 0u64..150,
+            capacity in 1usize..12,
+            preferred in proptest::collection::vec(1usize..8, 0..3),
+        ) {
+            let preferred: Vec<usize> = preferred.into_iter().filter(|&p| p <= max_rows).collect();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut q = BatchQueue::new(limits(max_rows, delay_us, preferred.clone(), capacity));
+            let mut model: Vec<Item> = Vec::new();
+            let mut last_dispatched: Option<usize> = None;
+            let mut next_id = 0;
+            let mut seen = std::collections::HashSet::new();
+            for op in ops {
+                match op {
+                    Op::Push { rows, ttl_us, key } => {
+                        let it = Item { id: next_id, rows, at: now, deadline: ttl_us.map(|t| now + Duration::from_micros(t)), cancelled: false, key };
+                        next_id += 1;
+                        let accepted = q.push(it.clone()).is_ok();
+                        prop_assert_eq!(accepted, model.len() < capacity);
+                        if accepted { model.push(it); }
+                    }
+                    Op::Cancel(i) => {
+                        if !model.is_empty() {
+                            let i = i % model.len();
+                            model[i].cancelled = true;
+                            let id = model[i].id;
+                            for it in q.items.iter_mut() { if it.id == id { it.cancelled = true; } }
+                        }
+                    }
+                    Op::Advance(us) => now += Duration::from_micros(us),
+                    Op::Next { busy } => {
+                        let mut dropped = Vec::new();
+                        let next = q.next(now, busy, &mut dropped);
+                        for (it, why) in &dropped {
+                            prop_assert!(seen.insert(it.id), "dropped twice");
+                            let pos = model.iter().position(|m| m.id == it.id).expect("dropped item was queued");
+                            let m = model.remove(pos);
+                            match why {
+                                Dropped::Cancelled => prop_assert!(m.cancelled),
+                                Dropped::Expired => prop_assert!(m.deadline.is_some_and(|d| d <= now) && !m.cancelled),
+                            }
+                        }
+                        // Everything left in the model is live now.
+                        prop_assert!(model.iter().all(|m| !m.cancelled && m.deadline.is_none_or(|d| d > now)));
+                        match next {
+                            Next::Empty => prop_assert!(model.is_empty()),
+                            Next::WaitUntil(t) => {
+                                prop_assert!(busy && !model.is_empty());
+                                prop_assert_eq!(t, model[0].at + Duration::from_micros(delay_us));
+                                prop_assert!(t > now);
+                            }
+                            Next::Batch(batch) => {
+                                prop_assert!(!batch.is_empty());
+                                // A FIFO prefix of the live queue.
+                                for (b, m) in batch.iter().zip(model.iter()) {
+                                    prop_assert_eq!(b.id, m.id);
+                                }
+                                let rows: usize = batch.iter().map(|b| b.rows).sum();
+                                prop_assert!(batch.len() == 1 || rows <= max_rows);
+                                prop_assert!(batch.iter().all(|b| b.key == batch[0].key));
+                                if let Some(last) = last_dispatched { prop_assert!(batch[0].id > last); }
+                                last_dispatched = batch.last().map(|b| b.id);
+                                for b in &batch { prop_assert!(seen.insert(b.id), "dispatched twice"); }
+                                // An idle model never leaves work waiting;
+                                // a busy one only when full or overdue.
+                                if busy {
+                                    let full = batch.len() < model.len() || rows >= max_rows;
+                                    let overdue = now >= model[0].at + Duration::from_micros(delay_us);
+                                    prop_assert!(full || overdue || preferred.contains(&rows) || batch.len() < model.len());
+                                }
+                                model.drain(..batch.len());
+                            }
+                        }
+                    }
+                }
+            }
+            // Drain: everything pushed is accounted for exactly once.
+            let mut dropped = Vec::new();
+            loop {
+                match q.next(now, false, &mut dropped) {
+                    Next::Batch(b) => { for x in b { prop_assert!(seen.insert(x.id)); model.retain(|m| m.id != x.id); } }
+                    Next::Empty => break,
+                    Next::WaitUntil(_) => prop_assert!(false, "idle model must not wait"),
+                }
+            }
+            for (x, _) in dropped { prop_assert!(seen.insert(x.id)); model.retain(|m| m.id != x.id); }
+            prop_assert!(model.is_empty());
+        }
+    }
+}

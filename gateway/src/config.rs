@@ -1,0 +1,319 @@
+//! The gateway's one configuration file (TOML), environment overrides with
+//! the `QUIVER_` prefix, and `validate()` into the runtime `Settings`.
+//!
+//! An environment variable `QUIVER_<SECTION>__<KEY>` overrides `<key>` in
+//! `[<section>]`, e.g. `QUIVER_HTTP__ADDR=0.0.0.0:8000` or
+//! `QUIVER_MODELS__MAX_BATCH_SIZE=16`. Values are read as TOML (numbers,
+//! booleans, arrays), falling back to a plain string.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "QUIVER_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The gateway configuration file. Every field has a default, so an empty
+/// file (or none) is valid.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The HTTP listener.
+    pub http: HttpConfig,
+    /// Where the models live.
+    pub repository: RepositoryConfig,
+    /// Defaults for every model; a model's own `config.toml` overrides them.
+    pub models: ModelDefaults,
+    /// ONNX Runtime, the engine behind every model.
+    pub onnxruntime: OrtConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on, `HOST:PORT`; port 0 picks a free port.
+    pub addr: String,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Tokio worker threads for HTTP; 0 means one per CPU core. Model
+    /// compute never runs on these threads.
+    pub workers: usize,
+    /// How long shutdown waits for open connections to finish, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { addr: "127.0.0.1:8000".into(), max_body_bytes: 64 << 20, workers: 0, shutdown_grace_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// The model repository: `<path>/<model>/<version>/model.onnx`.
+    pub path: Option<PathBuf>,
+}
+
+/// Serving settings, as defaults (`[models]` here) or per model (the
+/// model's `config.toml`, which uses the same keys).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelDefaults {
+    /// Most rows one batch may hold. Only models whose first dimension is
+    /// dynamic are batched; 0 turns batching off.
+    pub max_batch_size: usize,
+    /// While the model is busy, how long a queued request may wait for
+    /// others to join its batch, in microseconds. An idle model never waits.
+    pub max_queue_delay_us: u64,
+    /// Batch sizes (rows) the batcher prefers to cut at, e.g. `[8, 16, 32]`.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests waiting per model version; past it requests get 429 at once.
+    pub max_queue_size: usize,
+    /// Deadline for requests that do not send a `timeout` parameter, in
+    /// milliseconds; 0 means none. Expired requests never reach the model.
+    pub default_timeout_ms: u64,
+    /// ONNX Runtime sessions per model version, each on its own OS thread.
+    pub instances: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: usize,
+    /// `cpu`, `cuda` or `tensorrt` (the last two need a GPU build).
+    pub execution_provider: ExecutionProvider,
+    /// Which versions to load: `"all"`, `{ latest = N }` or
+    /// `{ specific = [1, 3] }`.
+    pub version_policy: VersionPolicy,
+}
+
+impl Default for ModelDefaults {
+    fn default() -> Self {
+        ModelDefaults {
+            max_batch_size: 64,
+            max_queue_delay_us: 500,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+            default_timeout_ms: 0,
+            instances: 1,
+            intra_op_threads: 1,
+            execution_provider: ExecutionProvider::Cpu,
+            version_policy: VersionPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum VersionPolicy {
+    All,
+    Latest(usize),
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to load out of those present (sorted ascending).
+    pub fn select(&self, present: &[u64]) -> Vec<u64> {
+        match self {
+            VersionPolicy::All => present.to_vec(),
+            VersionPolicy::Latest(n) => present[present.len().saturating_sub(*n)..].to_vec(),
+            VersionPolicy::Specific(wanted) => present.iter().copied().filter(|v| wanted.contains(v)).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrtConfig {
+    /// Path of `libonnxruntime.so`. Unset: `ORT_DYLIB_PATH`, then the
+    /// location `scripts/setup.sh` installs to, then next to the binary.
+    pub library_path: Option<PathBuf>,
+}
+
+/// Settings after validation, in runtime types.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http_addr: SocketAddr,
+    pub max_body_bytes: usize,
+    pub http_workers: usize,
+    pub shutdown_grace: Duration,
+    pub repository: PathBuf,
+    pub models: ModelDefaults,
+    pub ort_library: Option<PathBuf>,
+}
+
+impl GatewayConfig {
+    /// Reads `path` (if any), applies `QUIVER_*` overrides from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+                let table: toml::Table = text
+                    .parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse { origin: p.display().to_string(), message: e.to_string() })?;
+                (table, p.display().to_string())
+            }
+            None => (toml::Table::new(), "(defaults)".to_string()),
+        };
+        apply_env_overrides(&mut table, env);
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { origin, message: e.to_string() })
+    }
+
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let http_addr = self
+            .http
+            .addr
+            .parse()
+            .map_err(|e| ConfigError::Invalid { key: "http.addr", message: format!("'{}': {e}", self.http.addr) })?;
+        let repository = self.repository.path.ok_or(ConfigError::Invalid {
+            key: "repository.path",
+            message: "no model repository given (use --model-repository DIR)".into(),
+        })?;
+        validate_model_settings(&self.models).map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        let http_workers = match self.http.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        Ok(Settings {
+            http_addr,
+            max_body_bytes: self.http.max_body_bytes,
+            http_workers,
+            shutdown_grace: Duration::from_secs(self.http.shutdown_grace_secs),
+            repository,
+            models: self.models,
+            ort_library: self.onnxruntime.library_path,
+        })
+    }
+}
+
+/// Checks the serving settings that would make a model unservable.
+pub fn validate_model_settings(m: &ModelDefaults) -> Result<(), (&'static str, String)> {
+    if m.instances == 0 {
+        return Err(("instances", "must be at least 1".into()));
+    }
+    if m.intra_op_threads == 0 {
+        return Err(("intra_op_threads", "must be at least 1".into()));
+    }
+    if m.max_queue_size == 0 {
+        return Err(("max_queue_size", "must be at least 1".into()));
+    }
+    if let Some(p) = m.preferred_batch_sizes.iter().find(|&&p| p == 0 || (m.max_batch_size > 0 && p > m.max_batch_size)) {
+        return Err(("preferred_batch_sizes", format!("{p} is not within 1..={}", m.max_batch_size)));
+    }
+    Ok(())
+}
+
+fn apply_env_overrides(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        if keys.len() < 2 || keys.iter().any(String::is_empty) {
+            continue;
+        }
+        set_path(table, &keys, parse_env_value(&raw));
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) {
+    match keys {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(next) = entry {
+                set_path(next, rest, value);
+            }
+        }
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_reach_nested_keys_with_types() {
+        let env = [
+            ("QUIVER_HTTP__ADDR".to_string(), "0.0.0.0:9000".to_string()),
+            ("QUIVER_MODELS__MAX_BATCH_SIZE".to_string(), "16".to_string()),
+            ("QUIVER_MODELS__PREFERRED_BATCH_SIZES".to_string(), "[4, 8]".to_string()),
+            ("QUIVER_REPOSITORY__PATH".to_string(), "/srv/models".to_string()),
+            ("UNRELATED".to_string(), "1".to_string()),
+        ];
+        let settings = GatewayConfig::load(None, env).unwrap().validate().unwrap();
+        assert_eq!(settings.http_addr.port(), 9000);
+        assert_eq!(settings.models.max_batch_size, 16);
+        assert_eq!(settings.models.preferred_batch_sizes, vec![4, 8]);
+        assert_eq!(settings.repository, PathBuf::from("/srv/models"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("quiver-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, "[http]\nadress = \"x\"\n").unwrap();
+        let err = GatewayConfig::load(Some(&file), []).unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/gateway.toml");
+        let cfg = GatewayConfig::load(Some(&file), []).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn version_policy_selects() {
+        let present = [1, 2, 5];
+        assert_eq!(VersionPolicy::Latest(1).select(&present), vec![5]);
+        assert_eq!(VersionPolicy::Latest(9).select(&present), vec![1, 2, 5]);
+        assert_eq!(VersionPolicy::All.select(&present), vec![1, 2, 5]);
+        assert_eq!(VersionPolicy::Specific(vec![2, 7]).select(&present), vec![2]);
+    }
+
+    #[test]
+    fn invalid_model_settings_are_named() {
+        let m = ModelDefaults { preferred_batch_sizes: vec![128], max_batch_size: 64, ..Default::default() };
+        assert_eq!(validate_model_settings(&m).unwrap_err().0, "preferred_batch_sizes");
+    }
+}

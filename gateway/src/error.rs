@@ -1,0 +1,62 @@
+//! API errors and the one place that maps them to an HTTP status and a
+//! metric outcome label.
+
+use crate::backend::BackendError;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("queue of model '{model}' version {version} is full ({capacity} requests waiting); retry later")]
+    QueueFull { model: String, version: u64, capacity: usize },
+    #[error("{0}")]
+    NotReady(String),
+    #[error("request deadline passed before the model could run it")]
+    DeadlineExceeded,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status and the `outcome` label of `quiver_requests_total`.
+    pub fn status_and_outcome(&self) -> (u16, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (400, "bad_request"),
+            ApiError::NotFound(_) => (404, "not_found"),
+            ApiError::MethodNotAllowed(_) => (405, "bad_request"),
+            ApiError::PayloadTooLarge { .. } => (413, "too_large"),
+            ApiError::QueueFull { .. } => (429, "queue_full"),
+            ApiError::NotReady(_) => (503, "not_ready"),
+            ApiError::DeadlineExceeded => (504, "deadline_exceeded"),
+            ApiError::Internal(_) => (500, "error"),
+        }
+    }
+}
+
+/// What a queued request can be answered with instead of outputs. `Clone`,
+/// so one failure can answer every request of a batch.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum InferError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("request deadline passed before the model could run it")]
+    Expired,
+    #[error("model version is shutting down")]
+    ShuttingDown,
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        match e {
+            InferError::Backend(b) => ApiError::Internal(b.to_string()),
+            InferError::Expired => ApiError::DeadlineExceeded,
+            InferError::ShuttingDown => ApiError::NotReady(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The HTTP front: routing of the Open Inference Protocol v2 paths to
+//! handlers, and the JSON answers they share. The server loop itself is in
+//! `crate::server`.
+
+mod handlers;
+mod reply;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use crate::error::ApiError;
+use crate::server::Gateway;
+
+pub type Body = Full<Bytes>;
+
+/// Every request enters here.
+pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::GET, ["v2", "health", "live"]) => Ok(reply::json(200, &serde_json::json!({"live": true}))),
+        (&Method::GET, ["v2", "health", "ready"]) => Ok(handlers::server_ready(&gw)),
+        (&Method::GET, ["v2"]) => Ok(handlers::server_metadata()),
+        (&Method::GET, ["metrics"]) => Ok(handlers::metrics(&gw)),
+        (_, ["v2", "models", model, rest @ ..]) => match split_version(rest) {
+            Ok((version, tail)) => match (&method, tail) {
+                (&Method::POST, ["infer"]) => return Ok(handlers::infer(&gw, req, model, version).await),
+                (&Method::GET, []) => handlers::model_metadata(&gw, model, version),
+                (&Method::GET, ["ready"]) => handlers::model_ready(&gw, model, version),
+                (_, [] | ["ready"] | ["infer"]) => Err(ApiError::MethodNotAllowed(method.to_string())),
+                _ => Err(ApiError::NotFound(format!("no route for {path}"))),
+            },
+            Err(e) => Err(e),
+        },
+        (_, ["v2", "health", "live" | "ready"] | ["v2"] | ["metrics"]) => Err(ApiError::MethodNotAllowed(method.to_string())),
+        _ => Err(ApiError::NotFound(format!("no route for {path}"))),
+    };
+    Ok(result.unwrap_or_else(|e| {
+        crate::metrics::unrouted(e.status_and_outcome().1);
+        reply::error(&e)
+    }))
+}
+
+/// `versions/{v}/...` → `(Some(v), ...)`; anything else has no version.
+fn split_version<'a, 'b>(rest: &'a [&'b str]) -> Result<(Option<u64>, &'a [&'b str]), ApiError> {
+    match rest {
+        ["versions", v, tail @ ..] => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok((Some(n), tail)),
+            _ => Err(ApiError::BadRequest(format!("model version '{v}' is not a positive integer"))),
+        },
+        _ => Ok((None, rest)),
+    }
+}

@@ -1,0 +1,32 @@
+//! Quiver's gateway. A request, in the order it travels:
+//!
+//! - [`http`]: hyper server, routes of the Open Inference Protocol v2;
+//! - [`protocol`]: request and response bodies (JSON and binary tensors);
+//! - [`admission`]: checks a request against the model's inputs;
+//! - [`live`]: the set of served model versions, swapped atomically;
+//! - [`batcher`]: per model version, a bounded queue and the batch policy,
+//!   feeding one OS thread per model instance;
+//! - [`backend`]: the engine (ONNX Runtime) that runs a batch.
+//!
+//! Around them: [`config`] (the gateway's TOML file), [`repository`] (the
+//! model folders on disk), [`model`] (a version's interface), [`loader`]
+//! (repository → live set), [`tensor`] (typed tensor buffers),
+//! [`metrics`] (names and recorder), [`error`] (API errors → HTTP status),
+//! and [`server`] (`run(settings, listener, shutdown)`).
+
+pub mod backend;
+pub mod config;
+pub mod model;
+pub mod protocol;
+pub mod repository;
+pub mod tensor;
+pub mod batcher;
+pub mod error;
+pub mod metrics;
+pub mod admission;
+pub mod live;
+pub mod loader;
+pub mod http;
+pub mod server;
+
+pub use server::run;

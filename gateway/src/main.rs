@@ -1,0 +1,107 @@
+//! `quiver-gateway`: serve a folder of ONNX models over the Open Inference
+//! Protocol v2.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use quiver_gateway::config::{ENV_PREFIX, GatewayConfig};
+
+/// Serve ONNX models over HTTP (Open Inference Protocol v2, as Triton and
+/// KServe clients speak it), batching requests dynamically onto ONNX Runtime.
+///
+/// The model repository holds `<model>/<version>/model.onnx` (version: a
+/// positive integer) and optionally `<model>/config.toml` for batching,
+/// instances and threads. Inputs, outputs and shapes are read from the ONNX
+/// graph.
+///
+/// Settings come from, lowest to highest: built-in defaults, the --config
+/// file, QUIVER_<SECTION>__<KEY> environment variables (for example
+/// QUIVER_MODELS__MAX_BATCH_SIZE=16), then these flags. ONNX Runtime's
+/// library is found through ORT_DYLIB_PATH or the location scripts/setup.sh
+/// installs it to.
+#[derive(Parser, Debug)]
+#[command(name = "quiver-gateway", version, about, long_about)]
+struct Cli {
+    /// The model repository folder (overrides `repository.path`).
+    #[arg(long, value_name = "DIR")]
+    model_repository: Option<PathBuf>,
+
+    /// Address to listen on, e.g. 127.0.0.1:8000; port 0 picks a free port
+    /// (overrides `http.addr`).
+    #[arg(long, value_name = "HOST:PORT")]
+    http_addr: Option<String>,
+
+    /// Gateway config file (TOML); see configs/gateway.toml for every key.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Path of libonnxruntime.so (overrides `onnxruntime.library_path`).
+    #[arg(long, value_name = "FILE")]
+    ort_library: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `quiver_gateway=debug` (RUST_LOG also works).
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("invalid log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let env = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX));
+    let mut config = GatewayConfig::load(cli.config.as_deref(), env)?;
+    if let Some(dir) = cli.model_repository {
+        config.repository.path = Some(dir);
+    }
+    if let Some(addr) = cli.http_addr {
+        config.http.addr = addr;
+    }
+    if let Some(lib) = cli.ort_library {
+        config.onnxruntime.library_path = Some(lib);
+    }
+    let settings = config.validate()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.http_workers)
+        .thread_name("quiver-http")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+        quiver_gateway::run(settings, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,99 @@
+//! Metric names, their descriptions, and the Prometheus recorder. Label
+//! values come from closed sets (model names from the repository, version
+//! numbers, outcomes), never from request contents.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "quiver_requests_total";
+pub const REQUEST_DURATION: &str = "quiver_request_duration_seconds";
+pub const QUEUE_DURATION: &str = "quiver_queue_duration_seconds";
+pub const COMPUTE_DURATION: &str = "quiver_compute_duration_seconds";
+pub const BATCH_SIZE: &str = "quiver_batch_size";
+pub const QUEUE_DEPTH: &str = "quiver_queue_depth";
+pub const DROPPED_TOTAL: &str = "quiver_dropped_requests_total";
+pub const MODELS_LOADED: &str = "quiver_models_loaded";
+pub const MODEL_LOADS_TOTAL: &str = "quiver_model_loads_total";
+
+/// Every outcome a request can have; the `outcome` label's closed set.
+pub const OUTCOMES: [&str; 8] =
+    ["success", "bad_request", "not_found", "too_large", "queue_full", "not_ready", "deadline_exceeded", "error"];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once and returns the handle that renders it.
+pub fn install() -> Result<PrometheusHandle, String> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let duration_buckets = [
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let size_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &duration_buckets)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &size_buckets))
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_counter!(REQUESTS_TOTAL, "Inference requests by model, version and outcome.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Server-side time per inference request, body read to response.");
+    describe_histogram!(QUEUE_DURATION, Unit::Seconds, "Time a request waited in the batch queue.");
+    describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Time the engine took per batch.");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Rows per batch run by the engine.");
+    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Requests waiting in a model version's queue.");
+    describe_counter!(DROPPED_TOTAL, "Requests taken out of the queue before the model: expired or cancelled.");
+    describe_gauge!(MODELS_LOADED, Unit::Count, "Model versions loaded and serving.");
+    describe_counter!(MODEL_LOADS_TOTAL, "Model version loads by outcome.");
+}
+
+/// Handles for one model version, registered once so the hot path does
+/// not look metrics up by name.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    outcomes: [Counter; OUTCOMES.len()],
+    pub request_duration: Histogram,
+    pub queue_duration: Histogram,
+    pub compute_duration: Histogram,
+    pub batch_size: Histogram,
+    pub queue_depth: Gauge,
+    pub expired: Counter,
+    pub cancelled: Counter,
+}
+
+impl VersionMetrics {
+    pub fn new(model: &str, version: u64) -> Self {
+        let (m, v) = (model.to_string(), version.to_string());
+        VersionMetrics {
+            outcomes: OUTCOMES.map(|o| counter!(REQUESTS_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => o)),
+            request_duration: histogram!(REQUEST_DURATION, "model" => m.clone(), "version" => v.clone()),
+            queue_duration: histogram!(QUEUE_DURATION, "model" => m.clone(), "version" => v.clone()),
+            compute_duration: histogram!(COMPUTE_DURATION, "model" => m.clone(), "version" => v.clone()),
+            batch_size: histogram!(BATCH_SIZE, "model" => m.clone(), "version" => v.clone()),
+            queue_depth: gauge!(QUEUE_DEPTH, "model" => m.clone(), "version" => v.clone()),
+            expired: counter!(DROPPED_TOTAL, "model" => m.clone(), "version" => v.clone(), "reason" => "expired"),
+            cancelled: counter!(DROPPED_TOTAL, "model" => m, "version" => v, "reason" => "cancelled"),
+        }
+    }
+
+    /// Counts a request's outcome (one of [`OUTCOMES`]).
+    pub fn outcome(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcomes[i].increment(1);
+        }
+    }
+}
+
+/// Counts a request that never reached a model version (unknown model,
+/// malformed path), without putting the requested name in a label.
+pub fn unrouted(outcome: &'static str) {
+    counter!(REQUESTS_TOTAL, "model" => "", "version" => "", "outcome" => outcome).increment(1);
+}

@@ -1,0 +1,128 @@
+//! The server as a library function: `run(settings, listener, shutdown)`.
+//! It loads ONNX Runtime, starts loading the repository on its own thread,
+//! serves HTTP at once (ready once loading ends), and on shutdown stops
+//! accepting, drains connections, lets every batcher finish its queue and
+//! joins the engine threads.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::backend::onnx;
+use crate::config::Settings;
+use crate::live::LiveModels;
+
+/// State shared by every connection.
+pub struct Gateway {
+    pub live: ArcSwap<LiveModels>,
+    pub settings: Settings,
+    pub prometheus: PrometheusHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    OnnxRuntime(#[from] crate::backend::BackendError),
+    #[error("model repository {0} is not a directory")]
+    Repository(String),
+    #[error("metrics recorder: {0}")]
+    Metrics(String),
+    #[error("cannot start the loader thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then shuts down in order.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let prometheus = crate::metrics::install().map_err(ServeError::Metrics)?;
+    let env = onnx::environment(settings.ort_library.as_deref())?;
+    if !settings.repository.is_dir() {
+        return Err(ServeError::Repository(settings.repository.display().to_string()));
+    }
+    let gw = Arc::new(Gateway { live: ArcSwap::from_pointee(LiveModels::default()), settings, prometheus });
+
+    // Loading runs ONNX Runtime: on its own thread, never a tokio worker.
+    let loader = {
+        let gw = Arc::clone(&gw);
+        std::thread::Builder::new()
+            .name("quiver-loader".into())
+            .spawn(move || match crate::loader::load_repository(&gw.settings, env) {
+                Ok(live) => {
+                    let ready = live.is_ready();
+                    gw.live.store(Arc::new(live));
+                    tracing::info!(ready, "model repository loaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the model repository");
+                    gw.live.store(Arc::new(LiveModels { loaded: true, ..Default::default() }));
+                }
+            })
+            .map_err(ServeError::Thread)?
+    };
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "quiver-gateway listening on http://{addr}");
+    }
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gw = Arc::clone(&gw);
+                let service = service_fn(move |req| crate::http::route(Arc::clone(&gw), req));
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                // Tracked by `graceful`, which shutdown waits on below.
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: no longer accepting connections");
+    drop(listener);
+    let grace = gw.settings.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "connections still open after the grace period; closing them");
+    }
+    // Queued requests have all been answered or abandoned by now; let each
+    // batcher drain and join its engine threads off the async runtime.
+    let gw2 = Arc::clone(&gw);
+    let joined = tokio::task::spawn_blocking(move || {
+        if loader.join().is_err() {
+            tracing::error!("loader thread panicked");
+        }
+        let live = gw2.live.load_full();
+        for v in live.served() {
+            v.batcher.close();
+        }
+        for v in live.served() {
+            v.batcher.join();
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::error!("engine shutdown task failed");
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}

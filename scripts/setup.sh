@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs what Quiver needs at run and test time that cargo does not bring:
+#   - the ONNX Runtime shared library (taken from the onnxruntime wheel on PyPI,
+#     so no download outside the package registry is needed), and
+#   - a Python virtualenv with numpy, onnx, onnxruntime and tritonclient, used
+#     to regenerate the example models and to run the tritonclient
+#     compatibility check.
+#
+# Idempotent: a second run only checks two files and returns.
+# Progress goes to stderr; stdout carries exactly two lines meant for
+#
+#     eval "$(scripts/setup.sh)"
+#
+#   ORT_DYLIB_PATH=<path to libonnxruntime.so.1.31.1>
+#   QUIVER_PYTHON=<path to the virtualenv's python>
+#
+# Environment:
+#   QUIVER_CACHE_DIR  where everything is installed (default $HOME/.cache/quiver)
+#   PYTHON            interpreter used to bootstrap (default python3)
+set -euo pipefail
+
+ORT_VERSION=1.31.1
+CACHE="${QUIVER_CACHE_DIR:-${HOME}/.cache/quiver}"
+BOOTSTRAP_PYTHON="${PYTHON:-python3}"
+
+# The virtualenv's requirements, one per line. Changing this list makes the
+# next run reinstall into the virtualenv.
+REQUIREMENTS="numpy
+onnx
+onnxruntime==${ORT_VERSION}
+tritonclient[http]"
+
+log() { echo "quiver setup: $*" >&2; }
+
+# pip warns about running as root; in CI and containers that is expected.
+export PIP_ROOT_USER_ACTION=ignore
+
+mkdir -p "$CACHE"
+
+# --- ONNX Runtime shared library -------------------------------------------
+ORT_DIR="$CACHE/onnxruntime-${ORT_VERSION}"
+ORT_LIB="$ORT_DIR/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}"
+if [[ ! -f "$ORT_LIB" ]]; then
+    log "installing ONNX Runtime ${ORT_VERSION} into $ORT_DIR"
+    tmp="$ORT_DIR.tmp"
+    rm -rf "$tmp"
+    "$BOOTSTRAP_PYTHON" -m pip install --quiet --disable-pip-version-check \
+        --no-deps --target "$tmp" "onnxruntime==${ORT_VERSION}" >&2
+    if [[ ! -f "$tmp/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" ]]; then
+        log "the onnxruntime wheel has no libonnxruntime.so.${ORT_VERSION}"
+        exit 1
+    fi
+    # A half-installed directory from an interrupted run must not be mistaken
+    # for a good one, so the final name appears in one rename.
+    rm -rf "$ORT_DIR"
+    mv "$tmp" "$ORT_DIR"
+else
+    log "ONNX Runtime ${ORT_VERSION} already in $ORT_DIR"
+fi
+
+# --- Python virtualenv ------------------------------------------------------
+VENV="$CACHE/venv"
+VENV_PYTHON="$VENV/bin/python"
+STAMP="$VENV/.quiver-requirements"
+if [[ -x "$VENV_PYTHON" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQUIREMENTS" ]]; then
+    log "virtualenv already up to date in $VENV"
+else
+    if [[ ! -x "$VENV_PYTHON" ]]; then
+        log "creating virtualenv in $VENV"
+        rm -rf "$VENV"
+        "$BOOTSTRAP_PYTHON" -m venv "$VENV" >&2
+    else
+        log "checking virtualenv in $VENV"
+    fi
+    rm -f "$STAMP"
+    # Requirements are passed as arguments, one per line of the list above.
+    mapfile -t reqs <<<"$REQUIREMENTS"
+    "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" >&2
+    "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, tritonclient.http' >&2
+    printf '%s' "$REQUIREMENTS" >"$STAMP"
+fi
+
+echo "ORT_DYLIB_PATH=$ORT_LIB"
+echo "QUIVER_PYTHON=$VENV_PYTHON"
