@@ -14,6 +14,7 @@ pub const COMPUTE_DURATION: &str = "quiver_compute_duration_seconds";
 pub const BATCH_SIZE: &str = "quiver_batch_size";
 pub const QUEUE_DEPTH: &str = "quiver_queue_depth";
 pub const DROPPED_TOTAL: &str = "quiver_dropped_requests_total";
+pub const BUSY_INSTANCES: &str = "quiver_busy_instances";
 pub const MODELS_LOADED: &str = "quiver_models_loaded";
 pub const MODEL_LOADS_TOTAL: &str = "quiver_model_loads_total";
 
@@ -50,6 +51,7 @@ fn describe() {
     describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Time the engine took per batch.");
     describe_histogram!(BATCH_SIZE, Unit::Count, "Rows per batch run by the engine.");
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Requests waiting in a model version's queue.");
+    describe_gauge!(BUSY_INSTANCES, Unit::Count, "Model instances running a batch now.");
     describe_counter!(DROPPED_TOTAL, "Requests taken out of the queue before the model: expired or cancelled.");
     describe_gauge!(MODELS_LOADED, Unit::Count, "Model versions loaded and serving.");
     describe_counter!(MODEL_LOADS_TOTAL, "Model version loads by outcome.");
@@ -65,6 +67,7 @@ pub struct VersionMetrics {
     pub compute_duration: Histogram,
     pub batch_size: Histogram,
     pub queue_depth: Gauge,
+    pub busy_instances: Gauge,
     pub expired: Counter,
     pub cancelled: Counter,
 }
@@ -79,6 +82,7 @@ impl VersionMetrics {
             compute_duration: histogram!(COMPUTE_DURATION, "model" => m.clone(), "version" => v.clone()),
             batch_size: histogram!(BATCH_SIZE, "model" => m.clone(), "version" => v.clone()),
             queue_depth: gauge!(QUEUE_DEPTH, "model" => m.clone(), "version" => v.clone()),
+            busy_instances: gauge!(BUSY_INSTANCES, "model" => m.clone(), "version" => v.clone()),
             expired: counter!(DROPPED_TOTAL, "model" => m.clone(), "version" => v.clone(), "reason" => "expired"),
             cancelled: counter!(DROPPED_TOTAL, "model" => m, "version" => v, "reason" => "cancelled"),
         }

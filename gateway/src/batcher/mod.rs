@@ -101,6 +101,8 @@ impl Batcher {
         limits: BatchLimits,
         metrics: VersionMetrics,
     ) -> std::io::Result<Batcher> {
+        metrics.queue_depth.set(0.0);
+        metrics.busy_instances.set(0.0);
         let shared = Arc::new(Shared {
             state: Mutex::new(State { queue: BatchQueue::new(limits), busy: 0, closed: false }),
             wake: Condvar::new(),
@@ -182,6 +184,7 @@ fn instance_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
                     Next::Batch(batch) => {
                         state.busy += 1;
                         shared.metrics.queue_depth.set(state.queue.len() as f64);
+                        shared.metrics.busy_instances.set(state.busy as f64);
                         break Some(batch);
                     }
                     _ if !dropped.is_empty() => break None,
@@ -206,7 +209,11 @@ fn instance_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
         }
         let Some(batch) = batch else { continue };
         run_batch(shared, backend.as_mut(), batch);
-        shared.lock().busy -= 1;
+        {
+            let mut state = shared.lock();
+            state.busy -= 1;
+            shared.metrics.busy_instances.set(state.busy as f64);
+        }
         // Another instance may be waiting for this one to finish.
         shared.wake.notify_one();
     }

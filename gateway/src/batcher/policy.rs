@@ -114,10 +114,12 @@ impl<T: Queued> BatchQueue<T> {
         }
         let mut kept = VecDeque::with_capacity(self.items.len());
         for item in self.items.drain(..) {
-            if item.is_cancelled() {
-                dropped.push((item, Dropped::Cancelled));
-            } else if item.deadline().is_some_and(|d| d <= now) {
+            // A request past its deadline counts as expired even when its
+            // client has already gone (it left because of the deadline).
+            if item.deadline().is_some_and(|d| d <= now) {
                 dropped.push((item, Dropped::Expired));
+            } else if item.is_cancelled() {
+                dropped.push((item, Dropped::Cancelled));
             } else {
                 kept.push_back(item);
             }
@@ -309,8 +311,8 @@ mod tests {
                             let pos = model.iter().position(|m| m.id == it.id).expect("dropped item was queued");
                             let m = model.remove(pos);
                             match why {
-                                Dropped::Cancelled => prop_assert!(m.cancelled),
-                                Dropped::Expired => prop_assert!(m.deadline.is_some_and(|d| d <= now) && !m.cancelled),
+                                Dropped::Cancelled => prop_assert!(m.cancelled && m.deadline.is_none_or(|d| d > now)),
+                                Dropped::Expired => prop_assert!(m.deadline.is_some_and(|d| d <= now)),
                             }
                         }
                         // Everything left in the model is live now.
