@@ -1,6 +1,9 @@
 //! End-to-end: the real `quiver-gateway` binary, real ONNX Runtime, real
 //! HTTP on loopback.
 
+// The whole file is test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +18,10 @@ use serde_json::{Value, json};
 /// ONNX Runtime's own answer, in process, for one model file.
 fn reference(model: &Path, inputs: Vec<Tensor>) -> Vec<Tensor> {
     let env = environment(None).expect("ONNX Runtime (run scripts/setup.sh)");
-    let options = SessionOptions { intra_op_threads: 1, execution_provider: ExecutionProvider::Cpu };
+    let options = SessionOptions {
+        intra_op_threads: 1,
+        execution_provider: ExecutionProvider::Cpu,
+    };
     let mut backend = OnnxBackend::load(env, model, &options).unwrap();
     backend.run(inputs).unwrap()
 }
@@ -26,14 +32,27 @@ fn features(rows: usize, rng: &mut Rng) -> Vec<f32> {
 
 fn mlp_reference(version: u64, x: &[f32]) -> Vec<f32> {
     let rows = x.len() / 16;
-    let input = Tensor { name: "features".into(), shape: vec![rows as i64, 16], data: TensorData::Fp32(x.to_vec()) };
-    let out = reference(&example_models().join(format!("mlp/{version}/model.onnx")), vec![input]);
-    let TensorData::Fp32(v) = &out[0].data else { panic!("mlp output is not FP32") };
+    let input = Tensor {
+        name: "features".into(),
+        shape: vec![rows as i64, 16],
+        data: TensorData::Fp32(x.to_vec()),
+    };
+    let out = reference(
+        &example_models().join(format!("mlp/{version}/model.onnx")),
+        vec![input],
+    );
+    let TensorData::Fp32(v) = &out[0].data else {
+        panic!("mlp output is not FP32")
+    };
     v.clone()
 }
 
 fn as_f32(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn assert_close(got: &[f32], want: &[f32], tol: f32) {
@@ -49,20 +68,45 @@ fn mlp_request(x: &[f32]) -> Value {
 
 #[tokio::test]
 async fn health_and_metadata() {
-    let gw = Gateway::start_ready(&example_models(), &[], &[]).await.unwrap();
+    let gw = Gateway::start_ready(&example_models(), &[], &[])
+        .await
+        .unwrap();
     assert_eq!(gw.get("/v2/health/live").await.unwrap().status, 200);
     assert_eq!(gw.get("/v2/health/ready").await.unwrap().status, 200);
     let server = gw.get("/v2").await.unwrap().json();
     assert_eq!(server["name"], "quiver");
-    assert!(server["extensions"].as_array().unwrap().contains(&json!("binary_tensor_data")));
+    assert!(
+        server["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("binary_tensor_data"))
+    );
 
     let mlp = gw.get("/v2/models/mlp").await.unwrap().json();
     assert_eq!(mlp["versions"], json!(["1", "2"]));
-    assert_eq!(mlp["inputs"], json!([{"name": "features", "datatype": "FP32", "shape": [-1, 16]}]));
-    assert_eq!(mlp["outputs"], json!([{"name": "probabilities", "datatype": "FP32", "shape": [-1, 4]}]));
-    assert_eq!(gw.get("/v2/models/mlp/versions/1").await.unwrap().json()["versions"], json!(["1"]));
-    assert_eq!(gw.get("/v2/models/mlp/versions/1/ready").await.unwrap().status, 200);
-    assert_eq!(gw.get("/v2/models/mlp/ready").await.unwrap().json()["version"], "2");
+    assert_eq!(
+        mlp["inputs"],
+        json!([{"name": "features", "datatype": "FP32", "shape": [-1, 16]}])
+    );
+    assert_eq!(
+        mlp["outputs"],
+        json!([{"name": "probabilities", "datatype": "FP32", "shape": [-1, 4]}])
+    );
+    assert_eq!(
+        gw.get("/v2/models/mlp/versions/1").await.unwrap().json()["versions"],
+        json!(["1"])
+    );
+    assert_eq!(
+        gw.get("/v2/models/mlp/versions/1/ready")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.get("/v2/models/mlp/ready").await.unwrap().json()["version"],
+        "2"
+    );
 
     // A fixed first dimension is served without batching.
     let fixed = gw.get("/v2/models/fixed").await.unwrap().json();
@@ -79,13 +123,17 @@ async fn health_and_metadata() {
         assert_eq!(r.status, status, "{path}: {}", r.text());
         assert!(r.error().contains(needle), "{path}: {}", r.text());
     }
-    let r = send(gw.addr, "DELETE", "/v2/models/mlp", &[], Bytes::new()).await.unwrap();
+    let r = send(gw.addr, "DELETE", "/v2/models/mlp", &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(r.status, 405);
 }
 
 #[tokio::test]
 async fn json_and_binary_inference_match_onnxruntime() {
-    let gw = Gateway::start_ready(&example_models(), &[], &[]).await.unwrap();
+    let gw = Gateway::start_ready(&example_models(), &[], &[])
+        .await
+        .unwrap();
     let mut rng = Rng::new(7);
     for rows in [1usize, 3, 32] {
         let x = features(rows, &mut rng);
@@ -98,11 +146,23 @@ async fn json_and_binary_inference_match_onnxruntime() {
         assert_eq!(body["id"], "req-42");
         assert_eq!(body["model_version"], "2");
         assert_eq!(r.header("x-quiver-model-version"), Some("2"));
-        for h in ["x-quiver-queue-us", "x-quiver-compute-us", "x-quiver-total-us", "x-quiver-batch-size"] {
-            assert!(r.header(h).is_some_and(|v| v.parse::<u64>().is_ok()), "missing {h}");
+        for h in [
+            "x-quiver-queue-us",
+            "x-quiver-compute-us",
+            "x-quiver-total-us",
+            "x-quiver-batch-size",
+        ] {
+            assert!(
+                r.header(h).is_some_and(|v| v.parse::<u64>().is_ok()),
+                "missing {h}"
+            );
         }
         assert_eq!(body["outputs"][0]["shape"], json!([rows, 4]));
-        assert_close(&as_f32(&body["outputs"][0]["data"]), &mlp_reference(2, &x), 1e-6);
+        assert_close(
+            &as_f32(&body["outputs"][0]["data"]),
+            &mlp_reference(2, &x),
+            1e-6,
+        );
 
         // Binary in, binary out, pinned version 1.
         let raw: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -111,15 +171,31 @@ async fn json_and_binary_inference_match_onnxruntime() {
             "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}],
         });
         let (body, n) = binary_body(&header, &raw);
-        let r = send(gw.addr, "POST", "/v2/models/mlp/versions/1/infer", &[("inference-header-content-length", n.to_string())], body)
-            .await
-            .unwrap();
+        let r = send(
+            gw.addr,
+            "POST",
+            "/v2/models/mlp/versions/1/infer",
+            &[("inference-header-content-length", n.to_string())],
+            body,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        let hlen: usize = r.header("inference-header-content-length").unwrap().parse().unwrap();
+        let hlen: usize = r
+            .header("inference-header-content-length")
+            .unwrap()
+            .parse()
+            .unwrap();
         let head: Value = serde_json::from_slice(&r.body[..hlen]).unwrap();
         assert_eq!(head["model_version"], "1");
-        assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], rows * 16);
-        let got: Vec<f32> = r.body[hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(
+            head["outputs"][0]["parameters"]["binary_data_size"],
+            rows * 16
+        );
+        let got: Vec<f32> = r.body[hlen..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_close(&got, &mlp_reference(1, &x), 1e-6);
     }
 }
@@ -128,31 +204,65 @@ async fn json_and_binary_inference_match_onnxruntime() {
 /// JSON and as binary, compared exactly.
 #[tokio::test]
 async fn every_datatype_round_trips_json_and_binary() {
-    let gw = Gateway::start_ready(&example_models(), &[], &[]).await.unwrap();
+    let gw = Gateway::start_ready(&example_models(), &[], &[])
+        .await
+        .unwrap();
     let values: Vec<(&str, &str, Value)> = vec![
-        ("bool", "BOOL", json!([true, false, true, false, false, true])),
+        (
+            "bool",
+            "BOOL",
+            json!([true, false, true, false, false, true]),
+        ),
         ("int8", "INT8", json!([-128, -1, 0, 1, 2, 127])),
         ("int16", "INT16", json!([-32768, -1, 0, 1, 2, 32767])),
-        ("int32", "INT32", json!([-2147483648i64, -1, 0, 1, 2, 2147483647])),
+        (
+            "int32",
+            "INT32",
+            json!([-2147483648i64, -1, 0, 1, 2, 2147483647]),
+        ),
         ("int64", "INT64", json!([i64::MIN, -1, 0, 1, 2, i64::MAX])),
         ("uint8", "UINT8", json!([0, 1, 2, 3, 254, 255])),
         ("uint16", "UINT16", json!([0, 1, 2, 3, 4, 65535])),
         ("uint32", "UINT32", json!([0, 1, 2, 3, 4, 4294967295u64])),
         ("uint64", "UINT64", json!([0, 1, 2, 3, 4, u64::MAX])),
-        ("fp16", "FP16", json!([0.0, -1.5, 2.0, 0.25, 65504.0, -0.125])),
-        ("fp32", "FP32", json!([0.0, -1.5, 3.4028235e38, 1.0e-30, 0.1, -7.25])),
-        ("fp64", "FP64", json!([0.0, -1.5, 1.7976931348623157e308, 5e-324, 0.1, -7.25])),
-        ("bytes", "BYTES", json!(["", "a", "héllo", "x y", "7", "last"])),
+        (
+            "fp16",
+            "FP16",
+            json!([0.0, -1.5, 2.0, 0.25, 65504.0, -0.125]),
+        ),
+        (
+            "fp32",
+            "FP32",
+            json!([0.0, -1.5, 3.4028235e38, 1.0e-30, 0.1, -7.25]),
+        ),
+        (
+            "fp64",
+            "FP64",
+            json!([0.0, -1.5, 1.7976931348623157e308, 5e-324, 0.1, -7.25]),
+        ),
+        (
+            "bytes",
+            "BYTES",
+            json!(["", "a", "héllo", "x y", "7", "last"]),
+        ),
     ];
     let inputs: Vec<Value> = values
         .iter()
         .map(|(n, dt, data)| json!({"name": format!("{n}_in"), "shape": [2, 3], "datatype": dt, "data": data}))
         .collect();
-    let r = gw.post_json("/v2/models/types/infer", &json!({"inputs": inputs})).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/types/infer", &json!({"inputs": inputs}))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
     for (n, dt, data) in &values {
-        let out = body["outputs"].as_array().unwrap().iter().find(|o| o["name"] == format!("{n}_out")).unwrap();
+        let out = body["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == format!("{n}_out"))
+            .unwrap();
         assert_eq!(out["datatype"], *dt);
         assert_eq!(out["shape"], json!([2, 3]));
         assert_eq!(&out["data"], data, "{dt} via JSON");
@@ -185,18 +295,37 @@ async fn every_datatype_round_trips_json_and_binary() {
                 other => panic!("{other}"),
             }
         }
-        header_inputs.push(json!({"name": format!("{n}_in"), "shape": [2, 3], "datatype": dt,
-            "parameters": {"binary_data_size": raw.len() - start}}));
+        header_inputs.push(
+            json!({"name": format!("{n}_in"), "shape": [2, 3], "datatype": dt,
+            "parameters": {"binary_data_size": raw.len() - start}}),
+        );
     }
     let header = json!({"inputs": header_inputs, "parameters": {"binary_data_output": true}});
     let (body, n) = binary_body(&header, &raw);
-    let r = send(gw.addr, "POST", "/v2/models/types/infer", &[("inference-header-content-length", n.to_string())], body).await.unwrap();
+    let r = send(
+        gw.addr,
+        "POST",
+        "/v2/models/types/infer",
+        &[("inference-header-content-length", n.to_string())],
+        body,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let hlen: usize = r.header("inference-header-content-length").unwrap().parse().unwrap();
+    let hlen: usize = r
+        .header("inference-header-content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
     let head: Value = serde_json::from_slice(&r.body[..hlen]).unwrap();
     // Outputs come back in the model's order, which matches the inputs' here,
     // so the binary parts concatenate to exactly what was sent.
-    let sizes: Vec<u64> = head["outputs"].as_array().unwrap().iter().map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap()).collect();
+    let sizes: Vec<u64> = head["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap())
+        .collect();
     assert_eq!(sizes.iter().sum::<u64>() as usize, raw.len());
     assert_eq!(&r.body[hlen..], &raw[..]);
 }
@@ -209,58 +338,165 @@ fn half_bits(x: f32) -> u16 {
 /// Every kind of bad input gets a 4xx with a JSON body naming the problem.
 #[tokio::test]
 async fn bad_requests_get_named_errors() {
-    let gw = Gateway::start_ready(&example_models(), &[], &[]).await.unwrap();
+    let gw = Gateway::start_ready(&example_models(), &[], &[])
+        .await
+        .unwrap();
     let f16 = |n: usize| json!(vec![0.5f32; n]);
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("mlp", json!({"inputs": [{"name": "features", "shape": [1, 15], "datatype": "FP32", "data": f16(15)}]}), 400, "model expects [-1, 16]"),
-        ("mlp", json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP64", "data": f16(16)}]}), 400, "datatype FP64, model expects FP32"),
-        ("mlp", json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": f16(15)}]}), 400, "has 15 elements but shape [1, 16] needs 16"),
-        ("mlp", json!({"inputs": [{"name": "other", "shape": [1, 16], "datatype": "FP32", "data": f16(16)}]}), 400, "unknown input 'other'"),
-        ("mlp", json!({"inputs": []}), 400, "missing input 'features'"),
-        ("mlp", json!({"inputs": [{"name": "features", "shape": [33, 16], "datatype": "FP32", "data": f16(33 * 16)}]}), 400, "max_batch_size 32"),
-        ("mlp", json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": f16(16)}], "outputs": [{"name": "nope"}]}), 400, "unknown output 'nope'"),
-        ("mlp", json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": ["a"]}]}), 400, "is not a valid FP32"),
-        ("mlp", json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "HALF", "data": f16(16)}]}), 400, "unknown datatype 'HALF'"),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "features", "shape": [1, 15], "datatype": "FP32", "data": f16(15)}]}),
+            400,
+            "model expects [-1, 16]",
+        ),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP64", "data": f16(16)}]}),
+            400,
+            "datatype FP64, model expects FP32",
+        ),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": f16(15)}]}),
+            400,
+            "has 15 elements but shape [1, 16] needs 16",
+        ),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "other", "shape": [1, 16], "datatype": "FP32", "data": f16(16)}]}),
+            400,
+            "unknown input 'other'",
+        ),
+        (
+            "mlp",
+            json!({"inputs": []}),
+            400,
+            "missing input 'features'",
+        ),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "features", "shape": [33, 16], "datatype": "FP32", "data": f16(33 * 16)}]}),
+            400,
+            "max_batch_size 32",
+        ),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": f16(16)}], "outputs": [{"name": "nope"}]}),
+            400,
+            "unknown output 'nope'",
+        ),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": ["a"]}]}),
+            400,
+            "is not a valid FP32",
+        ),
+        (
+            "mlp",
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "HALF", "data": f16(16)}]}),
+            400,
+            "unknown datatype 'HALF'",
+        ),
         ("nope", json!({"inputs": []}), 404, "unknown model 'nope'"),
-        ("fixed", json!({"inputs": [{"name": "a", "shape": [3, 3], "datatype": "FP32", "data": f16(9)},
-                                    {"name": "b", "shape": [2, 3], "datatype": "FP32", "data": f16(6)}]}), 400, "model expects [2, 3]"),
+        (
+            "fixed",
+            json!({"inputs": [{"name": "a", "shape": [3, 3], "datatype": "FP32", "data": f16(9)},
+                                    {"name": "b", "shape": [2, 3], "datatype": "FP32", "data": f16(6)}]}),
+            400,
+            "model expects [2, 3]",
+        ),
     ];
     for (model, body, status, needle) in cases {
-        let r = gw.post_json(&format!("/v2/models/{model}/infer"), &body).await.unwrap();
+        let r = gw
+            .post_json(&format!("/v2/models/{model}/infer"), &body)
+            .await
+            .unwrap();
         assert_eq!(r.status, status, "{body}: {}", r.text());
         assert!(r.error().contains(needle), "{body}: {}", r.text());
     }
-    let r = gw.post_json("/v2/models/mlp/versions/7/infer", &json!({"inputs": []})).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/mlp/versions/7/infer", &json!({"inputs": []}))
+        .await
+        .unwrap();
     assert_eq!(r.status, 404, "{}", r.text());
 
     // Malformed JSON, and malformed binary framing.
     let post = |path: &'static str, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
         let addr = gw.addr;
-        async move { send(addr, "POST", path, &headers, Bytes::from(body)).await.unwrap() }
+        async move {
+            send(addr, "POST", path, &headers, Bytes::from(body))
+                .await
+                .unwrap()
+        }
     };
     let r = post("/v2/models/mlp/infer", vec![], b"{\"inputs\": [".to_vec()).await;
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("malformed inference request JSON"), "{}", r.text());
+    assert!(
+        r.error().contains("malformed inference request JSON"),
+        "{}",
+        r.text()
+    );
     let header = json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]});
     let (body, n) = binary_body(&header, &[0u8; 60]);
-    let r = post("/v2/models/mlp/infer", vec![("inference-header-content-length", n.to_string())], body.to_vec()).await;
+    let r = post(
+        "/v2/models/mlp/infer",
+        vec![("inference-header-content-length", n.to_string())],
+        body.to_vec(),
+    )
+    .await;
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("only 60 binary bytes remain"), "{}", r.text());
+    assert!(
+        r.error().contains("only 60 binary bytes remain"),
+        "{}",
+        r.text()
+    );
     let (body, n) = binary_body(&header, &[0u8; 68]);
-    let r = post("/v2/models/mlp/infer", vec![("inference-header-content-length", n.to_string())], body.to_vec()).await;
-    assert!(r.error().contains("4 bytes of binary data follow"), "{}", r.text());
-    let r = post("/v2/models/mlp/infer", vec![("inference-header-content-length", "99999".into())], b"{}".to_vec()).await;
-    assert!(r.error().contains("Inference-Header-Content-Length is 99999"), "{}", r.text());
-    let r = post("/v2/models/mlp/infer", vec![("inference-header-content-length", "x".into())], b"{}".to_vec()).await;
+    let r = post(
+        "/v2/models/mlp/infer",
+        vec![("inference-header-content-length", n.to_string())],
+        body.to_vec(),
+    )
+    .await;
+    assert!(
+        r.error().contains("4 bytes of binary data follow"),
+        "{}",
+        r.text()
+    );
+    let r = post(
+        "/v2/models/mlp/infer",
+        vec![("inference-header-content-length", "99999".into())],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert!(
+        r.error()
+            .contains("Inference-Header-Content-Length is 99999"),
+        "{}",
+        r.text()
+    );
+    let r = post(
+        "/v2/models/mlp/infer",
+        vec![("inference-header-content-length", "x".into())],
+        b"{}".to_vec(),
+    )
+    .await;
     assert_eq!(r.status, 400);
     // BYTES that ONNX string tensors cannot hold.
     let raw = [1u8, 0, 0, 0, 0xff];
     let header = json!({"inputs": [{"name": "bytes_in", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 5}}]});
     let (body, n) = binary_body(&header, &raw);
-    let r = post("/v2/models/types/infer", vec![("inference-header-content-length", n.to_string())], body.to_vec()).await;
+    let r = post(
+        "/v2/models/types/infer",
+        vec![("inference-header-content-length", n.to_string())],
+        body.to_vec(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
     // The gateway is still healthy after all of that.
-    let r = gw.post_json("/v2/models/mlp/infer", &mlp_request(&[0.5; 16])).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/mlp/infer", &mlp_request(&[0.5; 16]))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
 }
 
@@ -268,11 +504,27 @@ async fn bad_requests_get_named_errors() {
 /// environment, which also proves the override reaches the binary).
 #[tokio::test]
 async fn oversized_body_is_413() {
-    let gw = Gateway::start_ready(&example_models(), &[], &[("QUIVER_HTTP__MAX_BODY_BYTES", "1000")]).await.unwrap();
-    let r = gw.post_json("/v2/models/mlp/infer", &mlp_request(&vec![0.25; 16 * 20])).await.unwrap();
+    let gw = Gateway::start_ready(
+        &example_models(),
+        &[],
+        &[("QUIVER_HTTP__MAX_BODY_BYTES", "1000")],
+    )
+    .await
+    .unwrap();
+    let r = gw
+        .post_json("/v2/models/mlp/infer", &mlp_request(&vec![0.25; 16 * 20]))
+        .await
+        .unwrap();
     assert_eq!(r.status, 413, "{}", r.text());
-    assert!(r.error().contains("larger than the limit of 1000 bytes"), "{}", r.text());
-    let r = gw.post_json("/v2/models/mlp/infer", &mlp_request(&[0.25; 16])).await.unwrap();
+    assert!(
+        r.error().contains("larger than the limit of 1000 bytes"),
+        "{}",
+        r.text()
+    );
+    let r = gw
+        .post_json("/v2/models/mlp/infer", &mlp_request(&[0.25; 16]))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -282,7 +534,11 @@ async fn broken_model_is_not_ready_others_serve() {
     let repo = scratch("broken").unwrap();
     copy_model("mlp", &repo).unwrap();
     std::fs::create_dir_all(repo.join("broken/1")).unwrap();
-    std::fs::write(repo.join("broken/1/model.onnx"), b"this is not an onnx file").unwrap();
+    std::fs::write(
+        repo.join("broken/1/model.onnx"),
+        b"this is not an onnx file",
+    )
+    .unwrap();
     let gw = Gateway::start(&repo, &[], &[]).unwrap();
     // Wait for loading to finish (the mlp becomes ready).
     for _ in 0..500 {
@@ -293,20 +549,27 @@ async fn broken_model_is_not_ready_others_serve() {
     }
     let r = gw.get("/v2/health/ready").await.unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
-    let r = gw.post_json("/v2/models/broken/infer", &json!({"inputs": []})).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/broken/infer", &json!({"inputs": []}))
+        .await
+        .unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.error().contains("no ready version"), "{}", r.text());
     let r = gw.get("/v2/models/broken/versions/1/ready").await.unwrap();
     assert_eq!(r.status, 503);
     assert!(r.error().contains("failed to load"), "{}", r.text());
-    let r = gw.post_json("/v2/models/mlp/infer", &mlp_request(&[0.5; 16])).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/mlp/infer", &mlp_request(&[0.5; 16]))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
 fn slow_request(rows: usize, seed: u64, timeout_us: Option<u64>) -> Value {
     let mut rng = Rng::new(seed);
     let x: Vec<f32> = (0..rows * 256).map(|_| rng.f32()).collect();
-    let mut req = json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32", "data": x}]});
+    let mut req =
+        json!({"inputs": [{"name": "x", "shape": [rows, 256], "datatype": "FP32", "data": x}]});
     if let Some(t) = timeout_us {
         req["parameters"] = json!({"timeout": t});
     }
@@ -325,7 +588,9 @@ fn slow_repo(name: &str, config: &str) -> std::path::PathBuf {
 /// one show up in the metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched_and_correct() {
-    let gw = Gateway::start_ready(&example_models(), &[], &[]).await.unwrap();
+    let gw = Gateway::start_ready(&example_models(), &[], &[])
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for client in 0..32u64 {
         let addr = gw.addr;
@@ -336,7 +601,9 @@ async fn concurrent_requests_are_batched_and_correct() {
                 let rows = 1 + (rng.next_u64() % 3) as usize;
                 let x = features(rows, &mut rng);
                 let body = Bytes::from(mlp_request(&x).to_string());
-                let r = send(addr, "POST", "/v2/models/mlp/infer", &[], body).await.unwrap();
+                let r = send(addr, "POST", "/v2/models/mlp/infer", &[], body)
+                    .await
+                    .unwrap();
                 assert_eq!(r.status, 200, "{}", r.text());
                 checked.push((x, as_f32(&r.json()["outputs"][0]["data"])));
             }
@@ -351,7 +618,15 @@ async fn concurrent_requests_are_batched_and_correct() {
         }
     }
     assert_eq!(n, 256);
-    assert_eq!(gw.metric("quiver_requests_total", &["model=\"mlp\"", "outcome=\"success\""]).await.unwrap(), 256.0);
+    assert_eq!(
+        gw.metric(
+            "quiver_requests_total",
+            &["model=\"mlp\"", "outcome=\"success\""]
+        )
+        .await
+        .unwrap(),
+        256.0
+    );
 
     // The slow model makes batching certain: while one request runs, the
     // others queue and leave together.
@@ -360,7 +635,15 @@ async fn concurrent_requests_are_batched_and_correct() {
         let addr = gw.addr;
         tasks.push(tokio::spawn(async move {
             let req = slow_request(1, i, None);
-            let r = send(addr, "POST", "/v2/models/slow/infer", &[], Bytes::from(req.to_string())).await.unwrap();
+            let r = send(
+                addr,
+                "POST",
+                "/v2/models/slow/infer",
+                &[],
+                Bytes::from(req.to_string()),
+            )
+            .await
+            .unwrap();
             assert_eq!(r.status, 200, "{}", r.text());
             (i, r.json()["outputs"][0]["data"].clone())
         }));
@@ -370,14 +653,32 @@ async fn concurrent_requests_are_batched_and_correct() {
         let (i, data) = t.await.unwrap();
         let req = slow_request(1, i, None);
         let x: Vec<f32> = as_f32(&req["inputs"][0]["data"]);
-        let want = reference(&slow_model, vec![Tensor { name: "x".into(), shape: vec![1, 256], data: TensorData::Fp32(x) }]);
-        let TensorData::Fp32(want) = &want[0].data else { panic!() };
+        let want = reference(
+            &slow_model,
+            vec![Tensor {
+                name: "x".into(),
+                shape: vec![1, 256],
+                data: TensorData::Fp32(x),
+            }],
+        );
+        let TensorData::Fp32(want) = &want[0].data else {
+            panic!()
+        };
         assert_close(&as_f32(&data), want, 1e-5);
     }
-    let count = gw.metric("quiver_batch_size_count", &["model=\"slow\""]).await.unwrap();
-    let sum = gw.metric("quiver_batch_size_sum", &["model=\"slow\""]).await.unwrap();
+    let count = gw
+        .metric("quiver_batch_size_count", &["model=\"slow\""])
+        .await
+        .unwrap();
+    let sum = gw
+        .metric("quiver_batch_size_sum", &["model=\"slow\""])
+        .await
+        .unwrap();
     assert_eq!(sum, 12.0);
-    assert!(count < sum, "expected batches of more than one row: {count} batches for {sum} rows");
+    assert!(
+        count < sum,
+        "expected batches of more than one row: {count} batches for {sum} rows"
+    );
 }
 
 /// A full queue answers 429 at once; a request whose deadline passes while
@@ -391,19 +692,32 @@ async fn queue_full_is_429_and_expired_is_504() {
         let addr = gw.addr;
         tasks.push(tokio::spawn(async move {
             let body = Bytes::from(slow_request(1, i, None).to_string());
-            send(addr, "POST", "/v2/models/slow/infer", &[], body).await.unwrap()
+            send(addr, "POST", "/v2/models/slow/infer", &[], body)
+                .await
+                .unwrap()
         }));
     }
     let mut statuses = Vec::new();
     for t in tasks {
         let r = t.await.unwrap();
         if r.status == 429 {
-            assert!(r.error().contains("queue of model 'slow' version 1 is full"), "{}", r.text());
+            assert!(
+                r.error()
+                    .contains("queue of model 'slow' version 1 is full"),
+                "{}",
+                r.text()
+            );
         }
         statuses.push(r.status);
     }
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
-    assert!(statuses.contains(&429), "16 requests on a queue of 2 must overflow: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&429),
+        "16 requests on a queue of 2 must overflow: {statuses:?}"
+    );
     assert!(statuses.contains(&200));
 
     drop(gw);
@@ -412,19 +726,38 @@ async fn queue_full_is_429_and_expired_is_504() {
     // and queue a request with a 1 ms deadline behind it.
     let repo = slow_repo("deadline", "max_batch_size = 64\n");
     let gw = Gateway::start_ready(&repo, &[], &[]).await.unwrap();
-    let rows_before = gw.metric("quiver_batch_size_sum", &["model=\"slow\""]).await.unwrap();
+    let rows_before = gw
+        .metric("quiver_batch_size_sum", &["model=\"slow\""])
+        .await
+        .unwrap();
     let addr = gw.addr;
     let busy = tokio::spawn(async move {
-        send(addr, "POST", "/v2/models/slow/infer", &[], Bytes::from(slow_request(32, 1, None).to_string())).await.unwrap()
+        send(
+            addr,
+            "POST",
+            "/v2/models/slow/infer",
+            &[],
+            Bytes::from(slow_request(32, 1, None).to_string()),
+        )
+        .await
+        .unwrap()
     });
     // Wait until the instance is running it.
     for _ in 0..1000 {
-        if gw.metric("quiver_busy_instances", &["model=\"slow\""]).await.unwrap() >= 1.0 {
+        if gw
+            .metric("quiver_busy_instances", &["model=\"slow\""])
+            .await
+            .unwrap()
+            >= 1.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let r = gw.post_json("/v2/models/slow/infer", &slow_request(1, 2, Some(1000))).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/slow/infer", &slow_request(1, 2, Some(1000)))
+        .await
+        .unwrap();
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(r.error().contains("deadline"), "{}", r.text());
     assert_eq!(busy.await.unwrap().status, 200);
@@ -432,15 +765,28 @@ async fn queue_full_is_429_and_expired_is_504() {
     // queue, right after the busy batch.
     let mut expired = 0.0;
     for _ in 0..200 {
-        expired = gw.metric("quiver_dropped_requests_total", &["model=\"slow\"", "reason=\"expired\""]).await.unwrap();
+        expired = gw
+            .metric(
+                "quiver_dropped_requests_total",
+                &["model=\"slow\"", "reason=\"expired\""],
+            )
+            .await
+            .unwrap();
         if expired > 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(expired, 1.0, "the expired request must be dropped, not run");
-    let rows_after = gw.metric("quiver_batch_size_sum", &["model=\"slow\""]).await.unwrap();
-    assert_eq!(rows_after - rows_before, 32.0, "only the busy request reached the model");
+    let rows_after = gw
+        .metric("quiver_batch_size_sum", &["model=\"slow\""])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_after - rows_before,
+        32.0,
+        "only the busy request reached the model"
+    );
 }
 
 /// SIGTERM with requests in flight: every one of them is answered, then
@@ -453,30 +799,49 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     for i in 0..6u64 {
         let addr = gw.addr;
         tasks.push(tokio::spawn(async move {
-            send(addr, "POST", "/v2/models/slow/infer", &[], Bytes::from(slow_request(1, i, None).to_string())).await
+            send(
+                addr,
+                "POST",
+                "/v2/models/slow/infer",
+                &[],
+                Bytes::from(slow_request(1, i, None).to_string()),
+            )
+            .await
         }));
     }
     // Let them reach the queue (each runs ~3 ms, one at a time).
     tokio::time::sleep(Duration::from_millis(5)).await;
     gw.terminate().unwrap();
     for t in tasks {
-        let r = t.await.unwrap().expect("in-flight request must be answered");
+        let r = t
+            .await
+            .unwrap()
+            .expect("in-flight request must be answered");
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(gw.wait_exit(Duration::from_secs(30)).unwrap(), 0);
     assert!(gw.log().contains("shutdown complete"), "{}", gw.log());
-    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        "no longer accepting"
+    );
 }
 
 /// The official Triton client (`tritonclient[http]`), unmodified.
 #[tokio::test]
 async fn tritonclient_talks_to_the_gateway() {
     let python = std::env::var("QUIVER_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("QUIVER_CACHE_DIR")
-            .unwrap_or_else(|_| format!("{}/.cache/quiver", std::env::var("HOME").unwrap_or_default()));
+        let home = std::env::var("QUIVER_CACHE_DIR").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/quiver",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
         format!("{home}/venv/bin/python")
     });
-    let gw = Gateway::start_ready(&example_models(), &[], &[]).await.unwrap();
+    let gw = Gateway::start_ready(&example_models(), &[], &[])
+        .await
+        .unwrap();
     let root = quiver_tests::root();
     let out = tokio::process::Command::new(&python)
         .arg(root.join("tests/python/tritonclient_check.py"))
@@ -487,6 +852,9 @@ async fn tritonclient_talks_to_the_gateway() {
         .unwrap_or_else(|e| panic!("cannot run {python} (run scripts/setup.sh): {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tritonclient check failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "tritonclient check failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }

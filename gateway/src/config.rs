@@ -18,7 +18,10 @@ pub const ENV_PREFIX: &str = "QUIVER_";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("invalid setting {key}: {message}")]
@@ -56,7 +59,12 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { addr: "127.0.0.1:8000".into(), max_body_bytes: 64 << 20, workers: 0, shutdown_grace_secs: 30 }
+        HttpConfig {
+            addr: "127.0.0.1:8000".into(),
+            max_body_bytes: 64 << 20,
+            workers: 0,
+            shutdown_grace_secs: 30,
+        }
     }
 }
 
@@ -140,7 +148,11 @@ impl VersionPolicy {
         match self {
             VersionPolicy::All => present.to_vec(),
             VersionPolicy::Latest(n) => present[present.len().saturating_sub(*n)..].to_vec(),
-            VersionPolicy::Specific(wanted) => present.iter().copied().filter(|v| wanted.contains(v)).collect(),
+            VersionPolicy::Specific(wanted) => present
+                .iter()
+                .copied()
+                .filter(|v| wanted.contains(v))
+                .collect(),
         }
     }
 }
@@ -167,13 +179,22 @@ pub struct Settings {
 
 impl GatewayConfig {
     /// Reads `path` (if any), applies `QUIVER_*` overrides from `env`.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let (mut table, origin) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                let table: toml::Table = text
-                    .parse()
-                    .map_err(|e: toml::de::Error| ConfigError::Parse { origin: p.display().to_string(), message: e.to_string() })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                let table: toml::Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| ConfigError::Parse {
+                            origin: p.display().to_string(),
+                            message: e.to_string(),
+                        })?;
                 (table, p.display().to_string())
             }
             None => (toml::Table::new(), "(defaults)".to_string()),
@@ -181,20 +202,23 @@ impl GatewayConfig {
         apply_env_overrides(&mut table, env);
         toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { origin, message: e.to_string() })
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin,
+                message: e.to_string(),
+            })
     }
 
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let http_addr = self
-            .http
-            .addr
-            .parse()
-            .map_err(|e| ConfigError::Invalid { key: "http.addr", message: format!("'{}': {e}", self.http.addr) })?;
+        let http_addr = self.http.addr.parse().map_err(|e| ConfigError::Invalid {
+            key: "http.addr",
+            message: format!("'{}': {e}", self.http.addr),
+        })?;
         let repository = self.repository.path.ok_or(ConfigError::Invalid {
             key: "repository.path",
             message: "no model repository given (use --model-repository DIR)".into(),
         })?;
-        validate_model_settings(&self.models).map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        validate_model_settings(&self.models)
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         let http_workers = match self.http.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -222,15 +246,24 @@ pub fn validate_model_settings(m: &ModelDefaults) -> Result<(), (&'static str, S
     if m.max_queue_size == 0 {
         return Err(("max_queue_size", "must be at least 1".into()));
     }
-    if let Some(p) = m.preferred_batch_sizes.iter().find(|&&p| p == 0 || (m.max_batch_size > 0 && p > m.max_batch_size)) {
-        return Err(("preferred_batch_sizes", format!("{p} is not within 1..={}", m.max_batch_size)));
+    if let Some(p) = m
+        .preferred_batch_sizes
+        .iter()
+        .find(|&&p| p == 0 || (m.max_batch_size > 0 && p > m.max_batch_size))
+    {
+        return Err((
+            "preferred_batch_sizes",
+            format!("{p} is not within 1..={}", m.max_batch_size),
+        ));
     }
     Ok(())
 }
 
 fn apply_env_overrides(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
     for (name, raw) in env {
-        let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
         if keys.len() < 2 || keys.iter().any(String::is_empty) {
             continue;
@@ -246,7 +279,9 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) {
             table.insert(last.clone(), value);
         }
         [first, rest @ ..] => {
-            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if !entry.is_table() {
                 *entry = toml::Value::Table(toml::Table::new());
             }
@@ -273,9 +308,18 @@ mod tests {
     fn env_overrides_reach_nested_keys_with_types() {
         let env = [
             ("QUIVER_HTTP__ADDR".to_string(), "0.0.0.0:9000".to_string()),
-            ("QUIVER_MODELS__MAX_BATCH_SIZE".to_string(), "16".to_string()),
-            ("QUIVER_MODELS__PREFERRED_BATCH_SIZES".to_string(), "[4, 8]".to_string()),
-            ("QUIVER_REPOSITORY__PATH".to_string(), "/srv/models".to_string()),
+            (
+                "QUIVER_MODELS__MAX_BATCH_SIZE".to_string(),
+                "16".to_string(),
+            ),
+            (
+                "QUIVER_MODELS__PREFERRED_BATCH_SIZES".to_string(),
+                "[4, 8]".to_string(),
+            ),
+            (
+                "QUIVER_REPOSITORY__PATH".to_string(),
+                "/srv/models".to_string(),
+            ),
             ("UNRELATED".to_string(), "1".to_string()),
         ];
         let settings = GatewayConfig::load(None, env).unwrap().validate().unwrap();
@@ -308,12 +352,22 @@ mod tests {
         assert_eq!(VersionPolicy::Latest(1).select(&present), vec![5]);
         assert_eq!(VersionPolicy::Latest(9).select(&present), vec![1, 2, 5]);
         assert_eq!(VersionPolicy::All.select(&present), vec![1, 2, 5]);
-        assert_eq!(VersionPolicy::Specific(vec![2, 7]).select(&present), vec![2]);
+        assert_eq!(
+            VersionPolicy::Specific(vec![2, 7]).select(&present),
+            vec![2]
+        );
     }
 
     #[test]
     fn invalid_model_settings_are_named() {
-        let m = ModelDefaults { preferred_batch_sizes: vec![128], max_batch_size: 64, ..Default::default() };
-        assert_eq!(validate_model_settings(&m).unwrap_err().0, "preferred_batch_sizes");
+        let m = ModelDefaults {
+            preferred_batch_sizes: vec![128],
+            max_batch_size: 64,
+            ..Default::default()
+        };
+        assert_eq!(
+            validate_model_settings(&m).unwrap_err().0,
+            "preferred_batch_sizes"
+        );
     }
 }

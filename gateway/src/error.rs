@@ -13,8 +13,14 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("queue of model '{model}' version {version} is full ({capacity} requests waiting); retry later")]
-    QueueFull { model: String, version: u64, capacity: usize },
+    #[error(
+        "queue of model '{model}' version {version} is full ({capacity} requests waiting); retry later"
+    )]
+    QueueFull {
+        model: String,
+        version: u64,
+        capacity: usize,
+    },
     #[error("{0}")]
     NotReady(String),
     #[error("request deadline passed before the model could run it")]

@@ -14,19 +14,19 @@
 //! [`metrics`] (names and recorder), [`error`] (API errors → HTTP status),
 //! and [`server`] (`run(settings, listener, shutdown)`).
 
+pub mod admission;
 pub mod backend;
+pub mod batcher;
 pub mod config;
+pub mod error;
+pub mod http;
+pub mod live;
+pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod repository;
-pub mod tensor;
-pub mod batcher;
-pub mod error;
-pub mod metrics;
-pub mod admission;
-pub mod live;
-pub mod loader;
-pub mod http;
 pub mod server;
+pub mod tensor;
 
 pub use server::run;

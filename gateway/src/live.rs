@@ -57,10 +57,16 @@ pub struct LiveModels {
 
 impl LiveModels {
     /// The version a request for `model` (and optionally `version`) runs on.
-    pub fn resolve(&self, model: &str, version: Option<u64>) -> Result<&Arc<ServedVersion>, ApiError> {
+    pub fn resolve(
+        &self,
+        model: &str,
+        version: Option<u64>,
+    ) -> Result<&Arc<ServedVersion>, ApiError> {
         let Some(entry) = self.models.get(model) else {
             if !self.loaded {
-                return Err(ApiError::NotReady("the model repository is still loading".into()));
+                return Err(ApiError::NotReady(
+                    "the model repository is still loading".into(),
+                ));
             }
             return Err(ApiError::NotFound(format!("unknown model '{model}'")));
         };
@@ -70,10 +76,12 @@ impl LiveModels {
                 .ok_or_else(|| ApiError::NotReady(format!("model '{model}' has no ready version"))),
             Some(v) => match entry.versions.get(&v) {
                 Some(VersionStatus::Ready(s)) => Ok(s),
-                Some(VersionStatus::Failed(why)) => {
-                    Err(ApiError::NotReady(format!("model '{model}' version {v} failed to load: {why}")))
-                }
-                None => Err(ApiError::NotFound(format!("model '{model}' has no version {v}"))),
+                Some(VersionStatus::Failed(why)) => Err(ApiError::NotReady(format!(
+                    "model '{model}' version {v} failed to load: {why}"
+                ))),
+                None => Err(ApiError::NotFound(format!(
+                    "model '{model}' has no version {v}"
+                ))),
             },
         }
     }

@@ -20,25 +20,36 @@ use crate::model::{ModelSpec, TensorSpec, apply_overrides, has_batch_dimension};
 use crate::repository::{self, ModelConfig, RepositoryError};
 use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
-pub fn load_repository(settings: &Settings, env: &Environment) -> Result<LiveModels, RepositoryError> {
-    let mut live = LiveModels { models: Default::default(), loaded: true };
+pub fn load_repository(
+    settings: &Settings,
+    env: &Environment,
+) -> Result<LiveModels, RepositoryError> {
+    let mut live = LiveModels {
+        models: Default::default(),
+        loaded: true,
+    };
     for dir in repository::scan(&settings.repository)? {
         let mut entry = ModelEntry::default();
         match repository::load_model_config(&dir.path, &settings.models) {
             Err(e) => {
                 tracing::error!(model = %dir.name, error = %e, "model config invalid; model not loaded");
                 for (v, _) in &dir.versions {
-                    entry.versions.insert(*v, VersionStatus::Failed(e.to_string()));
+                    entry
+                        .versions
+                        .insert(*v, VersionStatus::Failed(e.to_string()));
                 }
             }
             Ok(cfg) => {
                 let present: Vec<u64> = dir.versions.iter().map(|(v, _)| *v).collect();
                 for version in cfg.settings.version_policy.select(&present) {
-                    let Some((_, file)) = dir.versions.iter().find(|(v, _)| *v == version) else { continue };
+                    let Some((_, file)) = dir.versions.iter().find(|(v, _)| *v == version) else {
+                        continue;
+                    };
                     let started = std::time::Instant::now();
                     let status = match load_version(&dir.name, version, file, &cfg, env) {
                         Ok(served) => {
-                            metrics::counter!(MODEL_LOADS_TOTAL, "outcome" => "success").increment(1);
+                            metrics::counter!(MODEL_LOADS_TOTAL, "outcome" => "success")
+                                .increment(1);
                             tracing::info!(
                                 model = %dir.name, version, batched = served.spec.is_batched(),
                                 max_batch_size = served.spec.max_batch_size, instances = cfg.settings.instances,
@@ -47,7 +58,8 @@ pub fn load_repository(settings: &Settings, env: &Environment) -> Result<LiveMod
                             VersionStatus::Ready(Arc::new(served))
                         }
                         Err(why) => {
-                            metrics::counter!(MODEL_LOADS_TOTAL, "outcome" => "failure").increment(1);
+                            metrics::counter!(MODEL_LOADS_TOTAL, "outcome" => "failure")
+                                .increment(1);
                             tracing::error!(model = %dir.name, version, error = %why, "model version failed to load");
                             VersionStatus::Failed(why)
                         }
@@ -64,15 +76,28 @@ pub fn load_repository(settings: &Settings, env: &Environment) -> Result<LiveMod
 
 /// Loads one version: `instances` sessions, the interface read from the
 /// graph (narrowed by config), a warm-up batch through every instance.
-pub fn load_version(name: &str, version: u64, file: &Path, cfg: &ModelConfig, env: &Environment) -> Result<ServedVersion, String> {
+pub fn load_version(
+    name: &str,
+    version: u64,
+    file: &Path,
+    cfg: &ModelConfig,
+    env: &Environment,
+) -> Result<ServedVersion, String> {
     let s = &cfg.settings;
-    let options = SessionOptions { intra_op_threads: s.intra_op_threads, execution_provider: s.execution_provider };
+    let options = SessionOptions {
+        intra_op_threads: s.intra_op_threads,
+        execution_provider: s.execution_provider,
+    };
     let mut instances = Vec::with_capacity(s.instances);
     for _ in 0..s.instances {
         instances.push(OnnxBackend::load(env, file, &options).map_err(|e| e.to_string())?);
     }
     let first = instances.first().ok_or("no instances configured")?;
-    let inputs = apply_overrides(first.input_specs().map_err(|e| e.to_string())?, &cfg.inputs, "input")?;
+    let inputs = apply_overrides(
+        first.input_specs().map_err(|e| e.to_string())?,
+        &cfg.inputs,
+        "input",
+    )?;
     let outputs = apply_overrides(first.output_specs().to_vec(), &cfg.outputs, "output")?;
     let batched = s.max_batch_size > 0 && has_batch_dimension(&inputs, &outputs);
     let spec = Arc::new(ModelSpec {
@@ -84,7 +109,9 @@ pub fn load_version(name: &str, version: u64, file: &Path, cfg: &ModelConfig, en
     });
     let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(instances.len());
     for mut instance in instances {
-        let out = instance.run(warmup_inputs(&spec.inputs)).map_err(|e| format!("warm-up failed: {e}"))?;
+        let out = instance
+            .run(warmup_inputs(&spec.inputs))
+            .map_err(|e| format!("warm-up failed: {e}"))?;
         check_outputs(&spec.outputs, &out)?;
         backends.push(Box::new(instance));
     }
@@ -97,8 +124,14 @@ pub fn load_version(name: &str, version: u64, file: &Path, cfg: &ModelConfig, en
     let metrics = VersionMetrics::new(name, version);
     let batcher = Batcher::start(Arc::clone(&spec), backends, limits, metrics.clone())
         .map_err(|e| format!("cannot start instance threads: {e}"))?;
-    let default_timeout = (s.default_timeout_ms > 0).then(|| Duration::from_millis(s.default_timeout_ms));
-    Ok(ServedVersion { spec, batcher, metrics, default_timeout })
+    let default_timeout =
+        (s.default_timeout_ms > 0).then(|| Duration::from_millis(s.default_timeout_ms));
+    Ok(ServedVersion {
+        spec,
+        batcher,
+        metrics,
+        default_timeout,
+    })
 }
 
 /// One row of zeros (dynamic dimensions set to 1) for every input.
@@ -108,7 +141,11 @@ fn warmup_inputs(inputs: &[TensorSpec]) -> Vec<Tensor> {
         .map(|s| {
             let shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
             let n = element_count(&shape).unwrap_or(0);
-            Tensor { name: s.name.clone(), shape, data: zeros(s.datatype, n) }
+            Tensor {
+                name: s.name.clone(),
+                shape,
+                data: zeros(s.datatype, n),
+            }
         })
         .collect()
 }
@@ -136,7 +173,10 @@ fn check_outputs(specs: &[TensorSpec], got: &[Tensor]) -> Result<(), String> {
     for (s, t) in specs.iter().zip(got) {
         let fits = t.datatype() == s.datatype
             && t.shape.len() == s.shape.len()
-            && t.shape.iter().zip(&s.shape).all(|(&g, &w)| w == -1 || g == w);
+            && t.shape
+                .iter()
+                .zip(&s.shape)
+                .all(|(&g, &w)| w == -1 || g == w);
         if !fits {
             return Err(format!(
                 "warm-up output '{}' is {} {:?}, declared {} {:?}",

@@ -49,7 +49,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("invalid log filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).context("invalid log filter")?,
+        )
         .with_writer(std::io::stderr)
         .init();
 

@@ -4,7 +4,10 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS_TOTAL: &str = "quiver_requests_total";
@@ -19,8 +22,16 @@ pub const MODELS_LOADED: &str = "quiver_models_loaded";
 pub const MODEL_LOADS_TOTAL: &str = "quiver_model_loads_total";
 
 /// Every outcome a request can have; the `outcome` label's closed set.
-pub const OUTCOMES: [&str; 8] =
-    ["success", "bad_request", "not_found", "too_large", "queue_full", "not_ready", "deadline_exceeded", "error"];
+pub const OUTCOMES: [&str; 8] = [
+    "success",
+    "bad_request",
+    "not_found",
+    "too_large",
+    "queue_full",
+    "not_ready",
+    "deadline_exceeded",
+    "error",
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -30,9 +41,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
         return Ok(h.clone());
     }
     let duration_buckets = [
-        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     ];
-    let size_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    let size_buckets = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    ];
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &duration_buckets)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &size_buckets))
@@ -45,15 +59,45 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_counter!(REQUESTS_TOTAL, "Inference requests by model, version and outcome.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Server-side time per inference request, body read to response.");
-    describe_histogram!(QUEUE_DURATION, Unit::Seconds, "Time a request waited in the batch queue.");
-    describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Time the engine took per batch.");
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Inference requests by model, version and outcome."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Server-side time per inference request, body read to response."
+    );
+    describe_histogram!(
+        QUEUE_DURATION,
+        Unit::Seconds,
+        "Time a request waited in the batch queue."
+    );
+    describe_histogram!(
+        COMPUTE_DURATION,
+        Unit::Seconds,
+        "Time the engine took per batch."
+    );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Rows per batch run by the engine.");
-    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Requests waiting in a model version's queue.");
-    describe_gauge!(BUSY_INSTANCES, Unit::Count, "Model instances running a batch now.");
-    describe_counter!(DROPPED_TOTAL, "Requests taken out of the queue before the model: expired or cancelled.");
-    describe_gauge!(MODELS_LOADED, Unit::Count, "Model versions loaded and serving.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Requests waiting in a model version's queue."
+    );
+    describe_gauge!(
+        BUSY_INSTANCES,
+        Unit::Count,
+        "Model instances running a batch now."
+    );
+    describe_counter!(
+        DROPPED_TOTAL,
+        "Requests taken out of the queue before the model: expired or cancelled."
+    );
+    describe_gauge!(
+        MODELS_LOADED,
+        Unit::Count,
+        "Model versions loaded and serving."
+    );
     describe_counter!(MODEL_LOADS_TOTAL, "Model version loads by outcome.");
 }
 

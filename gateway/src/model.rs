@@ -40,30 +40,50 @@ impl ModelSpec {
 /// Whether every input and output has a dynamic first dimension, the
 /// condition for concatenating requests along it.
 pub fn has_batch_dimension(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> bool {
-    inputs.iter().chain(outputs).all(|t| t.shape.first() == Some(&-1))
+    inputs
+        .iter()
+        .chain(outputs)
+        .all(|t| t.shape.first() == Some(&-1))
 }
 
 /// Applies config overrides to the tensors read from the graph. An override
 /// may pin a dynamic dimension but never change a datatype, a rank or a
 /// fixed dimension, and must name a tensor the graph has.
-pub fn apply_overrides(mut graph: Vec<TensorSpec>, overrides: &[TensorOverride], kind: &str) -> Result<Vec<TensorSpec>, String> {
+pub fn apply_overrides(
+    mut graph: Vec<TensorSpec>,
+    overrides: &[TensorOverride],
+    kind: &str,
+) -> Result<Vec<TensorSpec>, String> {
     for o in overrides {
         let Some(spec) = graph.iter_mut().find(|t| t.name == o.name) else {
             let names: Vec<&str> = graph.iter().map(|t| t.name.as_str()).collect();
-            return Err(format!("config names {kind} '{}', but the model's {kind}s are {names:?}", o.name));
+            return Err(format!(
+                "config names {kind} '{}', but the model's {kind}s are {names:?}",
+                o.name
+            ));
         };
         if let Some(dt) = &o.datatype {
-            let parsed = DataType::parse(dt).ok_or_else(|| format!("{kind} '{}': unknown datatype '{dt}'", o.name))?;
+            let parsed = DataType::parse(dt)
+                .ok_or_else(|| format!("{kind} '{}': unknown datatype '{dt}'", o.name))?;
             if parsed != spec.datatype {
-                return Err(format!("{kind} '{}': config says {parsed} but the model has {}", o.name, spec.datatype));
+                return Err(format!(
+                    "{kind} '{}': config says {parsed} but the model has {}",
+                    o.name, spec.datatype
+                ));
             }
         }
         if let Some(shape) = &o.shape {
             let compatible = shape.len() == spec.shape.len()
-                && shape.iter().zip(&spec.shape).all(|(&c, &g)| g == -1 || c == g)
+                && shape
+                    .iter()
+                    .zip(&spec.shape)
+                    .all(|(&c, &g)| g == -1 || c == g)
                 && shape.iter().all(|&d| d == -1 || d > 0);
             if !compatible {
-                return Err(format!("{kind} '{}': config shape {shape:?} does not fit the model's {:?}", o.name, spec.shape));
+                return Err(format!(
+                    "{kind} '{}': config shape {shape:?} does not fit the model's {:?}",
+                    o.name, spec.shape
+                ));
             }
             spec.shape.clone_from(shape);
         }
@@ -76,26 +96,59 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, shape: &[i64]) -> TensorSpec {
-        TensorSpec { name: name.into(), datatype: DataType::Fp32, shape: shape.to_vec() }
+        TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: shape.to_vec(),
+        }
     }
 
     #[test]
     fn overrides_pin_dynamic_dims_only() {
         let graph = vec![spec("x", &[-1, -1])];
-        let o = |shape: Vec<i64>| TensorOverride { name: "x".into(), datatype: None, shape: Some(shape) };
-        assert_eq!(apply_overrides(graph.clone(), &[o(vec![-1, 16])], "input").unwrap()[0].shape, vec![-1, 16]);
+        let o = |shape: Vec<i64>| TensorOverride {
+            name: "x".into(),
+            datatype: None,
+            shape: Some(shape),
+        };
+        assert_eq!(
+            apply_overrides(graph.clone(), &[o(vec![-1, 16])], "input").unwrap()[0].shape,
+            vec![-1, 16]
+        );
         assert!(apply_overrides(vec![spec("x", &[-1, 8])], &[o(vec![-1, 16])], "input").is_err());
         assert!(apply_overrides(graph.clone(), &[o(vec![-1])], "input").is_err());
-        let wrong = TensorOverride { name: "y".into(), datatype: None, shape: None };
-        assert!(apply_overrides(graph.clone(), &[wrong], "input").unwrap_err().contains("\"x\""));
-        let dt = TensorOverride { name: "x".into(), datatype: Some("INT64".into()), shape: None };
-        assert!(apply_overrides(graph, &[dt], "input").unwrap_err().contains("INT64"));
+        let wrong = TensorOverride {
+            name: "y".into(),
+            datatype: None,
+            shape: None,
+        };
+        assert!(
+            apply_overrides(graph.clone(), &[wrong], "input")
+                .unwrap_err()
+                .contains("\"x\"")
+        );
+        let dt = TensorOverride {
+            name: "x".into(),
+            datatype: Some("INT64".into()),
+            shape: None,
+        };
+        assert!(
+            apply_overrides(graph, &[dt], "input")
+                .unwrap_err()
+                .contains("INT64")
+        );
     }
 
     #[test]
     fn batch_dimension_needs_every_tensor_dynamic_first() {
-        assert!(has_batch_dimension(&[spec("x", &[-1, 4])], &[spec("y", &[-1])]));
-        assert!(!has_batch_dimension(&[spec("x", &[2, 4])], &[spec("y", &[-1])]));
+        assert!(has_batch_dimension(
+            &[spec("x", &[-1, 4])],
+            &[spec("y", &[-1])]
+        ));
+        assert!(!has_batch_dimension(
+            &[spec("x", &[2, 4])],
+            &[spec("y", &[-1])]
+        ));
         assert!(!has_batch_dimension(&[spec("x", &[])], &[]));
     }
 }

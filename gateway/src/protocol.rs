@@ -73,27 +73,41 @@ fn param<'a>(params: &'a Option<Map<String, Value>>, key: &str) -> Option<&'a Va
     params.as_ref().and_then(|p| p.get(key))
 }
 
-fn bool_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Result<Option<bool>, ProtocolError> {
+fn bool_param(
+    params: &Option<Map<String, Value>>,
+    key: &str,
+    whose: &str,
+) -> Result<Option<bool>, ProtocolError> {
     match param(params, key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ProtocolError(format!("parameter '{key}' of {whose} must be a boolean, got {other}"))),
+        Some(other) => Err(ProtocolError(format!(
+            "parameter '{key}' of {whose} must be a boolean, got {other}"
+        ))),
     }
 }
 
-fn u64_param(params: &Option<Map<String, Value>>, key: &str, whose: &str) -> Result<Option<u64>, ProtocolError> {
+fn u64_param(
+    params: &Option<Map<String, Value>>,
+    key: &str,
+    whose: &str,
+) -> Result<Option<u64>, ProtocolError> {
     match param(params, key) {
         None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ProtocolError(format!("parameter '{key}' of {whose} must be a non-negative integer, got {v}"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ProtocolError(format!(
+                "parameter '{key}' of {whose} must be a non-negative integer, got {v}"
+            ))
+        }),
     }
 }
 
 /// Decodes a request body. `header_len` is the value of
 /// `Inference-Header-Content-Length`, when the client sent one.
-pub fn parse_infer_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, ProtocolError> {
+pub fn parse_infer_request(
+    body: &[u8],
+    header_len: Option<usize>,
+) -> Result<InferRequest, ProtocolError> {
     let (json_part, mut binary_part) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ProtocolError(format!(
@@ -104,10 +118,11 @@ pub fn parse_infer_request(body: &[u8], header_len: Option<usize>) -> Result<Inf
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
-    let wire: WireRequest<'_> =
-        serde_json::from_slice(json_part).map_err(|e| ProtocolError(format!("malformed inference request JSON: {e}")))?;
+    let wire: WireRequest<'_> = serde_json::from_slice(json_part)
+        .map_err(|e| ProtocolError(format!("malformed inference request JSON: {e}")))?;
 
-    let binary_output = bool_param(&wire.parameters, "binary_data_output", "the request")?.unwrap_or(false);
+    let binary_output =
+        bool_param(&wire.parameters, "binary_data_output", "the request")?.unwrap_or(false);
     let timeout = u64_param(&wire.parameters, "timeout", "the request")?
         .filter(|&us| us > 0)
         .map(Duration::from_micros);
@@ -115,13 +130,20 @@ pub fn parse_infer_request(body: &[u8], header_len: Option<usize>) -> Result<Inf
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
         let whose = format!("input '{}'", input.name);
-        let datatype = DataType::parse(&input.datatype)
-            .ok_or_else(|| ProtocolError(format!("{whose} has unknown datatype '{}'", input.datatype)))?;
-        let count = tensor::element_count(&input.shape)
-            .ok_or_else(|| ProtocolError(format!("{whose} has an invalid shape {:?}", input.shape)))?;
-        let data = match (u64_param(&input.parameters, "binary_data_size", &whose)?, input.data) {
+        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+            ProtocolError(format!("{whose} has unknown datatype '{}'", input.datatype))
+        })?;
+        let count = tensor::element_count(&input.shape).ok_or_else(|| {
+            ProtocolError(format!("{whose} has an invalid shape {:?}", input.shape))
+        })?;
+        let data = match (
+            u64_param(&input.parameters, "binary_data_size", &whose)?,
+            input.data,
+        ) {
             (Some(_), Some(_)) => {
-                return Err(ProtocolError(format!("{whose} has both 'data' and 'binary_data_size'")));
+                return Err(ProtocolError(format!(
+                    "{whose} has both 'data' and 'binary_data_size'"
+                )));
             }
             (Some(size), None) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -133,10 +155,12 @@ pub fn parse_infer_request(body: &[u8], header_len: Option<usize>) -> Result<Inf
                 }
                 let (mine, rest) = binary_part.split_at(size);
                 binary_part = rest;
-                binary::decode(datatype, count, mine).map_err(|e| ProtocolError(format!("{whose}: {e}")))?
+                binary::decode(datatype, count, mine)
+                    .map_err(|e| ProtocolError(format!("{whose}: {e}")))?
             }
             (None, Some(raw)) => {
-                let data = tensor::json::decode(datatype, raw, count).map_err(|e| ProtocolError(format!("{whose}: {e}")))?;
+                let data = tensor::json::decode(datatype, raw, count)
+                    .map_err(|e| ProtocolError(format!("{whose}: {e}")))?;
                 if data.len() != count {
                     return Err(ProtocolError(format!(
                         "{whose} has {} elements but shape {:?} needs {count}",
@@ -146,9 +170,17 @@ pub fn parse_infer_request(body: &[u8], header_len: Option<usize>) -> Result<Inf
                 }
                 data
             }
-            (None, None) => return Err(ProtocolError(format!("{whose} has no 'data' and no 'binary_data_size'"))),
+            (None, None) => {
+                return Err(ProtocolError(format!(
+                    "{whose} has no 'data' and no 'binary_data_size'"
+                )));
+            }
         };
-        inputs.push(Tensor { name: input.name, shape: input.shape, data });
+        inputs.push(Tensor {
+            name: input.name,
+            shape: input.shape,
+            data,
+        });
     }
     if !binary_part.is_empty() {
         return Err(ProtocolError(format!(
@@ -159,10 +191,23 @@ pub fn parse_infer_request(body: &[u8], header_len: Option<usize>) -> Result<Inf
 
     let mut outputs = Vec::new();
     for output in wire.outputs.unwrap_or_default() {
-        let binary = bool_param(&output.parameters, "binary_data", &format!("output '{}'", output.name))?;
-        outputs.push(RequestedOutput { name: output.name, binary });
+        let binary = bool_param(
+            &output.parameters,
+            "binary_data",
+            &format!("output '{}'", output.name),
+        )?;
+        outputs.push(RequestedOutput {
+            name: output.name,
+            binary,
+        });
     }
-    Ok(InferRequest { id: wire.id, inputs, outputs, binary_output, timeout })
+    Ok(InferRequest {
+        id: wire.id,
+        inputs,
+        outputs,
+        binary_output,
+        timeout,
+    })
 }
 
 #[derive(Serialize)]
@@ -214,19 +259,28 @@ pub fn encode_infer_response(
                 name: &t.name,
                 datatype: t.datatype().as_str(),
                 shape: &t.shape,
-                parameters: binary.then(|| BinarySize { binary_data_size: binary::encoded_len(&t.data) }),
+                parameters: binary.then(|| BinarySize {
+                    binary_data_size: binary::encoded_len(&t.data),
+                }),
                 data: (!binary).then_some(JsonData(&t.data)),
             })
             .collect(),
     };
-    let binary_len: usize = outputs.iter().filter(|(_, b)| *b).map(|(t, _)| binary::encoded_len(&t.data)).sum();
+    let binary_len: usize = outputs
+        .iter()
+        .filter(|(_, b)| *b)
+        .map(|(t, _)| binary::encoded_len(&t.data))
+        .sum();
     let mut body = Vec::with_capacity(256 + binary_len);
     serde_json::to_writer(&mut body, &wire)?;
     let header_len = body.len();
     for (t, _) in outputs.iter().filter(|(_, b)| *b) {
         binary::encode(&t.data, &mut body);
     }
-    Ok(EncodedResponse { body, header_len: (binary_len > 0 || outputs.iter().any(|(_, b)| *b)).then_some(header_len) })
+    Ok(EncodedResponse {
+        body,
+        header_len: (binary_len > 0 || outputs.iter().any(|(_, b)| *b)).then_some(header_len),
+    })
 }
 
 /// Convenience for tests and the bench: a JSON request body.
@@ -245,7 +299,12 @@ pub fn json_request(inputs: &[Tensor]) -> Vec<u8> {
     let req = Req {
         inputs: inputs
             .iter()
-            .map(|t| In { name: &t.name, shape: &t.shape, datatype: t.datatype().as_str(), data: JsonData(&t.data) })
+            .map(|t| In {
+                name: &t.name,
+                shape: &t.shape,
+                datatype: t.datatype().as_str(),
+                data: JsonData(&t.data),
+            })
             .collect(),
     };
     serde_json::to_vec(&req).unwrap_or_default()
@@ -264,7 +323,10 @@ mod tests {
         let req = parse_infer_request(body, None).unwrap();
         assert_eq!(req.id.as_deref(), Some("r1"));
         assert_eq!(req.timeout, Some(Duration::from_micros(2500)));
-        assert_eq!(req.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(
+            req.inputs[0].data,
+            TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0])
+        );
         assert_eq!(req.outputs[0].binary, Some(true));
     }
 
@@ -295,7 +357,11 @@ mod tests {
         ];
         for (body, header, needle) in cases {
             let err = parse_infer_request(body, *header).unwrap_err();
-            assert!(err.0.contains(needle), "{}: {err}", String::from_utf8_lossy(body));
+            assert!(
+                err.0.contains(needle),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -310,8 +376,16 @@ mod tests {
 
     #[test]
     fn response_mixes_json_and_binary_outputs() {
-        let a = Tensor { name: "a".into(), shape: vec![2], data: TensorData::Fp32(vec![1.0, 2.0]) };
-        let b = Tensor { name: "b".into(), shape: vec![1], data: TensorData::Int64(vec![9]) };
+        let a = Tensor {
+            name: "a".into(),
+            shape: vec![2],
+            data: TensorData::Fp32(vec![1.0, 2.0]),
+        };
+        let b = Tensor {
+            name: "b".into(),
+            shape: vec![1],
+            data: TensorData::Int64(vec![9]),
+        };
         let enc = encode_infer_response("m", 3, Some("id7"), &[(&a, false), (&b, true)]).unwrap();
         let header_len = enc.header_len.unwrap();
         let header: Value = serde_json::from_slice(&enc.body[..header_len]).unwrap();

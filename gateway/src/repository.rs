@@ -17,7 +17,10 @@ pub const CONFIG_FILE: &str = "config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
     #[error("cannot read model repository {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid {path}: {message}")]
     Config { path: PathBuf, message: String },
 }
@@ -57,17 +60,29 @@ pub struct ModelConfig {
 /// Lists the models under `root`; directories without any version are
 /// listed with no versions (so the index can show them).
 pub fn scan(root: &Path) -> Result<Vec<ModelDir>, RepositoryError> {
-    let read = |path: &Path| std::fs::read_dir(path).map_err(|source| RepositoryError::Read { path: path.into(), source });
+    let read = |path: &Path| {
+        std::fs::read_dir(path).map_err(|source| RepositoryError::Read {
+            path: path.into(),
+            source,
+        })
+    };
     let mut models = Vec::new();
     for entry in read(root)?.flatten() {
         let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
         if name.starts_with('.') || !path.is_dir() {
             continue;
         }
         let mut versions = Vec::new();
         for v in read(&path)?.flatten() {
-            let Some(version) = v.file_name().to_str().and_then(|s| s.parse::<u64>().ok()).filter(|&v| v > 0) else {
+            let Some(version) = v
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|&v| v > 0)
+            else {
                 continue;
             };
             let file = v.path().join(MODEL_FILE);
@@ -76,39 +91,67 @@ pub fn scan(root: &Path) -> Result<Vec<ModelDir>, RepositoryError> {
             }
         }
         versions.sort_by_key(|(v, _)| *v);
-        models.push(ModelDir { name, path, versions });
+        models.push(ModelDir {
+            name,
+            path,
+            versions,
+        });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)
 }
 
 /// Reads `<model>/config.toml` over `defaults`; no file means the defaults.
-pub fn load_model_config(model_dir: &Path, defaults: &ModelDefaults) -> Result<ModelConfig, RepositoryError> {
+pub fn load_model_config(
+    model_dir: &Path,
+    defaults: &ModelDefaults,
+) -> Result<ModelConfig, RepositoryError> {
     let path = model_dir.join(CONFIG_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ModelConfig { settings: defaults.clone(), inputs: Vec::new(), outputs: Vec::new() });
+            return Ok(ModelConfig {
+                settings: defaults.clone(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            });
         }
         Err(source) => return Err(RepositoryError::Read { path, source }),
     };
-    let invalid = |message: String| RepositoryError::Config { path: path.clone(), message };
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
-    let overrides = |table: &mut toml::Table, key: &str| -> Result<Vec<TensorOverride>, RepositoryError> {
-        match table.remove(key) {
-            None => Ok(Vec::new()),
-            Some(v) => v.try_into().map_err(|e: toml::de::Error| invalid(format!("[[{key}]]: {e}"))),
-        }
+    let invalid = |message: String| RepositoryError::Config {
+        path: path.clone(),
+        message,
     };
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+    let overrides =
+        |table: &mut toml::Table, key: &str| -> Result<Vec<TensorOverride>, RepositoryError> {
+            match table.remove(key) {
+                None => Ok(Vec::new()),
+                Some(v) => v
+                    .try_into()
+                    .map_err(|e: toml::de::Error| invalid(format!("[[{key}]]: {e}"))),
+            }
+        };
     let inputs = overrides(&mut table, "input")?;
     let outputs = overrides(&mut table, "output")?;
-    let toml::Value::Table(mut merged) = toml::Value::try_from(defaults).map_err(|e| invalid(e.to_string()))? else {
+    let toml::Value::Table(mut merged) =
+        toml::Value::try_from(defaults).map_err(|e| invalid(e.to_string()))?
+    else {
         return Err(invalid("defaults did not serialise to a table".into()));
     };
     merged.extend(table);
-    let settings: ModelDefaults = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
-    validate_model_settings(&settings).map_err(|(key, message)| invalid(format!("{key}: {message}")))?;
-    Ok(ModelConfig { settings, inputs, outputs })
+    let settings: ModelDefaults = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+    validate_model_settings(&settings)
+        .map_err(|(key, message)| invalid(format!("{key}: {message}")))?;
+    Ok(ModelConfig {
+        settings,
+        inputs,
+        outputs,
+    })
 }
 
 #[cfg(test)]
@@ -135,7 +178,14 @@ mod tests {
         std::fs::write(root.join("README"), b"").unwrap();
         let models = scan(&root).unwrap();
         assert_eq!(models.len(), 1);
-        assert_eq!(models[0].versions.iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            models[0]
+                .versions
+                .iter()
+                .map(|(v, _)| *v)
+                .collect::<Vec<_>>(),
+            vec![1, 3]
+        );
     }
 
     #[test]
@@ -148,7 +198,10 @@ mod tests {
         .unwrap();
         let cfg = load_model_config(&root, &ModelDefaults::default()).unwrap();
         assert_eq!(cfg.settings.max_batch_size, 8);
-        assert_eq!(cfg.settings.max_queue_size, ModelDefaults::default().max_queue_size);
+        assert_eq!(
+            cfg.settings.max_queue_size,
+            ModelDefaults::default().max_queue_size
+        );
         assert_eq!(cfg.settings.version_policy, VersionPolicy::All);
         assert_eq!(cfg.inputs[0].shape, Some(vec![-1, 4]));
     }

@@ -39,30 +39,45 @@ pub enum ServeError {
 }
 
 /// Serves until `shutdown` resolves, then shuts down in order.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let prometheus = crate::metrics::install().map_err(ServeError::Metrics)?;
     let env = onnx::environment(settings.ort_library.as_deref())?;
     if !settings.repository.is_dir() {
-        return Err(ServeError::Repository(settings.repository.display().to_string()));
+        return Err(ServeError::Repository(
+            settings.repository.display().to_string(),
+        ));
     }
-    let gw = Arc::new(Gateway { live: ArcSwap::from_pointee(LiveModels::default()), settings, prometheus });
+    let gw = Arc::new(Gateway {
+        live: ArcSwap::from_pointee(LiveModels::default()),
+        settings,
+        prometheus,
+    });
 
     // Loading runs ONNX Runtime: on its own thread, never a tokio worker.
     let loader = {
         let gw = Arc::clone(&gw);
         std::thread::Builder::new()
             .name("quiver-loader".into())
-            .spawn(move || match crate::loader::load_repository(&gw.settings, env) {
-                Ok(live) => {
-                    let ready = live.is_ready();
-                    gw.live.store(Arc::new(live));
-                    tracing::info!(ready, "model repository loaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the model repository");
-                    gw.live.store(Arc::new(LiveModels { loaded: true, ..Default::default() }));
-                }
-            })
+            .spawn(
+                move || match crate::loader::load_repository(&gw.settings, env) {
+                    Ok(live) => {
+                        let ready = live.is_ready();
+                        gw.live.store(Arc::new(live));
+                        tracing::info!(ready, "model repository loaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the model repository");
+                        gw.live.store(Arc::new(LiveModels {
+                            loaded: true,
+                            ..Default::default()
+                        }));
+                    }
+                },
+            )
             .map_err(ServeError::Thread)?
     };
 
@@ -101,8 +116,14 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
     tracing::info!("shutting down: no longer accepting connections");
     drop(listener);
     let grace = gw.settings.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "connections still open after the grace period; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing them"
+        );
     }
     // Queued requests have all been answered or abandoned by now; let each
     // batcher drain and join its engine threads off the async runtime.

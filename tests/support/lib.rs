@@ -27,10 +27,16 @@ pub fn example_models() -> PathBuf {
 /// A built binary of the workspace, next to the running test's `deps/`.
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
     let path = dir.join(name);
     if !path.is_file() {
-        bail!("{} not found: build it first (cargo build --workspace --bins)", path.display());
+        bail!(
+            "{} not found: build it first (cargo build --workspace --bins)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -47,12 +53,19 @@ impl Gateway {
     /// until it listens.
     pub fn start(repository: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Gateway> {
         let mut cmd = Command::new(binary("quiver-gateway")?);
-        cmd.arg("--model-repository").arg(repository).args(["--http-addr", "127.0.0.1:0"]).args(args);
+        cmd.arg("--model-repository")
+            .arg(repository)
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(args);
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
         let stderr = child.stderr.take().context("no stderr")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -60,24 +73,35 @@ impl Gateway {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a.parse().context("listen address")?,
             Err(_) => {
                 let _ = child.kill();
-                bail!("gateway did not start; log:\n{}", log.lock().unwrap().join("\n"));
+                bail!(
+                    "gateway did not start; log:\n{}",
+                    log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+                );
             }
         };
         Ok(Gateway { child, addr, log })
     }
 
     /// Starts the gateway and waits for `/v2/health/ready`.
-    pub async fn start_ready(repository: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Gateway> {
+    pub async fn start_ready(
+        repository: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Gateway> {
         let gw = Gateway::start(repository, args, env)?;
         gw.wait_ready().await?;
         Ok(gw)
@@ -97,7 +121,10 @@ impl Gateway {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     pub async fn get(&self, path: &str) -> Result<Reply> {
@@ -105,7 +132,14 @@ impl Gateway {
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<Reply> {
-        send(self.addr, "POST", path, &[("content-type", "application/json".into())], Bytes::from(body.to_string())).await
+        send(
+            self.addr,
+            "POST",
+            path,
+            &[("content-type", "application/json".into())],
+            Bytes::from(body.to_string()),
+        )
+        .await
     }
 
     /// The value of one Prometheus sample line whose name and labels
@@ -115,7 +149,9 @@ impl Gateway {
         let mut total = 0.0;
         let mut found = false;
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((key, value)) = line.rsplit_once(' ') else { continue };
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
             let metric = key.split('{').next().unwrap_or_default();
             if metric == name && labels.iter().all(|l| key.contains(l)) {
                 total += value.parse::<f64>().unwrap_or(0.0);
@@ -130,7 +166,9 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<()> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
@@ -145,7 +183,10 @@ impl Gateway {
                 return status.code().ok_or_else(|| anyhow!("killed by a signal"));
             }
             if Instant::now() > until {
-                bail!("gateway did not exit within {timeout:?}; log:\n{}", self.log());
+                bail!(
+                    "gateway did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -169,7 +210,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn text(&self) -> String {
@@ -182,16 +224,28 @@ impl Reply {
 
     /// The `error` field of a failure body.
     pub fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
 /// One request on a fresh connection.
-pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: Bytes) -> Result<Reply> {
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Result<Reply> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     for (k, v) in headers {
         req = req.header(*k, v);
     }
@@ -200,7 +254,11 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes();
     driver.abort();
-    Ok(Reply { status, headers, body })
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// A binary-extension request body: JSON header + raw tensor bytes.
@@ -214,7 +272,11 @@ pub fn binary_body(header: &serde_json::Value, raw: &[u8]) -> (Bytes, usize) {
 /// A scratch directory under the target dir, emptied first.
 pub fn scratch(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no parent")?.join("quiver-scratch").join(format!("{name}-{}", std::process::id()));
+    let dir = exe
+        .parent()
+        .context("no parent")?
+        .join("quiver-scratch")
+        .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -30,7 +30,9 @@ pub fn setup_location() -> Option<PathBuf> {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/quiver"),
     };
-    Some(cache.join(format!("onnxruntime-{ORT_VERSION}/onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}")))
+    Some(cache.join(format!(
+        "onnxruntime-{ORT_VERSION}/onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}"
+    )))
 }
 
 /// The library to load: the configured path, else `ORT_DYLIB_PATH`, else
@@ -41,7 +43,9 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, BackendError> 
         configured.map(Path::to_path_buf),
         std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
         setup_location(),
-        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("libonnxruntime.so"))),
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("libonnxruntime.so"))),
     ];
     for path in candidates.into_iter().flatten() {
         if path.is_file() {
@@ -61,7 +65,9 @@ pub fn environment(configured: Option<&Path>) -> Result<&'static Environment, Ba
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
-    let _guard = INIT.lock().map_err(|_| BackendError::Library("initialisation lock poisoned".into()))?;
+    let _guard = INIT
+        .lock()
+        .map_err(|_| BackendError::Library("initialisation lock poisoned".into()))?;
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
@@ -90,7 +96,11 @@ pub struct OnnxBackend {
 }
 
 impl OnnxBackend {
-    pub fn load(env: &Environment, model: &Path, options: &SessionOptions) -> Result<Self, BackendError> {
+    pub fn load(
+        env: &Environment,
+        model: &Path,
+        options: &SessionOptions,
+    ) -> Result<Self, BackendError> {
         let load = |e: String| BackendError::Load(format!("{}: {e}", model.display()));
         let builder = Session::builder(env)
             .map_err(|e| load(e.to_string()))?
@@ -100,11 +110,22 @@ impl OnnxBackend {
             .map_err(|e| load(e.to_string()))?
             .with_inter_threads(1)
             .map_err(|e| load(e.to_string()))?;
-        let mut builder = with_execution_provider(builder, options.execution_provider).map_err(load)?;
-        let session = builder.commit_from_file(model).map_err(|e| load(e.to_string()))?;
-        let input_names = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let mut builder =
+            with_execution_provider(builder, options.execution_provider).map_err(load)?;
+        let session = builder
+            .commit_from_file(model)
+            .map_err(|e| load(e.to_string()))?;
+        let input_names = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
         let outputs = specs(session.outputs().iter().map(|o| (o.name(), o.dtype())))?;
-        Ok(OnnxBackend { session, input_names, outputs })
+        Ok(OnnxBackend {
+            session,
+            input_names,
+            outputs,
+        })
     }
 
     /// The graph's inputs, as the protocol describes them.
@@ -124,7 +145,9 @@ fn with_execution_provider(
 ) -> Result<ort::session::builder::SessionBuilder, String> {
     match ep {
         ExecutionProvider::Cpu => Ok(builder),
-        other => Err(format!("execution provider {other:?} needs a gateway built with `--features cuda` (or `tensorrt`)")),
+        other => Err(format!(
+            "execution provider {other:?} needs a gateway built with `--features cuda` (or `tensorrt`)"
+        )),
     }
 }
 
@@ -139,12 +162,19 @@ fn with_execution_provider(
         ExecutionProvider::Cuda => vec![ep::CUDA::default().build().error_on_failure()],
         #[cfg(feature = "tensorrt")]
         ExecutionProvider::Tensorrt => {
-            vec![ep::TensorRT::default().build().error_on_failure(), ep::CUDA::default().build().error_on_failure()]
+            vec![
+                ep::TensorRT::default().build().error_on_failure(),
+                ep::CUDA::default().build().error_on_failure(),
+            ]
         }
         #[cfg(not(feature = "tensorrt"))]
-        ExecutionProvider::Tensorrt => return Err("execution provider tensorrt needs `--features tensorrt`".into()),
+        ExecutionProvider::Tensorrt => {
+            return Err("execution provider tensorrt needs `--features tensorrt`".into());
+        }
     };
-    builder.with_execution_providers(providers).map_err(|e| e.to_string())
+    builder
+        .with_execution_providers(providers)
+        .map_err(|e| e.to_string())
 }
 
 fn datatype_of(ty: TensorElementType) -> Option<DataType> {
@@ -166,16 +196,28 @@ fn datatype_of(ty: TensorElementType) -> Option<DataType> {
     })
 }
 
-fn specs<'a>(outlets: impl Iterator<Item = (&'a str, &'a ValueType)>) -> Result<Vec<TensorSpec>, BackendError> {
+fn specs<'a>(
+    outlets: impl Iterator<Item = (&'a str, &'a ValueType)>,
+) -> Result<Vec<TensorSpec>, BackendError> {
     outlets
         .map(|(name, ty)| {
-            let ValueType::Tensor { ty: elem, shape, .. } = ty else {
-                return Err(BackendError::Unsupported(format!("'{name}' is not a tensor ({ty:?})")));
+            let ValueType::Tensor {
+                ty: elem, shape, ..
+            } = ty
+            else {
+                return Err(BackendError::Unsupported(format!(
+                    "'{name}' is not a tensor ({ty:?})"
+                )));
             };
-            let datatype =
-                datatype_of(*elem).ok_or_else(|| BackendError::Unsupported(format!("'{name}' has element type {elem:?}")))?;
+            let datatype = datatype_of(*elem).ok_or_else(|| {
+                BackendError::Unsupported(format!("'{name}' has element type {elem:?}"))
+            })?;
             let shape = shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect();
-            Ok(TensorSpec { name: name.to_string(), datatype, shape })
+            Ok(TensorSpec {
+                name: name.to_string(),
+                datatype,
+                shape,
+            })
         })
         .collect()
 }
@@ -185,7 +227,9 @@ fn to_value(t: Tensor) -> Result<DynValue, BackendError> {
     let shape = t.shape;
     macro_rules! owned {
         ($v:expr) => {
-            ort::value::Tensor::from_array((shape, $v)).map(|x| x.into_dyn()).map_err(err)
+            ort::value::Tensor::from_array((shape, $v))
+                .map(|x| x.into_dyn())
+                .map_err(err)
         };
     }
     match t.data {
@@ -203,8 +247,13 @@ fn to_value(t: Tensor) -> Result<DynValue, BackendError> {
         TensorData::Fp64(v) => owned!(v),
         TensorData::Bytes(v) => {
             // Admission has checked these are UTF-8; ONNX strings are text.
-            let strings: Vec<String> = v.into_iter().map(|b| String::from_utf8_lossy(&b).into_owned()).collect();
-            ort::value::Tensor::from_string_array((shape, strings.as_slice())).map(|x| x.into_dyn()).map_err(err)
+            let strings: Vec<String> = v
+                .into_iter()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .collect();
+            ort::value::Tensor::from_string_array((shape, strings.as_slice()))
+                .map(|x| x.into_dyn())
+                .map_err(err)
         }
     }
 }
@@ -232,25 +281,38 @@ fn from_value(spec: &TensorSpec, value: &DynValue) -> Result<Tensor, BackendErro
         DataType::Fp64 => copy!(Fp64, f64),
         DataType::Bytes => {
             let (shape, strings) = value.try_extract_strings().map_err(err)?;
-            (shape.to_vec(), TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()))
+            (
+                shape.to_vec(),
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
         }
     };
-    Ok(Tensor { name: spec.name.clone(), shape, data })
+    Ok(Tensor {
+        name: spec.name.clone(),
+        shape,
+        data,
+    })
 }
 
 impl Backend for OnnxBackend {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
         let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, tensor) in self.input_names.iter().zip(inputs) {
-            feed.push((Cow::Borrowed(name.as_str()), SessionInputValue::Owned(to_value(tensor)?)));
+            feed.push((
+                Cow::Borrowed(name.as_str()),
+                SessionInputValue::Owned(to_value(tensor)?),
+            ));
         }
-        let outputs = self.session.run(feed).map_err(|e| BackendError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(feed)
+            .map_err(|e| BackendError::Run(e.to_string()))?;
         self.outputs
             .iter()
             .map(|spec| {
-                let value = outputs
-                    .get(&spec.name)
-                    .ok_or_else(|| BackendError::Run(format!("ONNX Runtime returned no output '{}'", spec.name)))?;
+                let value = outputs.get(&spec.name).ok_or_else(|| {
+                    BackendError::Run(format!("ONNX Runtime returned no output '{}'", spec.name))
+                })?;
                 from_value(spec, value)
             })
             .collect()

@@ -56,7 +56,10 @@ impl Queued for Job {
         self.reply.is_closed()
     }
     fn fits_with(&self, head: &Self) -> bool {
-        self.inputs.iter().zip(&head.inputs).all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+        self.inputs
+            .iter()
+            .zip(&head.inputs)
+            .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
     }
 }
 
@@ -104,7 +107,11 @@ impl Batcher {
         metrics.queue_depth.set(0.0);
         metrics.busy_instances.set(0.0);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { queue: BatchQueue::new(limits), busy: 0, closed: false }),
+            state: Mutex::new(State {
+                queue: BatchQueue::new(limits),
+                busy: 0,
+                closed: false,
+            }),
             wake: Condvar::new(),
             spec,
             metrics,
@@ -113,18 +120,26 @@ impl Batcher {
         for (i, backend) in backends.into_iter().enumerate() {
             let mine = Arc::clone(&shared);
             let name = format!("quiver-{}-v{}-{i}", shared.spec.name, shared.spec.version);
-            let thread = std::thread::Builder::new().name(name).spawn(move || instance_loop(&mine, backend));
+            let thread = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || instance_loop(&mine, backend));
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    let b = Batcher { shared, threads: Mutex::new(threads) };
+                    let b = Batcher {
+                        shared,
+                        threads: Mutex::new(threads),
+                    };
                     b.close();
                     b.join();
                     return Err(e);
                 }
             }
         }
-        Ok(Batcher { shared, threads: Mutex::new(threads) })
+        Ok(Batcher {
+            shared,
+            threads: Mutex::new(threads),
+        })
     }
 
     /// Queues `job`; a full queue hands it back at once.
@@ -134,7 +149,10 @@ impl Batcher {
             return Err(Rejected::Closed(job));
         }
         state.queue.push(job).map_err(Rejected::Full)?;
-        self.shared.metrics.queue_depth.set(state.queue.len() as f64);
+        self.shared
+            .metrics
+            .queue_depth
+            .set(state.queue.len() as f64);
         drop(state);
         self.shared.wake.notify_one();
         Ok(())
@@ -189,10 +207,16 @@ fn instance_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
                     }
                     _ if !dropped.is_empty() => break None,
                     Next::Empty if state.closed => return,
-                    Next::Empty => state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+                    Next::Empty => {
+                        state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner())
+                    }
                     Next::WaitUntil(t) => {
                         let timeout = t.saturating_duration_since(Instant::now());
-                        state = shared.wake.wait_timeout(state, timeout).unwrap_or_else(|p| p.into_inner()).0;
+                        state = shared
+                            .wake
+                            .wait_timeout(state, timeout)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
                     }
                 }
             }
@@ -223,21 +247,35 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
     let started = Instant::now();
     let rows: usize = batch.iter().map(|j| j.rows).sum();
     let inputs = if batch.len() == 1 {
-        batch.first_mut().map(|j| std::mem::take(&mut j.inputs)).unwrap_or_default()
+        batch
+            .first_mut()
+            .map(|j| std::mem::take(&mut j.inputs))
+            .unwrap_or_default()
     } else {
         concatenate(&batch, rows)
     };
     let result = backend.run(inputs);
     let compute_time = started.elapsed();
-    shared.metrics.compute_duration.record(compute_time.as_secs_f64());
+    shared
+        .metrics
+        .compute_duration
+        .record(compute_time.as_secs_f64());
     shared.metrics.batch_size.record(rows as f64);
     let outputs = result.and_then(|outputs| split(outputs, &batch, rows, shared.spec.is_batched()));
     match outputs {
         Ok(per_job) => {
             for (job, outputs) in batch.into_iter().zip(per_job) {
                 let queue_time = started.saturating_duration_since(job.enqueued_at);
-                shared.metrics.queue_duration.record(queue_time.as_secs_f64());
-                let _ = job.reply.send(Ok(JobOutput { outputs, queue_time, compute_time, batch_rows: rows }));
+                shared
+                    .metrics
+                    .queue_duration
+                    .record(queue_time.as_secs_f64());
+                let _ = job.reply.send(Ok(JobOutput {
+                    outputs,
+                    queue_time,
+                    compute_time,
+                    batch_rows: rows,
+                }));
             }
         }
         Err(e) => {
@@ -251,7 +289,9 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
 
 /// Concatenates each input along the batch dimension, in job order.
 fn concatenate(batch: &[Job], rows: usize) -> Vec<Tensor> {
-    let Some(head) = batch.first() else { return Vec::new() };
+    let Some(head) = batch.first() else {
+        return Vec::new();
+    };
     head.inputs
         .iter()
         .enumerate()
@@ -267,17 +307,29 @@ fn concatenate(batch: &[Job], rows: usize) -> Vec<Tensor> {
                     data.extend_from(&t.data);
                 }
             }
-            Tensor { name: first.name.clone(), shape, data }
+            Tensor {
+                name: first.name.clone(),
+                shape,
+                data,
+            }
         })
         .collect()
 }
 
 /// Splits each output back into one piece per job.
-fn split(outputs: Vec<Tensor>, batch: &[Job], rows: usize, batched: bool) -> Result<Vec<Vec<Tensor>>, BackendError> {
+fn split(
+    outputs: Vec<Tensor>,
+    batch: &[Job],
+    rows: usize,
+    batched: bool,
+) -> Result<Vec<Vec<Tensor>>, BackendError> {
     if batch.len() == 1 {
         return Ok(vec![outputs]);
     }
-    let mut per_job: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    let mut per_job: Vec<Vec<Tensor>> = batch
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
     for out in outputs {
         let first = out.shape.first().copied().unwrap_or(0);
         if !batched || first != rows as i64 {
@@ -291,9 +343,15 @@ fn split(outputs: Vec<Tensor>, batch: &[Job], rows: usize, batched: bool) -> Res
         for (job, dest) in batch.iter().zip(per_job.iter_mut()) {
             let mut shape = out.shape.clone();
             shape[0] = job.rows as i64;
-            let data = out.data.slice(offset * per_row, (offset + job.rows) * per_row);
+            let data = out
+                .data
+                .slice(offset * per_row, (offset + job.rows) * per_row);
             offset += job.rows;
-            dest.push(Tensor { name: out.name.clone(), shape, data });
+            dest.push(Tensor {
+                name: out.name.clone(),
+                shape,
+                data,
+            });
         }
     }
     Ok(per_job)
@@ -321,21 +379,50 @@ mod tests {
             drop(open);
             let x = &inputs[0];
             self.seen.lock().unwrap().push(x.shape[0] as usize);
-            let TensorData::Fp32(v) = &x.data else { panic!() };
-            Ok(vec![Tensor { name: "y".into(), shape: x.shape.clone(), data: TensorData::Fp32(v.iter().map(|a| a * 2.0).collect()) }])
+            let TensorData::Fp32(v) = &x.data else {
+                panic!()
+            };
+            Ok(vec![Tensor {
+                name: "y".into(),
+                shape: x.shape.clone(),
+                data: TensorData::Fp32(v.iter().map(|a| a * 2.0).collect()),
+            }])
         }
     }
 
     fn spec() -> Arc<ModelSpec> {
-        let t = |n: &str| TensorSpec { name: n.into(), datatype: DataType::Fp32, shape: vec![-1, 2] };
-        Arc::new(ModelSpec { name: "m".into(), version: 1, inputs: vec![t("x")], outputs: vec![t("y")], max_batch_size: 8 })
+        let t = |n: &str| TensorSpec {
+            name: n.into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+        };
+        Arc::new(ModelSpec {
+            name: "m".into(),
+            version: 1,
+            inputs: vec![t("x")],
+            outputs: vec![t("y")],
+            max_batch_size: 8,
+        })
     }
 
     fn job(rows: usize, base: f32) -> (Job, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
         let data = (0..rows * 2).map(|i| base + i as f32).collect();
-        let input = Tensor { name: "x".into(), shape: vec![rows as i64, 2], data: TensorData::Fp32(data) };
-        (Job { inputs: vec![input], rows, enqueued_at: Instant::now(), deadline: None, reply: tx }, rx)
+        let input = Tensor {
+            name: "x".into(),
+            shape: vec![rows as i64, 2],
+            data: TensorData::Fp32(data),
+        };
+        (
+            Job {
+                inputs: vec![input],
+                rows,
+                enqueued_at: Instant::now(),
+                deadline: None,
+                reply: tx,
+            },
+            rx,
+        )
     }
 
     /// While the one instance is held busy, queued jobs collect; released,
@@ -344,9 +431,23 @@ mod tests {
     fn queued_jobs_batch_and_split_back() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let backend = Doubler { seen: Arc::clone(&seen), gate: Arc::clone(&gate) };
-        let limits = BatchLimits { max_rows: 8, max_queue_delay: Duration::from_millis(1), preferred: vec![], capacity: 16 };
-        let b = Batcher::start(spec(), vec![Box::new(backend)], limits, VersionMetrics::new("m", 1)).unwrap();
+        let backend = Doubler {
+            seen: Arc::clone(&seen),
+            gate: Arc::clone(&gate),
+        };
+        let limits = BatchLimits {
+            max_rows: 8,
+            max_queue_delay: Duration::from_millis(1),
+            preferred: vec![],
+            capacity: 16,
+        };
+        let b = Batcher::start(
+            spec(),
+            vec![Box::new(backend)],
+            limits,
+            VersionMetrics::new("m", 1),
+        )
+        .unwrap();
         let (first, first_rx) = job(1, 0.0);
         b.submit(first).ok().unwrap();
         // Wait until the instance holds the first job (queue empty again).
@@ -380,9 +481,23 @@ mod tests {
     #[test]
     fn full_queue_rejects_and_close_drains() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let backend = Doubler { seen: Arc::new(Mutex::new(Vec::new())), gate: Arc::clone(&gate) };
-        let limits = BatchLimits { max_rows: 8, max_queue_delay: Duration::ZERO, preferred: vec![], capacity: 1 };
-        let b = Batcher::start(spec(), vec![Box::new(backend)], limits, VersionMetrics::new("m", 1)).unwrap();
+        let backend = Doubler {
+            seen: Arc::new(Mutex::new(Vec::new())),
+            gate: Arc::clone(&gate),
+        };
+        let limits = BatchLimits {
+            max_rows: 8,
+            max_queue_delay: Duration::ZERO,
+            preferred: vec![],
+            capacity: 1,
+        };
+        let b = Batcher::start(
+            spec(),
+            vec![Box::new(backend)],
+            limits,
+            VersionMetrics::new("m", 1),
+        )
+        .unwrap();
         let (j1, rx1) = job(1, 0.0);
         b.submit(j1).ok().unwrap();
         while b.queue_len() > 0 {
@@ -402,6 +517,9 @@ mod tests {
         }
         b.join();
         assert!(rx1.blocking_recv().unwrap().is_ok());
-        assert!(rx2.blocking_recv().unwrap().is_ok(), "queued work finishes on close");
+        assert!(
+            rx2.blocking_recv().unwrap().is_ok(),
+            "queued work finishes on close"
+        );
     }
 }

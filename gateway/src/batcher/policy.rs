@@ -63,7 +63,10 @@ impl<T: Queued> BatchQueue<T> {
         limits.max_rows = limits.max_rows.max(1);
         limits.preferred.sort_unstable();
         limits.preferred.dedup();
-        BatchQueue { items: VecDeque::with_capacity(limits.capacity.min(4096)), limits }
+        BatchQueue {
+            items: VecDeque::with_capacity(limits.capacity.min(4096)),
+            limits,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -90,9 +93,16 @@ impl<T: Queued> BatchQueue<T> {
     /// Decides what an instance that has just become free should do.
     /// `model_busy`: another instance of the same model is running a batch.
     /// Requests dropped on the way are appended to `dropped`.
-    pub fn next(&mut self, now: Instant, model_busy: bool, dropped: &mut Vec<(T, Dropped)>) -> Next<T> {
+    pub fn next(
+        &mut self,
+        now: Instant,
+        model_busy: bool,
+        dropped: &mut Vec<(T, Dropped)>,
+    ) -> Next<T> {
         self.evict(now, dropped);
-        let Some(head) = self.items.front() else { return Next::Empty };
+        let Some(head) = self.items.front() else {
+            return Next::Empty;
+        };
         let (count, rows, full) = self.extent();
         let waited_enough = now >= head.enqueued_at() + self.limits.max_queue_delay;
         if !model_busy || full || waited_enough {
@@ -131,7 +141,9 @@ impl<T: Queued> BatchQueue<T> {
     /// rows, and whether the batch is full (nothing more could join).
     fn extent(&self) -> (usize, usize, bool) {
         let mut iter = self.items.iter();
-        let Some(head) = iter.next() else { return (0, 0, false) };
+        let Some(head) = iter.next() else {
+            return (0, 0, false);
+        };
         let (mut count, mut rows) = (1, head.rows());
         for item in iter {
             if !item.fits_with(head) || rows + item.rows() > self.limits.max_rows {
@@ -194,12 +206,29 @@ mod tests {
         }
     }
 
-    fn limits(max_rows: usize, delay_us: u64, preferred: Vec<usize>, capacity: usize) -> BatchLimits {
-        BatchLimits { max_rows, max_queue_delay: Duration::from_micros(delay_us), preferred, capacity }
+    fn limits(
+        max_rows: usize,
+        delay_us: u64,
+        preferred: Vec<usize>,
+        capacity: usize,
+    ) -> BatchLimits {
+        BatchLimits {
+            max_rows,
+            max_queue_delay: Duration::from_micros(delay_us),
+            preferred,
+            capacity,
+        }
     }
 
     fn item(id: usize, rows: usize, at: Instant) -> Item {
-        Item { id, rows, at, deadline: None, cancelled: false, key: 0 }
+        Item {
+            id,
+            rows,
+            at,
+            deadline: None,
+            cancelled: false,
+            key: 0,
+        }
     }
 
     #[test]
@@ -208,7 +237,10 @@ mod tests {
         let mut q = BatchQueue::new(limits(8, 1_000_000, vec![], 10));
         q.push(item(0, 1, t0)).unwrap();
         let mut dropped = Vec::new();
-        assert_eq!(q.next(t0, false, &mut dropped), Next::Batch(vec![item(0, 1, t0)]));
+        assert_eq!(
+            q.next(t0, false, &mut dropped),
+            Next::Batch(vec![item(0, 1, t0)])
+        );
     }
 
     #[test]
@@ -217,14 +249,20 @@ mod tests {
         let mut q = BatchQueue::new(limits(4, 100, vec![], 10));
         let mut dropped = Vec::new();
         q.push(item(0, 1, t0)).unwrap();
-        assert_eq!(q.next(t0, true, &mut dropped), Next::WaitUntil(t0 + Duration::from_micros(100)));
+        assert_eq!(
+            q.next(t0, true, &mut dropped),
+            Next::WaitUntil(t0 + Duration::from_micros(100))
+        );
         q.push(item(1, 3, t0)).unwrap();
         match q.next(t0, true, &mut dropped) {
             Next::Batch(b) => assert_eq!(b.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]),
             other => panic!("full batch should leave: {other:?}"),
         }
         q.push(item(2, 1, t0)).unwrap();
-        assert!(matches!(q.next(t0 + Duration::from_micros(100), true, &mut dropped), Next::Batch(_)));
+        assert!(matches!(
+            q.next(t0 + Duration::from_micros(100), true, &mut dropped),
+            Next::Batch(_)
+        ));
     }
 
     #[test]
@@ -235,7 +273,9 @@ mod tests {
             q.push(item(id, 1, t0)).unwrap();
         }
         let mut dropped = Vec::new();
-        let Next::Batch(b) = q.next(t0, false, &mut dropped) else { panic!() };
+        let Next::Batch(b) = q.next(t0, false, &mut dropped) else {
+            panic!()
+        };
         assert_eq!(b.len(), 4);
         assert_eq!(q.len(), 1);
     }
@@ -250,10 +290,16 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Push { rows: usize, ttl_us: Option<u64>, key: u8 },
+        Push {
+            rows: usize,
+            ttl_us: Option<u64>,
+            key: u8,
+        },
         Cancel(usize),
         Advance(u64),
-        Next { busy: bool },
+        Next {
+            busy: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {

@@ -32,7 +32,11 @@ pub fn server_ready(gw: &Gateway) -> Response<Body> {
     if live.is_ready() {
         reply::json(200, &serde_json::json!({"ready": true}))
     } else {
-        let why = if live.loaded { "a model has no ready version" } else { "models are still loading" };
+        let why = if live.loaded {
+            "a model has no ready version"
+        } else {
+            "models are still loading"
+        };
         reply::json(503, &serde_json::json!({"ready": false, "error": why}))
     }
 }
@@ -63,7 +67,11 @@ struct ModelMetadata<'a> {
     max_batch_size: usize,
 }
 
-pub fn model_metadata(gw: &Gateway, model: &str, version: Option<u64>) -> Result<Response<Body>, ApiError> {
+pub fn model_metadata(
+    gw: &Gateway,
+    model: &str,
+    version: Option<u64>,
+) -> Result<Response<Body>, ApiError> {
     let live = gw.live.load();
     let served = live.resolve(model, version)?;
     let versions = match version {
@@ -71,7 +79,11 @@ pub fn model_metadata(gw: &Gateway, model: &str, version: Option<u64>) -> Result
         None => live
             .models
             .get(model)
-            .map(|e| e.ready_versions().map(|s| s.spec.version.to_string()).collect())
+            .map(|e| {
+                e.ready_versions()
+                    .map(|s| s.spec.version.to_string())
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     Ok(reply::json(
@@ -87,14 +99,26 @@ pub fn model_metadata(gw: &Gateway, model: &str, version: Option<u64>) -> Result
     ))
 }
 
-pub fn model_ready(gw: &Gateway, model: &str, version: Option<u64>) -> Result<Response<Body>, ApiError> {
+pub fn model_ready(
+    gw: &Gateway,
+    model: &str,
+    version: Option<u64>,
+) -> Result<Response<Body>, ApiError> {
     let live = gw.live.load();
     let served = live.resolve(model, version)?;
-    Ok(reply::json(200, &serde_json::json!({"name": model, "version": served.spec.version.to_string(), "ready": true})))
+    Ok(reply::json(
+        200,
+        &serde_json::json!({"name": model, "version": served.spec.version.to_string(), "ready": true}),
+    ))
 }
 
 /// `POST /v2/models/{m}[/versions/{v}]/infer`.
-pub async fn infer(gw: &Gateway, req: Request<Incoming>, model: &str, version: Option<u64>) -> Response<Body> {
+pub async fn infer(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    model: &str,
+    version: Option<u64>,
+) -> Response<Body> {
     let started = Instant::now();
     let served = match gw.live.load().resolve(model, version) {
         Ok(s) => Arc::clone(s),
@@ -109,63 +133,118 @@ pub async fn infer(gw: &Gateway, req: Request<Incoming>, model: &str, version: O
         Err(e) => (reply::error(&e), e.status_and_outcome().1),
     };
     served.metrics.outcome(outcome);
-    served.metrics.request_duration.record(started.elapsed().as_secs_f64());
+    served
+        .metrics
+        .request_duration
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
-async fn run_infer(gw: &Gateway, served: &ServedVersion, req: Request<Incoming>, started: Instant) -> Result<Response<Body>, ApiError> {
+async fn run_infer(
+    gw: &Gateway,
+    served: &ServedVersion,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<Body>, ApiError> {
     let limit = gw.settings.max_body_bytes;
     let header_len = header_usize(&req, HEADER_CONTENT_LENGTH)?;
     if header_usize(&req, CONTENT_LENGTH.as_str())?.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::PayloadTooLarge { limit }
-        } else {
-            ApiError::BadRequest(format!("cannot read request body: {e}"))
-        }
-    })?;
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::BadRequest(format!("cannot read request body: {e}"))
+            }
+        })?;
     let body = body.to_bytes();
-    let request = protocol::parse_infer_request(&body, header_len).map_err(|e| ApiError::BadRequest(e.0))?;
+    let request =
+        protocol::parse_infer_request(&body, header_len).map_err(|e| ApiError::BadRequest(e.0))?;
     drop(body);
-    let InferRequest { id, inputs, outputs: wanted, binary_output, timeout } = request;
+    let InferRequest {
+        id,
+        inputs,
+        outputs: wanted,
+        binary_output,
+        timeout,
+    } = request;
     let spec = &served.spec;
     admission::check_outputs(spec, &wanted)?;
     let admitted = admission::admit(spec, inputs)?;
 
     let deadline = timeout.or(served.default_timeout).map(|t| started + t);
     let (tx, rx) = oneshot::channel();
-    let job = Job { inputs: admitted.inputs, rows: admitted.rows, enqueued_at: Instant::now(), deadline, reply: tx };
+    let job = Job {
+        inputs: admitted.inputs,
+        rows: admitted.rows,
+        enqueued_at: Instant::now(),
+        deadline,
+        reply: tx,
+    };
     match served.batcher.submit(job) {
         Ok(()) => {}
         Err(Rejected::Full(_)) => {
-            return Err(ApiError::QueueFull { model: spec.name.clone(), version: spec.version, capacity: served.batcher.capacity() });
+            return Err(ApiError::QueueFull {
+                model: spec.name.clone(),
+                version: spec.version,
+                capacity: served.batcher.capacity(),
+            });
         }
-        Err(Rejected::Closed(_)) => return Err(ApiError::NotReady(format!("model '{}' is shutting down", spec.name))),
+        Err(Rejected::Closed(_)) => {
+            return Err(ApiError::NotReady(format!(
+                "model '{}' is shutting down",
+                spec.name
+            )));
+        }
     }
     let answer = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| ApiError::DeadlineExceeded)?,
+        Some(d) => tokio::time::timeout_at(d.into(), rx)
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)?,
         None => rx.await,
     };
-    let JobOutput { outputs, queue_time, compute_time, batch_rows } =
-        answer.map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
+    let JobOutput {
+        outputs,
+        queue_time,
+        compute_time,
+        batch_rows,
+    } = answer
+        .map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
 
     let selected: Vec<(&Tensor, bool)> = if wanted.is_empty() {
         outputs.iter().map(|t| (t, binary_output)).collect()
     } else {
         wanted
             .iter()
-            .filter_map(|w| outputs.iter().find(|t| t.name == w.name).map(|t| (t, w.binary.unwrap_or(binary_output))))
+            .filter_map(|w| {
+                outputs
+                    .iter()
+                    .find(|t| t.name == w.name)
+                    .map(|t| (t, w.binary.unwrap_or(binary_output)))
+            })
             .collect()
     };
-    let encoded = protocol::encode_infer_response(&spec.name, spec.version, id.as_deref(), &selected)
-        .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
-    let content_type = if encoded.header_len.is_some() { "application/octet-stream" } else { "application/json" };
+    let encoded =
+        protocol::encode_infer_response(&spec.name, spec.version, id.as_deref(), &selected)
+            .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
+    let content_type = if encoded.header_len.is_some() {
+        "application/octet-stream"
+    } else {
+        "application/json"
+    };
     let mut resp = reply::bytes(200, content_type, encoded.body);
     let headers = resp.headers_mut();
     let mut set = |name: &'static str, value: u128| {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from(value as u64));
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from(value as u64),
+        );
     };
     if let Some(n) = encoded.header_len {
         set(HEADER_CONTENT_LENGTH, n as u128);
@@ -190,6 +269,8 @@ fn header_usize<B>(req: &Request<B>, name: &str) -> Result<Option<usize>, ApiErr
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .map(Some)
-            .ok_or_else(|| ApiError::BadRequest(format!("header {name} must be a non-negative integer"))),
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("header {name} must be a non-negative integer"))
+            }),
     }
 }

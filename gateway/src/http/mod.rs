@@ -24,21 +24,29 @@ pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let result = match (&method, segments.as_slice()) {
-        (&Method::GET, ["v2", "health", "live"]) => Ok(reply::json(200, &serde_json::json!({"live": true}))),
+        (&Method::GET, ["v2", "health", "live"]) => {
+            Ok(reply::json(200, &serde_json::json!({"live": true})))
+        }
         (&Method::GET, ["v2", "health", "ready"]) => Ok(handlers::server_ready(&gw)),
         (&Method::GET, ["v2"]) => Ok(handlers::server_metadata()),
         (&Method::GET, ["metrics"]) => Ok(handlers::metrics(&gw)),
         (_, ["v2", "models", model, rest @ ..]) => match split_version(rest) {
             Ok((version, tail)) => match (&method, tail) {
-                (&Method::POST, ["infer"]) => return Ok(handlers::infer(&gw, req, model, version).await),
+                (&Method::POST, ["infer"]) => {
+                    return Ok(handlers::infer(&gw, req, model, version).await);
+                }
                 (&Method::GET, []) => handlers::model_metadata(&gw, model, version),
                 (&Method::GET, ["ready"]) => handlers::model_ready(&gw, model, version),
-                (_, [] | ["ready"] | ["infer"]) => Err(ApiError::MethodNotAllowed(method.to_string())),
+                (_, [] | ["ready"] | ["infer"]) => {
+                    Err(ApiError::MethodNotAllowed(method.to_string()))
+                }
                 _ => Err(ApiError::NotFound(format!("no route for {path}"))),
             },
             Err(e) => Err(e),
         },
-        (_, ["v2", "health", "live" | "ready"] | ["v2"] | ["metrics"]) => Err(ApiError::MethodNotAllowed(method.to_string())),
+        (_, ["v2", "health", "live" | "ready"] | ["v2"] | ["metrics"]) => {
+            Err(ApiError::MethodNotAllowed(method.to_string()))
+        }
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
     };
     Ok(result.unwrap_or_else(|e| {
@@ -52,7 +60,9 @@ fn split_version<'a, 'b>(rest: &'a [&'b str]) -> Result<(Option<u64>, &'a [&'b s
     match rest {
         ["versions", v, tail @ ..] => match v.parse::<u64>() {
             Ok(n) if n > 0 => Ok((Some(n), tail)),
-            _ => Err(ApiError::BadRequest(format!("model version '{v}' is not a positive integer"))),
+            _ => Err(ApiError::BadRequest(format!(
+                "model version '{v}' is not a positive integer"
+            ))),
         },
         _ => Ok((None, rest)),
     }

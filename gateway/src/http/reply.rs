@@ -10,8 +10,10 @@ use crate::error::ApiError;
 
 pub fn bytes(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -24,6 +26,7 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response<Body> {
 
 pub fn error(e: &ApiError) -> Response<Body> {
     let (status, _) = e.status_and_outcome();
-    let body = serde_json::to_vec(&serde_json::json!({ "error": e.to_string() })).unwrap_or_default();
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "error": e.to_string() })).unwrap_or_default();
     bytes(status, "application/json", body)
 }

@@ -9,7 +9,7 @@ use super::{DataType, DecodeError, TensorData};
 /// exactly those elements.
 pub fn decode(datatype: DataType, count: usize, bytes: &[u8]) -> Result<TensorData, DecodeError> {
     if let Some(size) = datatype.element_size() {
-        let expected = count.checked_mul(size).unwrap_or(usize::MAX);
+        let expected = count.saturating_mul(size);
         if bytes.len() != expected {
             return Err(DecodeError(format!(
                 "binary data holds {} bytes, but {count} {datatype} elements need {expected}",
@@ -51,9 +51,9 @@ pub fn decode(datatype: DataType, count: usize, bytes: &[u8]) -> Result<TensorDa
 fn decode_bytes(count: usize, mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
     let mut out = Vec::with_capacity(count.min(bytes.len() / 4));
     while !bytes.is_empty() {
-        let (len, rest) = bytes
-            .split_first_chunk::<4>()
-            .ok_or_else(|| DecodeError("BYTES element has a truncated 4-byte length prefix".into()))?;
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| {
+            DecodeError("BYTES element has a truncated 4-byte length prefix".into())
+        })?;
         let len = u32::from_le_bytes(*len) as usize;
         if rest.len() < len {
             return Err(DecodeError(format!(
@@ -136,7 +136,9 @@ mod tests {
             DataType::Fp16 => TensorData::Fp16(vec![f16::from_f32(-1.5), f16::ZERO, f16::MAX]),
             DataType::Fp32 => TensorData::Fp32(vec![-1.5, 0.0, f32::MAX]),
             DataType::Fp64 => TensorData::Fp64(vec![-1.5, 0.0, f64::MIN_POSITIVE]),
-            DataType::Bytes => TensorData::Bytes(vec![b"".to_vec(), b"a".to_vec(), vec![0, 255, 10]]),
+            DataType::Bytes => {
+                TensorData::Bytes(vec![b"".to_vec(), b"a".to_vec(), vec![0, 255, 10]])
+            }
         }
     }
 
@@ -154,7 +156,10 @@ mod tests {
     #[test]
     fn wrong_sizes_are_named() {
         let err = decode(DataType::Fp32, 3, &[0u8; 8]).unwrap_err();
-        assert!(err.0.contains("8 bytes") && err.0.contains("need 12"), "{err}");
+        assert!(
+            err.0.contains("8 bytes") && err.0.contains("need 12"),
+            "{err}"
+        );
         let err = decode(DataType::Bytes, 1, &[5, 0, 0, 0, b'a']).unwrap_err();
         assert!(err.0.contains("declares 5 bytes"), "{err}");
         let err = decode(DataType::Bytes, 2, &[1, 0, 0, 0, b'a']).unwrap_err();

@@ -13,15 +13,22 @@ use serde_json::value::RawValue;
 use super::{DataType, DecodeError, TensorData};
 
 /// Decodes a JSON `data` value (flat or nested arrays) as `datatype`.
-pub fn decode(datatype: DataType, raw: &RawValue, expected_len: usize) -> Result<TensorData, DecodeError> {
+pub fn decode(
+    datatype: DataType,
+    raw: &RawValue,
+    expected_len: usize,
+) -> Result<TensorData, DecodeError> {
     fn run<T: JsonElement>(raw: &RawValue, expected_len: usize) -> Result<Vec<T>, DecodeError> {
         // Cap the pre-allocation: a huge declared shape must not allocate
         // before the data proves it is that large.
         let mut out = Vec::with_capacity(expected_len.min(1 << 20));
         let mut de = serde_json::Deserializer::from_str(raw.get());
-        Flatten { out: &mut out, depth: 0 }
-            .deserialize(&mut de)
-            .map_err(|e| DecodeError(e.to_string()))?;
+        Flatten {
+            out: &mut out,
+            depth: 0,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| DecodeError(e.to_string()))?;
         Ok(out)
     }
     Ok(match datatype {
@@ -75,7 +82,11 @@ macro_rules! integer_element {
             }
             fn from_f64(v: f64) -> Option<Self> {
                 // 3.0 is an integer written as a float; 3.5 is not.
-                if v.fract() == 0.0 && v >= <$ty>::MIN as f64 && v <= <$ty>::MAX as f64 { Some(v as $ty) } else { None }
+                if v.fract() == 0.0 && v >= <$ty>::MIN as f64 && v <= <$ty>::MAX as f64 {
+                    Some(v as $ty)
+                } else {
+                    None
+                }
             }
         }
     };
@@ -102,7 +113,11 @@ macro_rules! float_element {
             fn from_f64(v: f64) -> Option<Self> {
                 let x: $ty = $from(v);
                 // A finite number that overflows the type is an error, not infinity.
-                if f64::from(x).is_finite() { Some(x) } else { None }
+                if f64::from(x).is_finite() {
+                    Some(x)
+                } else {
+                    None
+                }
             }
         }
     };
@@ -169,7 +184,13 @@ impl<'de, T: JsonElement> Visitor<'de> for Flatten<'_, T> {
             return Err(de::Error::custom("data arrays are nested too deeply"));
         }
         let depth = self.depth + 1;
-        while seq.next_element_seed(Flatten { out: &mut *self.out, depth })?.is_some() {}
+        while seq
+            .next_element_seed(Flatten {
+                out: &mut *self.out,
+                depth,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
 
@@ -201,7 +222,10 @@ pub struct JsonData<'a>(pub &'a TensorData);
 
 impl Serialize for JsonData<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        fn all<S: Serializer, T: Serialize>(s: S, items: impl ExactSizeIterator<Item = T>) -> Result<S::Ok, S::Error> {
+        fn all<S: Serializer, T: Serialize>(
+            s: S,
+            items: impl ExactSizeIterator<Item = T>,
+        ) -> Result<S::Ok, S::Error> {
             let mut seq = s.serialize_seq(Some(items.len()))?;
             for x in items {
                 seq.serialize_element(&x)?;
@@ -226,7 +250,6 @@ impl Serialize for JsonData<'_> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,19 +261,67 @@ mod tests {
     #[test]
     fn every_datatype_decodes_and_encodes() {
         let cases: &[(DataType, &str, TensorData)] = &[
-            (DataType::Bool, "[true,false]", TensorData::Bool(vec![true, false])),
+            (
+                DataType::Bool,
+                "[true,false]",
+                TensorData::Bool(vec![true, false]),
+            ),
             (DataType::Uint8, "[0,255]", TensorData::Uint8(vec![0, 255])),
-            (DataType::Uint16, "[0,65535]", TensorData::Uint16(vec![0, 65535])),
-            (DataType::Uint32, "[0,4294967295]", TensorData::Uint32(vec![0, u32::MAX])),
-            (DataType::Uint64, "[0,18446744073709551615]", TensorData::Uint64(vec![0, u64::MAX])),
-            (DataType::Int8, "[-128,127]", TensorData::Int8(vec![-128, 127])),
-            (DataType::Int16, "[-32768,32767]", TensorData::Int16(vec![i16::MIN, i16::MAX])),
-            (DataType::Int32, "[-2147483648,2147483647]", TensorData::Int32(vec![i32::MIN, i32::MAX])),
-            (DataType::Int64, "[-9223372036854775808,9223372036854775807]", TensorData::Int64(vec![i64::MIN, i64::MAX])),
-            (DataType::Fp16, "[1.5,-2.0]", TensorData::Fp16(vec![f16::from_f32(1.5), f16::from_f32(-2.0)])),
-            (DataType::Fp32, "[1.5,-2.25]", TensorData::Fp32(vec![1.5, -2.25])),
-            (DataType::Fp64, "[1.5,-2.25]", TensorData::Fp64(vec![1.5, -2.25])),
-            (DataType::Bytes, r#"["ab",""]"#, TensorData::Bytes(vec![b"ab".to_vec(), vec![]])),
+            (
+                DataType::Uint16,
+                "[0,65535]",
+                TensorData::Uint16(vec![0, 65535]),
+            ),
+            (
+                DataType::Uint32,
+                "[0,4294967295]",
+                TensorData::Uint32(vec![0, u32::MAX]),
+            ),
+            (
+                DataType::Uint64,
+                "[0,18446744073709551615]",
+                TensorData::Uint64(vec![0, u64::MAX]),
+            ),
+            (
+                DataType::Int8,
+                "[-128,127]",
+                TensorData::Int8(vec![-128, 127]),
+            ),
+            (
+                DataType::Int16,
+                "[-32768,32767]",
+                TensorData::Int16(vec![i16::MIN, i16::MAX]),
+            ),
+            (
+                DataType::Int32,
+                "[-2147483648,2147483647]",
+                TensorData::Int32(vec![i32::MIN, i32::MAX]),
+            ),
+            (
+                DataType::Int64,
+                "[-9223372036854775808,9223372036854775807]",
+                TensorData::Int64(vec![i64::MIN, i64::MAX]),
+            ),
+            (
+                DataType::Fp16,
+                "[1.5,-2.0]",
+                TensorData::Fp16(vec![f16::from_f32(1.5), f16::from_f32(-2.0)]),
+            ),
+            (
+                DataType::Fp32,
+                "[1.5,-2.25]",
+                TensorData::Fp32(vec![1.5, -2.25]),
+            ),
+            (
+                DataType::Fp64,
+                "[1.5,-2.25]",
+                TensorData::Fp64(vec![1.5, -2.25]),
+            ),
+            (
+                DataType::Bytes,
+                r#"["ab",""]"#,
+                TensorData::Bytes(vec![b"ab".to_vec(), vec![]]),
+            ),
         ];
         for (dt, text, want) in cases {
             let got = decode(*dt, &raw(text), 2).unwrap();
@@ -269,21 +340,43 @@ mod tests {
 
     #[test]
     fn integers_written_as_floats_are_accepted_only_when_whole() {
-        assert_eq!(decode(DataType::Int64, &raw("[3.0]"), 1).unwrap(), TensorData::Int64(vec![3]));
+        assert_eq!(
+            decode(DataType::Int64, &raw("[3.0]"), 1).unwrap(),
+            TensorData::Int64(vec![3])
+        );
         let err = decode(DataType::Int64, &raw("[3.5]"), 1).unwrap_err();
-        assert!(err.0.contains("element 0 (3.5) is not a valid INT64"), "{err}");
+        assert!(
+            err.0.contains("element 0 (3.5) is not a valid INT64"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_elements_are_named() {
         for (dt, text, needle) in [
-            (DataType::Int8, "[1,300]", "element 1 (300) is not a valid INT8"),
-            (DataType::Uint32, "[-1]", "element 0 (-1) is not a valid UINT32"),
+            (
+                DataType::Int8,
+                "[1,300]",
+                "element 1 (300) is not a valid INT8",
+            ),
+            (
+                DataType::Uint32,
+                "[-1]",
+                "element 0 (-1) is not a valid UINT32",
+            ),
             (DataType::Fp32, "[1e300]", "is not a valid FP32"),
-            (DataType::Fp32, r#"["x"]"#, "element 0 (\"x\") is not a valid FP32"),
+            (
+                DataType::Fp32,
+                r#"["x"]"#,
+                "element 0 (\"x\") is not a valid FP32",
+            ),
             (DataType::Bool, "[1]", "element 0 (1) is not a valid BOOL"),
             (DataType::Bytes, "[1]", "is not a valid BYTES"),
-            (DataType::Fp32, "[null]", "element 0 (null) is not a valid FP32"),
+            (
+                DataType::Fp32,
+                "[null]",
+                "element 0 (null) is not a valid FP32",
+            ),
             (DataType::Fp32, "[{}]", "an object"),
         ] {
             let err = decode(dt, &raw(text), 1).unwrap_err();
@@ -300,6 +393,9 @@ mod tests {
 
     #[test]
     fn scalar_data_is_one_element() {
-        assert_eq!(decode(DataType::Fp32, &raw("2.5"), 1).unwrap(), TensorData::Fp32(vec![2.5]));
+        assert_eq!(
+            decode(DataType::Fp32, &raw("2.5"), 1).unwrap(),
+            TensorData::Fp32(vec![2.5])
+        );
     }
 }

@@ -189,7 +189,9 @@ impl TensorData {
                 }
             };
         }
-        extend!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes)
+        extend!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+        )
     }
 
     /// A copy of elements `start..end`; the caller guarantees the range.
@@ -201,7 +203,9 @@ impl TensorData {
                 }
             };
         }
-        slice!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes)
+        slice!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+        )
     }
 }
 
