@@ -13,5 +13,10 @@ jobs="${CARGO_BUILD_JOBS:-2}"
 echo "quiver test: building (cargo -j$jobs)" >&2
 cargo build -j"$jobs" --locked --workspace --bins
 cargo clippy -j"$jobs" --locked --workspace --all-targets -- -D warnings
-# The end-to-end tests start the binaries built above.
-cargo test -j"$jobs" --locked --workspace
+# The end-to-end tests start the binaries built above. Doc tests are not
+# run: the crates keep examples in tests, not in doc comments.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test -j"$jobs" --locked --workspace --all-targets 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

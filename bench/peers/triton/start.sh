@@ -24,7 +24,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$HERE/../../.." && pwd)"
 CACHE="${QUIVER_CACHE_DIR:-${HOME}/.cache/quiver}"
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 die() { echo "triton start: $*" >&2; exit 2; }
 
 port=""
@@ -82,6 +82,7 @@ exec "$TRITONSERVER" \
     --backend-config="python,shm-default-byte-size=4194304" \
     --allow-http=true --http-address="$host" --http-port="$port" \
     --allow-grpc=false --allow-metrics=false \
+    --pinned-memory-pool-byte-size=0 \
     --log-verbose=0 --log-info=true --log-warning=true --log-error=true \
     --exit-on-error=true --strict-readiness=true \
     "${extra[@]}"
