@@ -12,7 +12,9 @@ use quiver_gateway::backend::Backend;
 use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
 use quiver_gateway::config::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
-use quiver_tests::{Gateway, Rng, binary_body, copy_model, example_models, scratch, send};
+use quiver_tests::{
+    Gateway, Rng, binary_body, copy_model, example_models, post_binary, scratch, send,
+};
 use serde_json::{Value, json};
 
 /// ONNX Runtime's own answer, in process, for one model file.
@@ -170,29 +172,17 @@ async fn json_and_binary_inference_match_onnxruntime() {
             "inputs": [{"name": "features", "shape": [rows, 16], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}],
             "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}],
         });
-        let (body, n) = binary_body(&header, &raw);
-        let r = send(
-            gw.addr,
-            "POST",
-            "/v2/models/mlp/versions/1/infer",
-            &[("inference-header-content-length", n.to_string())],
-            body,
-        )
-        .await
-        .unwrap();
+        let (r, head, tail) =
+            post_binary(gw.addr, "/v2/models/mlp/versions/1/infer", &header, &raw)
+                .await
+                .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        let hlen: usize = r
-            .header("inference-header-content-length")
-            .unwrap()
-            .parse()
-            .unwrap();
-        let head: Value = serde_json::from_slice(&r.body[..hlen]).unwrap();
         assert_eq!(head["model_version"], "1");
         assert_eq!(
             head["outputs"][0]["parameters"]["binary_data_size"],
             rows * 16
         );
-        let got: Vec<f32> = r.body[hlen..]
+        let got: Vec<f32> = tail[..]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
@@ -301,23 +291,10 @@ async fn every_datatype_round_trips_json_and_binary() {
         );
     }
     let header = json!({"inputs": header_inputs, "parameters": {"binary_data_output": true}});
-    let (body, n) = binary_body(&header, &raw);
-    let r = send(
-        gw.addr,
-        "POST",
-        "/v2/models/types/infer",
-        &[("inference-header-content-length", n.to_string())],
-        body,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    let hlen: usize = r
-        .header("inference-header-content-length")
-        .unwrap()
-        .parse()
+    let (r, head, tail) = post_binary(gw.addr, "/v2/models/types/infer", &header, &raw)
+        .await
         .unwrap();
-    let head: Value = serde_json::from_slice(&r.body[..hlen]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
     // Outputs come back in the model's order, which matches the inputs' here,
     // so the binary parts concatenate to exactly what was sent.
     let sizes: Vec<u64> = head["outputs"]
@@ -327,7 +304,7 @@ async fn every_datatype_round_trips_json_and_binary() {
         .map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap())
         .collect();
     assert_eq!(sizes.iter().sum::<u64>() as usize, raw.len());
-    assert_eq!(&r.body[hlen..], &raw[..]);
+    assert_eq!(&tail[..], &raw[..]);
 }
 
 /// FP32 → FP16 bits, for values exactly representable in FP16.

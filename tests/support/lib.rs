@@ -269,6 +269,36 @@ pub fn binary_body(header: &serde_json::Value, raw: &[u8]) -> (Bytes, usize) {
     (Bytes::from(body), n)
 }
 
+/// Posts a binary-extension request and splits the answer into its JSON
+/// header and binary part (the whole body is the header when the answer
+/// has no binary part).
+pub async fn post_binary(
+    addr: SocketAddr,
+    path: &str,
+    header: &serde_json::Value,
+    raw: &[u8],
+) -> Result<(Reply, serde_json::Value, Bytes)> {
+    let (body, n) = binary_body(header, raw);
+    let reply = send(
+        addr,
+        "POST",
+        path,
+        &[("inference-header-content-length", n.to_string())],
+        body,
+    )
+    .await?;
+    let split = match reply.header("inference-header-content-length") {
+        Some(h) => h.parse::<usize>()?,
+        None => reply.body.len(),
+    };
+    if split > reply.body.len() {
+        bail!("inference-header-content-length {split} exceeds the body");
+    }
+    let head = serde_json::from_slice(&reply.body[..split]).unwrap_or(serde_json::Value::Null);
+    let tail = reply.body.slice(split..);
+    Ok((reply, head, tail))
+}
+
 /// A scratch directory under the target dir, emptied first.
 pub fn scratch(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;

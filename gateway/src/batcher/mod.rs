@@ -425,10 +425,13 @@ mod tests {
         )
     }
 
-    /// While the one instance is held busy, queued jobs collect; released,
-    /// they run as one batch and each gets its own rows back.
-    #[test]
-    fn queued_jobs_batch_and_split_back() {
+    /// A batcher with one gated `Doubler` instance: nothing runs until
+    /// `open` is called. Returns the batcher, the batch sizes it ran, and
+    /// the opener.
+    fn gated(
+        max_queue_delay: Duration,
+        capacity: usize,
+    ) -> (Batcher, Arc<Mutex<Vec<usize>>>, impl Fn()) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let backend = Doubler {
@@ -437,9 +440,9 @@ mod tests {
         };
         let limits = BatchLimits {
             max_rows: 8,
-            max_queue_delay: Duration::from_millis(1),
+            max_queue_delay,
             preferred: vec![],
-            capacity: 16,
+            capacity,
         };
         let b = Batcher::start(
             spec(),
@@ -448,23 +451,38 @@ mod tests {
             VersionMetrics::new("m", 1),
         )
         .unwrap();
-        let (first, first_rx) = job(1, 0.0);
-        b.submit(first).ok().unwrap();
-        // Wait until the instance holds the first job (queue empty again).
-        while b.queue_len() > 0 {
-            std::thread::yield_now();
-        }
-        let mut rxs = Vec::new();
-        for (i, rows) in [1usize, 3, 2].into_iter().enumerate() {
-            let (j, rx) = job(rows, 100.0 * (i + 1) as f32);
-            b.submit(j).ok().unwrap();
-            rxs.push((rows, 100.0 * (i + 1) as f32, rx));
-        }
-        {
+        let open = move || {
             let (lock, cv) = &*gate;
             *lock.lock().unwrap() = true;
             cv.notify_all();
+        };
+        (b, seen, open)
+    }
+
+    /// Submits a job and waits until the instance has taken it.
+    fn submit_and_wait_taken(b: &Batcher, rows: usize) -> oneshot::Receiver<Reply> {
+        let (j, rx) = job(rows, 0.0);
+        b.submit(j).ok().unwrap();
+        while b.queue_len() > 0 {
+            std::thread::yield_now();
         }
+        rx
+    }
+
+    /// While the one instance is held busy, queued jobs collect; released,
+    /// they run as one batch and each gets its own rows back.
+    #[test]
+    fn queued_jobs_batch_and_split_back() {
+        let (b, seen, open) = gated(Duration::from_millis(1), 16);
+        let first_rx = submit_and_wait_taken(&b, 1);
+        let mut rxs = Vec::new();
+        for (i, rows) in [1usize, 3, 2].into_iter().enumerate() {
+            let base = 100.0 * (i + 1) as f32;
+            let (j, rx) = job(rows, base);
+            b.submit(j).ok().unwrap();
+            rxs.push((rows, base, rx));
+        }
+        open();
         assert!(first_rx.blocking_recv().unwrap().is_ok());
         for (rows, base, rx) in rxs {
             let out = rx.blocking_recv().unwrap().unwrap();
@@ -480,29 +498,8 @@ mod tests {
 
     #[test]
     fn full_queue_rejects_and_close_drains() {
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let backend = Doubler {
-            seen: Arc::new(Mutex::new(Vec::new())),
-            gate: Arc::clone(&gate),
-        };
-        let limits = BatchLimits {
-            max_rows: 8,
-            max_queue_delay: Duration::ZERO,
-            preferred: vec![],
-            capacity: 1,
-        };
-        let b = Batcher::start(
-            spec(),
-            vec![Box::new(backend)],
-            limits,
-            VersionMetrics::new("m", 1),
-        )
-        .unwrap();
-        let (j1, rx1) = job(1, 0.0);
-        b.submit(j1).ok().unwrap();
-        while b.queue_len() > 0 {
-            std::thread::yield_now();
-        }
+        let (b, _, open) = gated(Duration::ZERO, 1);
+        let rx1 = submit_and_wait_taken(&b, 1);
         let (j2, rx2) = job(1, 0.0);
         b.submit(j2).ok().unwrap();
         let (j3, _rx3) = job(1, 0.0);
@@ -510,11 +507,7 @@ mod tests {
         b.close();
         let (j4, _rx4) = job(1, 0.0);
         assert!(matches!(b.submit(j4), Err(Rejected::Closed(_))));
-        {
-            let (lock, cv) = &*gate;
-            *lock.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        open();
         b.join();
         assert!(rx1.blocking_recv().unwrap().is_ok());
         assert!(
