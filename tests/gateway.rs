@@ -770,7 +770,12 @@ async fn queue_full_is_429_and_expired_is_504() {
 /// the process exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_requests_in_flight() {
-    let repo = slow_repo("shutdown", "max_batch_size = 1\n");
+    // One request per batch, 8 rows each: ~20 ms apiece, so six of them
+    // stay in flight long enough to be seen.
+    let repo = slow_repo(
+        "shutdown",
+        "max_batch_size = 8\nmax_queue_delay_us = 0\npreferred_batch_sizes = [8]\n",
+    );
     let mut gw = Gateway::start_ready(&repo, &[], &[]).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..6u64 {
@@ -781,13 +786,34 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
                 "POST",
                 "/v2/models/slow/infer",
                 &[],
-                Bytes::from(slow_request(1, i, None).to_string()),
+                Bytes::from(slow_request(8, i, None).to_string()),
             )
             .await
         }));
     }
-    // Let them reach the queue (each runs ~3 ms, one at a time).
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // SIGTERM only once all six are inside the gateway: one running, five
+    // queued.
+    let mut seen = (0.0, 0.0);
+    for _ in 0..5000 {
+        let busy = gw
+            .metric("quiver_busy_instances", &["model=\"slow\""])
+            .await
+            .unwrap();
+        let queued = gw
+            .metric("quiver_queue_depth", &["model=\"slow\""])
+            .await
+            .unwrap();
+        seen = (busy, queued);
+        if busy + queued >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        seen.0 + seen.1,
+        6.0,
+        "requests never all in flight: {seen:?}"
+    );
     gw.terminate().unwrap();
     for t in tasks {
         let r = t

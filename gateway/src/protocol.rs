@@ -279,35 +279,8 @@ pub fn encode_infer_response(
     }
     Ok(EncodedResponse {
         body,
-        header_len: (binary_len > 0 || outputs.iter().any(|(_, b)| *b)).then_some(header_len),
+        header_len: outputs.iter().any(|(_, b)| *b).then_some(header_len),
     })
-}
-
-/// Convenience for tests and the bench: a JSON request body.
-pub fn json_request(inputs: &[Tensor]) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct In<'a> {
-        name: &'a str,
-        shape: &'a [i64],
-        datatype: &'static str,
-        data: JsonData<'a>,
-    }
-    #[derive(Serialize)]
-    struct Req<'a> {
-        inputs: Vec<In<'a>>,
-    }
-    let req = Req {
-        inputs: inputs
-            .iter()
-            .map(|t| In {
-                name: &t.name,
-                shape: &t.shape,
-                datatype: t.datatype().as_str(),
-                data: JsonData(&t.data),
-            })
-            .collect(),
-    };
-    serde_json::to_vec(&req).unwrap_or_default()
 }
 
 #[cfg(test)]

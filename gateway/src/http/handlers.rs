@@ -1,7 +1,7 @@
 //! The handlers: health, metadata, metrics and inference.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -253,12 +253,8 @@ async fn run_infer(
     set(HEADER_QUEUE_US, queue_time.as_micros());
     set(HEADER_COMPUTE_US, compute_time.as_micros());
     set(HEADER_BATCH_SIZE, batch_rows as u128);
-    set(HEADER_TOTAL_US, micros(started.elapsed()));
+    set(HEADER_TOTAL_US, started.elapsed().as_micros());
     Ok(resp)
-}
-
-fn micros(d: Duration) -> u128 {
-    d.as_micros()
 }
 
 fn header_usize<B>(req: &Request<B>, name: &str) -> Result<Option<usize>, ApiError> {
