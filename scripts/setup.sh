@@ -31,6 +31,8 @@ onnxruntime==${ORT_VERSION}
 tritonclient[http]"
 
 log() { echo "quiver setup: $*" >&2; }
+# shellcheck source=lib/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/venv.sh"
 
 # pip warns about running as root; in CI and containers that is expected.
 export PIP_ROOT_USER_ACTION=ignore
@@ -65,17 +67,8 @@ STAMP="$VENV/.quiver-requirements"
 if [[ -x "$VENV_PYTHON" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQUIREMENTS" ]]; then
     log "virtualenv already up to date in $VENV"
 else
-    if [[ ! -x "$VENV_PYTHON" ]]; then
-        log "creating virtualenv in $VENV"
-        rm -rf "$VENV"
-        "$BOOTSTRAP_PYTHON" -m venv "$VENV" >&2
-    else
-        log "checking virtualenv in $VENV"
-    fi
     rm -f "$STAMP"
-    # Requirements are passed as arguments, one per line of the list above.
-    mapfile -t reqs <<<"$REQUIREMENTS"
-    "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" >&2
+    install_venv "$VENV" "$BOOTSTRAP_PYTHON" "$REQUIREMENTS"
     "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, tritonclient.http' >&2
     printf '%s' "$REQUIREMENTS" >"$STAMP"
 fi

@@ -47,6 +47,8 @@ WANTED_STAMP="$REQUIREMENTS
 layout=$LAYOUT_VERSION"
 
 log() { echo "triton setup: $*" >&2; }
+# shellcheck source=../../../scripts/lib/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../../scripts/lib/venv.sh"
 
 if [[ -x "$VENV_PYTHON" && -f "$STAMP" && -f "$ENV_FILE" \
       && "$(cat "$STAMP")" == "$WANTED_STAMP" ]]; then
@@ -59,17 +61,9 @@ started=$SECONDS
 mkdir -p "$CACHE/peers"
 
 # --- virtualenv ---------------------------------------------------------------
-if [[ ! -x "$VENV_PYTHON" ]]; then
-    log "creating virtualenv in $VENV"
-    rm -rf "$VENV"
-    "$BOOTSTRAP_PYTHON" -m venv "$VENV" >&2
-else
-    log "checking virtualenv in $VENV"
-fi
 rm -f "$STAMP"
-mapfile -t reqs <<<"$REQUIREMENTS"
-log "installing ${reqs[*]} (about 450 MB installed)"
-"$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" >&2
+log "about 450 MB to install"
+install_venv "$VENV" "$BOOTSTRAP_PYTHON" "$REQUIREMENTS"
 
 # --- where the wheel put things -----------------------------------------------
 # pytriton/tritonserver/ holds bin/tritonserver, backends/python/ (the backend
