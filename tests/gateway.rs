@@ -318,29 +318,29 @@ async fn bad_requests_get_named_errors() {
     let gw = Gateway::start_ready(&example_models(), &[], &[])
         .await
         .unwrap();
-    let f16 = |n: usize| json!(vec![0.5f32; n]);
+    let filled = |n: usize| json!(vec![0.5f32; n]);
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         (
             "mlp",
-            json!({"inputs": [{"name": "features", "shape": [1, 15], "datatype": "FP32", "data": f16(15)}]}),
+            json!({"inputs": [{"name": "features", "shape": [1, 15], "datatype": "FP32", "data": filled(15)}]}),
             400,
             "model expects [-1, 16]",
         ),
         (
             "mlp",
-            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP64", "data": f16(16)}]}),
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP64", "data": filled(16)}]}),
             400,
             "datatype FP64, model expects FP32",
         ),
         (
             "mlp",
-            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": f16(15)}]}),
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": filled(15)}]}),
             400,
             "has 15 elements but shape [1, 16] needs 16",
         ),
         (
             "mlp",
-            json!({"inputs": [{"name": "other", "shape": [1, 16], "datatype": "FP32", "data": f16(16)}]}),
+            json!({"inputs": [{"name": "other", "shape": [1, 16], "datatype": "FP32", "data": filled(16)}]}),
             400,
             "unknown input 'other'",
         ),
@@ -352,13 +352,13 @@ async fn bad_requests_get_named_errors() {
         ),
         (
             "mlp",
-            json!({"inputs": [{"name": "features", "shape": [33, 16], "datatype": "FP32", "data": f16(33 * 16)}]}),
+            json!({"inputs": [{"name": "features", "shape": [33, 16], "datatype": "FP32", "data": filled(33 * 16)}]}),
             400,
             "max_batch_size 32",
         ),
         (
             "mlp",
-            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": f16(16)}], "outputs": [{"name": "nope"}]}),
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": filled(16)}], "outputs": [{"name": "nope"}]}),
             400,
             "unknown output 'nope'",
         ),
@@ -370,15 +370,15 @@ async fn bad_requests_get_named_errors() {
         ),
         (
             "mlp",
-            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "HALF", "data": f16(16)}]}),
+            json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "HALF", "data": filled(16)}]}),
             400,
             "unknown datatype 'HALF'",
         ),
         ("nope", json!({"inputs": []}), 404, "unknown model 'nope'"),
         (
             "fixed",
-            json!({"inputs": [{"name": "a", "shape": [3, 3], "datatype": "FP32", "data": f16(9)},
-                                    {"name": "b", "shape": [2, 3], "datatype": "FP32", "data": f16(6)}]}),
+            json!({"inputs": [{"name": "a", "shape": [3, 3], "datatype": "FP32", "data": filled(9)},
+                                    {"name": "b", "shape": [2, 3], "datatype": "FP32", "data": filled(6)}]}),
             400,
             "model expects [2, 3]",
         ),
