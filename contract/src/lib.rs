@@ -1,0 +1,19 @@
+//! The contract between the Quiver gateway and the trainer. It is data, not
+//! calls: both processes read and write the same files and records, and this
+//! crate owns their shapes. It depends on serde and a hash, nothing else, so
+//! either side can use it without pulling in the other's runtime.
+//!
+//! - [`layout`]: the model registry on disk, file names, atomic writes.
+//! - [`manifest`]: `<model>/<version>/manifest.json`, written last, which
+//!   makes a version visible and carries checksums and lineage.
+//! - [`routing`]: `<model>/routing.json`, which version is stable, which are
+//!   canaries (with weights) and shadows, and where a rollout stands.
+//! - [`time`]: RFC 3339 timestamps without a calendar dependency.
+//!
+//! Every file carries a `schema` number. A reader refuses a schema newer than
+//! it knows; a change of shape bumps the number here, never ad hoc.
+
+pub mod layout;
+pub mod manifest;
+pub mod routing;
+pub mod time;

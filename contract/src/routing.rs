@@ -1,0 +1,167 @@
+//! `<model>/routing.json`: which version answers a request that names none.
+//! The gateway applies it, writes it back after every rollout decision (so a
+//! restart resumes where it was), and the trainer or an operator may write
+//! it too, by atomic rename.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The routing schema this crate reads and writes.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingState {
+    pub schema: u32,
+    /// The version most traffic goes to; none means the newest ready one.
+    #[serde(default)]
+    pub stable: Option<u64>,
+    /// Canary version → share of keyed traffic in `[0, 1]`; the shares sum
+    /// to at most 1 and the rest goes to `stable`.
+    #[serde(default)]
+    pub canary: BTreeMap<u64, f64>,
+    /// Versions that get a copy of every routed request; their answers are
+    /// measured, never returned.
+    #[serde(default)]
+    pub shadow: Vec<u64>,
+    /// Index into the model's rollout steps of the running canary.
+    #[serde(default)]
+    pub step: usize,
+    /// Versions a rollout rolled back: never started again automatically.
+    #[serde(default)]
+    pub rolled_back: Vec<u64>,
+    #[serde(default)]
+    pub updated_by: String,
+    /// RFC 3339, UTC.
+    #[serde(default)]
+    pub updated_at: String,
+    /// Why the last change was made, for people reading the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Default for RoutingState {
+    fn default() -> Self {
+        RoutingState {
+            schema: SCHEMA,
+            stable: None,
+            canary: BTreeMap::new(),
+            shadow: Vec::new(),
+            step: 0,
+            rolled_back: Vec::new(),
+            updated_by: String::new(),
+            updated_at: String::new(),
+            reason: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RoutingError {
+    #[error("not valid routing JSON: {0}")]
+    Json(String),
+    #[error("routing schema {0} is not supported; this build reads schema {SCHEMA}")]
+    Schema(u32),
+    #[error("canary weight of version {version} is {weight}; weights must lie in [0, 1]")]
+    Weight { version: u64, weight: f64 },
+    #[error("canary weights sum to {0}, more than 1")]
+    Sum(f64),
+    #[error("version {0} is both stable and {1}")]
+    Overlap(u64, &'static str),
+    #[error("version 0 does not exist; versions start at 1")]
+    Zero,
+}
+
+impl RoutingState {
+    pub fn parse(bytes: &[u8]) -> Result<RoutingState, RoutingError> {
+        let state: RoutingState =
+            serde_json::from_slice(bytes).map_err(|e| RoutingError::Json(e.to_string()))?;
+        state.validate()?;
+        Ok(state)
+    }
+
+    pub fn validate(&self) -> Result<(), RoutingError> {
+        if self.schema != SCHEMA {
+            return Err(RoutingError::Schema(self.schema));
+        }
+        let versions = self.stable.iter().chain(self.canary.keys()).chain(&self.shadow);
+        if versions.into_iter().any(|&v| v == 0) {
+            return Err(RoutingError::Zero);
+        }
+        let mut sum = 0.0;
+        for (&version, &weight) in &self.canary {
+            if !(0.0..=1.0).contains(&weight) {
+                return Err(RoutingError::Weight { version, weight });
+            }
+            sum += weight;
+        }
+        // Steps like 0.1 + 0.2 + 0.7 do not add to exactly 1 in binary.
+        if sum > 1.0 + 1e-9 {
+            return Err(RoutingError::Sum(sum));
+        }
+        if let Some(stable) = self.stable {
+            if self.canary.contains_key(&stable) {
+                return Err(RoutingError::Overlap(stable, "a canary"));
+            }
+            if self.shadow.contains(&stable) {
+                return Err(RoutingError::Overlap(stable, "a shadow"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every version this state sends traffic to; they must stay loaded.
+    pub fn referenced(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stable
+            .iter()
+            .copied()
+            .chain(self.canary.keys().copied())
+            .chain(self.shadow.iter().copied())
+    }
+
+    /// The same routing, ignoring who wrote it and when.
+    pub fn same_routing(&self, other: &RoutingState) -> bool {
+        self.stable == other.stable
+            && self.canary == other.canary
+            && self.shadow == other.shadow
+            && self.step == other.step
+            && self.rolled_back == other.rolled_back
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let s = RoutingState::parse(
+            br#"{"schema": 1, "stable": 6, "canary": {"7": 0.05}, "shadow": [], "step": 1,
+                 "updated_by": "rollout-guardrail", "updated_at": "2026-11-24T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.stable, Some(6));
+        assert_eq!(s.canary.get(&7), Some(&0.05));
+        assert_eq!(s.referenced().collect::<Vec<_>>(), vec![6, 7]);
+        let again = RoutingState::parse(&s.to_json()).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn rejects_inconsistent_states() {
+        let bad = |json: &str| RoutingState::parse(json.as_bytes()).unwrap_err();
+        assert_eq!(bad(r#"{"schema": 2}"#), RoutingError::Schema(2));
+        assert!(matches!(bad(r#"{"schema": 1, "canary": {"2": 1.5}}"#), RoutingError::Weight { .. }));
+        assert!(matches!(bad(r#"{"schema": 1, "canary": {"2": 0.6, "3": 0.6}}"#), RoutingError::Sum(_)));
+        assert_eq!(bad(r#"{"schema": 1, "stable": 2, "canary": {"2": 0.1}}"#), RoutingError::Overlap(2, "a canary"));
+        assert_eq!(bad(r#"{"schema": 1, "stable": 2, "shadow": [2]}"#), RoutingError::Overlap(2, "a shadow"));
+        assert_eq!(bad(r#"{"schema": 1, "stable": 0}"#), RoutingError::Zero);
+        assert!(matches!(bad(r#"{"schema": 1, "stabel": 2}"#), RoutingError::Json(_)));
+        assert!(RoutingState::parse(br#"{"schema": 1, "canary": {"2": 0.1, "3": 0.2, "4": 0.7}}"#).is_ok());
+    }
+}
