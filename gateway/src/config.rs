@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::RolloutPolicy;
+
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "QUIVER_";
 
@@ -41,6 +43,10 @@ pub struct GatewayConfig {
     pub models: ModelDefaults,
     /// ONNX Runtime, the engine behind every model.
     pub onnxruntime: OrtConfig,
+    /// Traffic splitting, shadows and the rollout guardrail's clock.
+    pub routing: RoutingConfig,
+    /// The mutating API (repository load/unload, routing, rollout verdicts).
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,11 +74,85 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepositoryConfig {
     /// The model repository: `<path>/<model>/<version>/model.onnx`.
     pub path: Option<PathBuf>,
+    /// How often the repository is read for new, changed and removed
+    /// versions, config and routing files, in ms; 0 turns watching off
+    /// (then only the repository API loads and unloads).
+    pub poll_interval_ms: u64,
+    /// Versions loading at once. Each load runs on its own thread, never on
+    /// a serving thread; the cap bounds the CPU and memory taken from them.
+    pub max_concurrent_loads: usize,
+    /// Serve only versions that have a `manifest.json` (written last, with
+    /// checksums). Off, a version without one is taken once its
+    /// `model.onnx` has stayed unchanged for one poll interval.
+    pub require_manifest: bool,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            path: None,
+            poll_interval_ms: 1000,
+            max_concurrent_loads: 1,
+            require_manifest: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Request header whose value keeps a caller on one arm (stable or a
+    /// canary); without it the request's `id` is the key, and a request
+    /// with neither is placed at random.
+    pub key_header: String,
+    /// Shadow copies in flight at once, over all models; past it shadow
+    /// copies are skipped (and counted), never queued without bound.
+    pub shadow_max_in_flight: usize,
+    /// A shadow answer agrees with the served one when every output
+    /// element is within this absolute tolerance (equal, for non-floats).
+    pub shadow_tolerance: f64,
+    /// How often the rollout guardrail looks at running canaries, in ms.
+    pub rollout_interval_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            key_header: "x-quiver-key".into(),
+            shadow_max_in_flight: 256,
+            shadow_tolerance: 1e-4,
+            rollout_interval_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Name of the environment variable that holds the admin bearer token
+    /// (the token itself never goes in this file). Mutating endpoints
+    /// require `Authorization: Bearer <token>`.
+    pub token_env: String,
+    /// With no token set, leave mutating endpoints open (for a laptop).
+    /// Off, they answer 403 until a token is set.
+    pub open_without_token: bool,
+    /// Require the token for reads too (index, routing state).
+    pub protect_reads: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token_env: "QUIVER_ADMIN_TOKEN".into(),
+            open_without_token: false,
+            protect_reads: false,
+        }
+    }
 }
 
 /// Serving settings, as defaults (`[models]` here) or per model (the
@@ -100,8 +180,15 @@ pub struct ModelDefaults {
     /// `cpu`, `cuda` or `tensorrt` (the last two need a GPU build).
     pub execution_provider: ExecutionProvider,
     /// Which versions to load: `"all"`, `{ latest = N }` or
-    /// `{ specific = [1, 3] }`.
+    /// `{ specific = [1, 3] }`. Versions that routing names (stable,
+    /// canaries, shadows) stay loaded whatever the policy says.
     pub version_policy: VersionPolicy,
+    /// Accept a new version whose inputs or outputs differ from the
+    /// version serving now. Off, such a version is refused: it would break
+    /// every client at the swap.
+    pub allow_interface_change: bool,
+    /// Canary rollout with automatic promotion and rollback.
+    pub rollout: RolloutPolicy,
 }
 
 impl Default for ModelDefaults {
@@ -116,6 +203,8 @@ impl Default for ModelDefaults {
             intra_op_threads: 1,
             execution_provider: ExecutionProvider::Cpu,
             version_policy: VersionPolicy::default(),
+            allow_interface_change: false,
+            rollout: RolloutPolicy::default(),
         }
     }
 }
@@ -173,8 +262,43 @@ pub struct Settings {
     pub http_workers: usize,
     pub shutdown_grace: Duration,
     pub repository: PathBuf,
+    /// `None`: no watching.
+    pub poll_interval: Option<Duration>,
+    pub max_concurrent_loads: usize,
+    pub require_manifest: bool,
     pub models: ModelDefaults,
     pub ort_library: Option<PathBuf>,
+    pub routing: RoutingSettings,
+    pub admin: AdminSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    /// Lowercase, as hyper stores header names.
+    pub key_header: String,
+    pub shadow_max_in_flight: usize,
+    pub shadow_tolerance: f64,
+    pub rollout_interval: Duration,
+}
+
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// `None`: no token is set.
+    pub token: Option<String>,
+    pub token_env: String,
+    pub open_without_token: bool,
+    pub protect_reads: bool,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("token_env", &self.token_env)
+            .field("open_without_token", &self.open_without_token)
+            .field("protect_reads", &self.protect_reads)
+            .finish()
+    }
 }
 
 impl GatewayConfig {
@@ -208,7 +332,15 @@ impl GatewayConfig {
             })
     }
 
+    /// Checks every setting; `env` looks up the admin token's variable.
     pub fn validate(self) -> Result<Settings, ConfigError> {
+        self.validate_with(|name| std::env::var(name).ok())
+    }
+
+    pub fn validate_with(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let http_addr = self.http.addr.parse().map_err(|e| ConfigError::Invalid {
             key: "http.addr",
             message: format!("'{}': {e}", self.http.addr),
@@ -223,14 +355,51 @@ impl GatewayConfig {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        if self.repository.max_concurrent_loads == 0 {
+            return Err(ConfigError::Invalid {
+                key: "repository.max_concurrent_loads",
+                message: "must be at least 1".into(),
+            });
+        }
+        let r = self.routing;
+        let key_header = r.key_header.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(key_header.as_bytes()).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "routing.key_header",
+                message: format!("'{}' is not a valid header name", r.key_header),
+            });
+        }
+        if !(r.shadow_tolerance.is_finite() && r.shadow_tolerance >= 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "routing.shadow_tolerance",
+                message: "must be a non-negative number".into(),
+            });
+        }
+        let token = env(&self.admin.token_env).filter(|t| !t.is_empty());
         Ok(Settings {
             http_addr,
             max_body_bytes: self.http.max_body_bytes,
             http_workers,
             shutdown_grace: Duration::from_secs(self.http.shutdown_grace_secs),
             repository,
+            poll_interval: (self.repository.poll_interval_ms > 0)
+                .then(|| Duration::from_millis(self.repository.poll_interval_ms)),
+            max_concurrent_loads: self.repository.max_concurrent_loads,
+            require_manifest: self.repository.require_manifest,
             models: self.models,
             ort_library: self.onnxruntime.library_path,
+            routing: RoutingSettings {
+                key_header,
+                shadow_max_in_flight: r.shadow_max_in_flight,
+                shadow_tolerance: r.shadow_tolerance,
+                rollout_interval: Duration::from_millis(r.rollout_interval_ms.max(10)),
+            },
+            admin: AdminSettings {
+                token,
+                token_env: self.admin.token_env,
+                open_without_token: self.admin.open_without_token,
+                protect_reads: self.admin.protect_reads,
+            },
         })
     }
 }
@@ -246,6 +415,7 @@ pub fn validate_model_settings(m: &ModelDefaults) -> Result<(), (&'static str, S
     if m.max_queue_size == 0 {
         return Err(("max_queue_size", "must be at least 1".into()));
     }
+    m.rollout.validate().map_err(|e| ("rollout", e))?;
     if let Some(p) = m
         .preferred_batch_sizes
         .iter()

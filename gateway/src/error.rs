@@ -26,6 +26,10 @@ pub enum ApiError {
     #[error("request deadline passed before the model could run it")]
     DeadlineExceeded,
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -40,6 +44,8 @@ impl ApiError {
             ApiError::QueueFull { .. } => (429, "queue_full"),
             ApiError::NotReady(_) => (503, "not_ready"),
             ApiError::DeadlineExceeded => (504, "deadline_exceeded"),
+            ApiError::Unauthorized(_) => (401, "unauthorized"),
+            ApiError::Forbidden(_) => (403, "unauthorized"),
             ApiError::Internal(_) => (500, "error"),
         }
     }

@@ -2,6 +2,8 @@
 //!
 //! - [`http`]: hyper server, routes of the Open Inference Protocol v2;
 //! - [`protocol`]: request and response bodies (JSON and binary tensors);
+//! - [`routing`]: which version (stable, canary) a request goes to, by a
+//!   stable hash of its key; [`shadow`] sends copies to shadow versions;
 //! - [`admission`]: checks a request against the model's inputs;
 //! - [`live`]: the set of served model versions, swapped atomically;
 //! - [`batcher`]: per model version, a bounded queue and the batch policy,
@@ -9,8 +11,11 @@
 //! - [`backend`]: the engine (ONNX Runtime) that runs a batch.
 //!
 //! Around them: [`config`] (the gateway's TOML file), [`repository`] (the
-//! model folders on disk), [`model`] (a version's interface), [`loader`]
-//! (repository → live set), [`tensor`] (typed tensor buffers),
+//! model folders on disk), [`manager`] (the one owner of what is loaded
+//! and how it is routed: watches the repository, runs loads, publishes the
+//! live set), [`loader`] (version directory → served version),
+//! [`rollout`] (canary guardrail policy and statistics), [`model`] (a
+//! version's interface), [`tensor`] (typed tensor buffers),
 //! [`metrics`] (names and recorder), [`error`] (API errors → HTTP status),
 //! and [`server`] (`run(settings, listener, shutdown)`).
 
@@ -22,11 +27,15 @@ pub mod error;
 pub mod http;
 pub mod live;
 pub mod loader;
+pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod repository;
+pub mod rollout;
+pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod tensor;
 
 pub use server::run;

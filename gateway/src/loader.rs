@@ -1,7 +1,7 @@
-//! Repository → live set: reads every model folder, loads the versions its
-//! policy selects (sessions, interface, warm-up through every instance),
-//! and starts their batchers. A version that fails is recorded with its
-//! reason and never serves.
+//! One version directory → a served version: manifest and checksums,
+//! sessions, the interface (read from the graph, narrowed by config),
+//! warm-up through every instance, then its batcher. Runs on a load
+//! worker thread; any failure comes back as the reason the manager shows.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,65 +13,57 @@ use crate::backend::Backend;
 use crate::backend::onnx::{OnnxBackend, SessionOptions};
 use crate::batcher::Batcher;
 use crate::batcher::policy::BatchLimits;
-use crate::config::Settings;
-use crate::live::{LiveModels, ModelEntry, ServedVersion, VersionStatus};
-use crate::metrics::{MODEL_LOADS_TOTAL, MODELS_LOADED, VersionMetrics};
+use quiver_contract::manifest::{Manifest, TensorDecl};
+
+use crate::live::ServedVersion;
+use crate::metrics::VersionMetrics;
 use crate::model::{ModelSpec, TensorSpec, apply_overrides, has_batch_dimension};
-use crate::repository::{self, ModelConfig, RepositoryError};
+use crate::repository::{MODEL_FILE, ModelConfig};
 use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
-pub fn load_repository(
-    settings: &Settings,
+/// Loads one version directory: checks its manifest (if any) against the
+/// files, loads and warms up the model, and checks the interface the
+/// manifest declares against the graph.
+pub fn load_checked(
+    name: &str,
+    version: u64,
+    dir: &Path,
+    manifest: Option<&Path>,
+    cfg: &ModelConfig,
     env: &Environment,
-) -> Result<LiveModels, RepositoryError> {
-    let mut live = LiveModels {
-        models: Default::default(),
-        loaded: true,
-    };
-    for dir in repository::scan(&settings.repository)? {
-        let mut entry = ModelEntry::default();
-        match repository::load_model_config(&dir.path, &settings.models) {
-            Err(e) => {
-                tracing::error!(model = %dir.name, error = %e, "model config invalid; model not loaded");
-                for (v, _) in &dir.versions {
-                    entry
-                        .versions
-                        .insert(*v, VersionStatus::Failed(e.to_string()));
-                }
-            }
-            Ok(cfg) => {
-                let present: Vec<u64> = dir.versions.iter().map(|(v, _)| *v).collect();
-                for version in cfg.settings.version_policy.select(&present) {
-                    let Some((_, file)) = dir.versions.iter().find(|(v, _)| *v == version) else {
-                        continue;
-                    };
-                    let started = std::time::Instant::now();
-                    let status = match load_version(&dir.name, version, file, &cfg, env) {
-                        Ok(served) => {
-                            metrics::counter!(MODEL_LOADS_TOTAL, "outcome" => "success")
-                                .increment(1);
-                            tracing::info!(
-                                model = %dir.name, version, batched = served.spec.is_batched(),
-                                max_batch_size = served.spec.max_batch_size, instances = cfg.settings.instances,
-                                elapsed_ms = started.elapsed().as_millis() as u64, "model version ready"
-                            );
-                            VersionStatus::Ready(Arc::new(served))
-                        }
-                        Err(why) => {
-                            metrics::counter!(MODEL_LOADS_TOTAL, "outcome" => "failure")
-                                .increment(1);
-                            tracing::error!(model = %dir.name, version, error = %why, "model version failed to load");
-                            VersionStatus::Failed(why)
-                        }
-                    };
-                    entry.versions.insert(version, status);
-                }
-            }
+) -> Result<ServedVersion, String> {
+    let manifest = match manifest {
+        Some(path) => {
+            let m = Manifest::read(path, Some((name, version))).map_err(|e| e.to_string())?;
+            m.verify(dir).map_err(|e| e.to_string())?;
+            Some(m)
         }
-        live.models.insert(dir.name, entry);
+        None => None,
+    };
+    let served = load_version(name, version, &dir.join(MODEL_FILE), cfg, env)?;
+    if let Some(m) = manifest {
+        declared_matches(&m.inputs, &served.spec.inputs, "input")?;
+        declared_matches(&m.outputs, &served.spec.outputs, "output")?;
     }
-    metrics::gauge!(MODELS_LOADED).set(live.served().count() as f64);
-    Ok(live)
+    Ok(served)
+}
+
+/// Each tensor the manifest declares must be in the graph as declared.
+fn declared_matches(declared: &[TensorDecl], actual: &[TensorSpec], what: &str) -> Result<(), String> {
+    for d in declared {
+        let found = actual.iter().find(|a| a.name == d.name);
+        let fits = found.is_some_and(|a| a.datatype.as_str() == d.datatype && a.shape == d.shape);
+        if !fits {
+            return Err(format!(
+                "manifest declares {what} '{}' as {} {:?}; the model has {}",
+                d.name,
+                d.datatype,
+                d.shape,
+                found.map_or("no such tensor".into(), |a| format!("{} {:?}", a.datatype, a.shape))
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Loads one version: `instances` sessions, the interface read from the
@@ -131,6 +123,7 @@ pub fn load_version(
         batcher,
         metrics,
         default_timeout,
+        stats: Default::default(),
     })
 }
 

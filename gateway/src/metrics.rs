@@ -10,6 +10,9 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::live::ModelEntry;
+use crate::routing::Arm;
+
 pub const REQUESTS_TOTAL: &str = "quiver_requests_total";
 pub const REQUEST_DURATION: &str = "quiver_request_duration_seconds";
 pub const QUEUE_DURATION: &str = "quiver_queue_duration_seconds";
@@ -20,9 +23,20 @@ pub const DROPPED_TOTAL: &str = "quiver_dropped_requests_total";
 pub const BUSY_INSTANCES: &str = "quiver_busy_instances";
 pub const MODELS_LOADED: &str = "quiver_models_loaded";
 pub const MODEL_LOADS_TOTAL: &str = "quiver_model_loads_total";
+pub const MODEL_SWAPS_TOTAL: &str = "quiver_model_swaps_total";
+pub const LIVE_VERSIONS: &str = "quiver_live_versions";
+pub const ROUTED_TOTAL: &str = "quiver_routed_requests_total";
+pub const ARM_REQUEST_DURATION: &str = "quiver_arm_request_duration_seconds";
+pub const SHADOW_TOTAL: &str = "quiver_shadow_requests_total";
+pub const SHADOW_AGREEMENT_TOTAL: &str = "quiver_shadow_agreement_total";
+pub const SHADOW_DURATION: &str = "quiver_shadow_duration_seconds";
+pub const ROLLOUT_DECISIONS_TOTAL: &str = "quiver_rollout_decisions_total";
+pub const ROLLOUT_STABLE_VERSION: &str = "quiver_rollout_stable_version";
+pub const ROLLOUT_CANARY_WEIGHT: &str = "quiver_rollout_canary_weight";
+pub const ROLLOUT_STEP: &str = "quiver_rollout_step";
 
 /// Every outcome a request can have; the `outcome` label's closed set.
-pub const OUTCOMES: [&str; 8] = [
+pub const OUTCOMES: [&str; 9] = [
     "success",
     "bad_request",
     "not_found",
@@ -30,6 +44,7 @@ pub const OUTCOMES: [&str; 8] = [
     "queue_full",
     "not_ready",
     "deadline_exceeded",
+    "unauthorized",
     "error",
 ];
 
@@ -98,7 +113,45 @@ fn describe() {
         Unit::Count,
         "Model versions loaded and serving."
     );
-    describe_counter!(MODEL_LOADS_TOTAL, "Model version loads by outcome.");
+    describe_counter!(MODEL_LOADS_TOTAL, "Model version loads by model and outcome.");
+    describe_counter!(
+        MODEL_SWAPS_TOTAL,
+        "Changes of a model's served versions: load, unload, removed."
+    );
+    describe_gauge!(LIVE_VERSIONS, Unit::Count, "Versions of a model serving now.");
+    describe_counter!(
+        ROUTED_TOTAL,
+        "Requests by model, version and arm (stable, canary, pinned) and outcome."
+    );
+    describe_histogram!(
+        ARM_REQUEST_DURATION,
+        Unit::Seconds,
+        "Server-side time per request by model, version and arm."
+    );
+    describe_counter!(
+        SHADOW_TOTAL,
+        "Shadow copies by outcome: success, error, skipped (shadow capacity or queue full)."
+    );
+    describe_counter!(
+        SHADOW_AGREEMENT_TOTAL,
+        "Shadow answers that agreed (or not) with the served answer."
+    );
+    describe_histogram!(
+        SHADOW_DURATION,
+        Unit::Seconds,
+        "Time from queueing a shadow copy to its answer."
+    );
+    describe_counter!(
+        ROLLOUT_DECISIONS_TOTAL,
+        "Routing changes by decision: init, start, advance, promote, rollback, set."
+    );
+    describe_gauge!(ROLLOUT_STABLE_VERSION, Unit::Count, "The stable version of a model.");
+    describe_gauge!(
+        ROLLOUT_CANARY_WEIGHT,
+        Unit::Count,
+        "Share of a model's keyed traffic routed to a canary version."
+    );
+    describe_gauge!(ROLLOUT_STEP, Unit::Count, "Index of the running canary's rollout step.");
 }
 
 /// Handles for one model version, registered once so the hot path does
@@ -114,6 +167,15 @@ pub struct VersionMetrics {
     pub busy_instances: Gauge,
     pub expired: Counter,
     pub cancelled: Counter,
+    /// Per arm (in [`Arm::ALL`] order), per outcome.
+    routed: Vec<[Counter; OUTCOMES.len()]>,
+    arm_duration: Vec<Histogram>,
+    pub shadow_success: Counter,
+    pub shadow_error: Counter,
+    pub shadow_skipped: Counter,
+    pub shadow_agree: Counter,
+    pub shadow_disagree: Counter,
+    pub shadow_duration: Histogram,
 }
 
 impl VersionMetrics {
@@ -128,7 +190,32 @@ impl VersionMetrics {
             queue_depth: gauge!(QUEUE_DEPTH, "model" => m.clone(), "version" => v.clone()),
             busy_instances: gauge!(BUSY_INSTANCES, "model" => m.clone(), "version" => v.clone()),
             expired: counter!(DROPPED_TOTAL, "model" => m.clone(), "version" => v.clone(), "reason" => "expired"),
-            cancelled: counter!(DROPPED_TOTAL, "model" => m, "version" => v, "reason" => "cancelled"),
+            cancelled: counter!(DROPPED_TOTAL, "model" => m.clone(), "version" => v.clone(), "reason" => "cancelled"),
+            routed: Arm::ALL
+                .iter()
+                .map(|a| OUTCOMES.map(|o| counter!(ROUTED_TOTAL, "model" => m.clone(), "version" => v.clone(), "arm" => a.as_str(), "outcome" => o)))
+                .collect(),
+            arm_duration: Arm::ALL
+                .iter()
+                .map(|a| histogram!(ARM_REQUEST_DURATION, "model" => m.clone(), "version" => v.clone(), "arm" => a.as_str()))
+                .collect(),
+            shadow_success: counter!(SHADOW_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => "success"),
+            shadow_error: counter!(SHADOW_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => "error"),
+            shadow_skipped: counter!(SHADOW_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => "skipped"),
+            shadow_agree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "true"),
+            shadow_disagree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "false"),
+            shadow_duration: histogram!(SHADOW_DURATION, "model" => m, "version" => v),
+        }
+    }
+
+    /// Counts a request's arm, outcome and latency.
+    pub fn routed(&self, arm: Arm, outcome: &str, seconds: f64) {
+        let a = Arm::ALL.iter().position(|x| *x == arm).unwrap_or(0);
+        if let (Some(per_outcome), Some(i)) = (self.routed.get(a), OUTCOMES.iter().position(|o| *o == outcome)) {
+            per_outcome[i].increment(1);
+        }
+        if let Some(h) = self.arm_duration.get(a) {
+            h.record(seconds);
         }
     }
 
@@ -144,4 +231,31 @@ impl VersionMetrics {
 /// malformed path), without putting the requested name in a label.
 pub fn unrouted(outcome: &'static str) {
     counter!(REQUESTS_TOTAL, "model" => "", "version" => "", "outcome" => outcome).increment(1);
+}
+
+/// Counts a change of a model's served versions.
+pub fn swap(model: &str, kind: &'static str) {
+    counter!(MODEL_SWAPS_TOTAL, "model" => model.to_string(), "kind" => kind).increment(1);
+}
+
+/// Counts a rollout decision or routing change.
+pub fn rollout_decision(model: &str, decision: &'static str) {
+    counter!(ROLLOUT_DECISIONS_TOTAL, "model" => model.to_string(), "decision" => decision)
+        .increment(1);
+}
+
+/// Sets a model's live-version and routing gauges from its published entry.
+pub fn model_gauges(model: &str, entry: &ModelEntry) {
+    let m = model.to_string();
+    gauge!(LIVE_VERSIONS, "model" => m.clone()).set(entry.ready_versions().count() as f64);
+    gauge!(ROLLOUT_STABLE_VERSION, "model" => m.clone())
+        .set(entry.table.stable.map_or(0.0, |v| v as f64));
+    gauge!(ROLLOUT_STEP, "model" => m.clone()).set(entry.routing.step as f64);
+    for (version, served) in &entry.versions {
+        if served.served.is_some() {
+            let w = entry.routing.canary.get(version).copied().unwrap_or(0.0);
+            gauge!(ROLLOUT_CANARY_WEIGHT, "model" => m.clone(), "version" => version.to_string())
+                .set(w);
+        }
+    }
 }

@@ -5,14 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
+use quiver_contract::layout;
+pub use quiver_contract::layout::{CONFIG_FILE, MANIFEST_FILE, MODEL_FILE};
 use serde::Deserialize;
 
 use crate::config::{ModelDefaults, validate_model_settings};
-
-/// The file name of a version's model.
-pub const MODEL_FILE: &str = "model.onnx";
-/// The file name of a model's serving config.
-pub const CONFIG_FILE: &str = "config.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -25,13 +22,61 @@ pub enum RepositoryError {
     Config { path: PathBuf, message: String },
 }
 
+/// Size and modification time of a file: a change in either means the
+/// file changed. Cheap enough to take for every file at every poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        Some(FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+/// What a version directory holds now; equal fingerprints mean nothing in
+/// it changed since the last look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub model: FileStamp,
+    pub manifest: Option<FileStamp>,
+}
+
+/// A version directory with a model file.
+#[derive(Debug, Clone)]
+pub struct VersionDir {
+    pub version: u64,
+    pub dir: PathBuf,
+    pub fingerprint: Fingerprint,
+}
+
+impl VersionDir {
+    pub fn model_file(&self) -> PathBuf {
+        self.dir.join(MODEL_FILE)
+    }
+
+    pub fn manifest_file(&self) -> Option<PathBuf> {
+        self.fingerprint
+            .manifest
+            .map(|_| self.dir.join(MANIFEST_FILE))
+    }
+}
+
 /// A model directory as found on disk.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
     pub name: String,
     pub path: PathBuf,
-    /// `(version, path of model.onnx)`, ascending by version.
-    pub versions: Vec<(u64, PathBuf)>,
+    /// Ascending by version.
+    pub versions: Vec<VersionDir>,
+    pub config: Option<FileStamp>,
+    pub routing: Option<FileStamp>,
 }
 
 /// Declares (or narrows) an input or output of the ONNX graph.
@@ -60,45 +105,59 @@ pub struct ModelConfig {
 /// Lists the models under `root`; directories without any version are
 /// listed with no versions (so the index can show them).
 pub fn scan(root: &Path) -> Result<Vec<ModelDir>, RepositoryError> {
-    let read = |path: &Path| {
-        std::fs::read_dir(path).map_err(|source| RepositoryError::Read {
-            path: path.into(),
-            source,
-        })
-    };
     let mut models = Vec::new();
-    for entry in read(root)?.flatten() {
-        let path = entry.path();
+    for entry in read_dir(root)?.flatten() {
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if name.starts_with('.') || !path.is_dir() {
+        if name.starts_with('.') || !entry.path().is_dir() {
             continue;
         }
-        let mut versions = Vec::new();
-        for v in read(&path)?.flatten() {
-            let Some(version) = v
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .filter(|&v| v > 0)
-            else {
-                continue;
-            };
-            let file = v.path().join(MODEL_FILE);
-            if file.is_file() {
-                versions.push((version, file));
-            }
+        // A model removed between the two reads is simply not listed.
+        if let Ok(model) = scan_model(root, &name) {
+            models.push(model);
         }
-        versions.sort_by_key(|(v, _)| *v);
-        models.push(ModelDir {
-            name,
-            path,
-            versions,
-        });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)
+}
+
+/// Reads one model directory.
+pub fn scan_model(root: &Path, name: &str) -> Result<ModelDir, RepositoryError> {
+    let path = root.join(name);
+    let mut versions = Vec::new();
+    for v in read_dir(&path)?.flatten() {
+        let Some(version) = v.file_name().to_str().and_then(layout::parse_version) else {
+            continue;
+        };
+        let dir = v.path();
+        let Some(model) = FileStamp::of(&dir.join(MODEL_FILE)) else {
+            continue;
+        };
+        versions.push(VersionDir {
+            version,
+            fingerprint: Fingerprint {
+                model,
+                manifest: FileStamp::of(&dir.join(MANIFEST_FILE)),
+            },
+            dir,
+        });
+    }
+    versions.sort_by_key(|v| v.version);
+    Ok(ModelDir {
+        name: name.to_string(),
+        config: FileStamp::of(&path.join(CONFIG_FILE)),
+        routing: FileStamp::of(&path.join(layout::ROUTING_FILE)),
+        path,
+        versions,
+    })
+}
+
+fn read_dir(path: &Path) -> Result<std::fs::ReadDir, RepositoryError> {
+    std::fs::read_dir(path).map_err(|source| RepositoryError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Reads `<model>/config.toml` over `defaults`; no file means the defaults.
@@ -141,7 +200,16 @@ pub fn load_model_config(
     else {
         return Err(invalid("defaults did not serialise to a table".into()));
     };
-    merged.extend(table);
+    // One level deep, so `[rollout]` in a model's file overrides single
+    // keys of the gateway's `[models.rollout]`, not the whole table.
+    for (key, value) in table {
+        match (merged.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => base.extend(over),
+            (_, value) => {
+                merged.insert(key, value);
+            }
+        }
+    }
     let settings: ModelDefaults = toml::Value::Table(merged)
         .try_into()
         .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
@@ -182,7 +250,7 @@ mod tests {
             models[0]
                 .versions
                 .iter()
-                .map(|(v, _)| *v)
+                .map(|v| v.version)
                 .collect::<Vec<_>>(),
             vec![1, 3]
         );
@@ -204,6 +272,17 @@ mod tests {
         );
         assert_eq!(cfg.settings.version_policy, VersionPolicy::All);
         assert_eq!(cfg.inputs[0].shape, Some(vec![-1, 4]));
+    }
+
+    #[test]
+    fn a_partial_rollout_table_keeps_the_other_defaults() {
+        let root = tempdir("rollout");
+        std::fs::write(root.join(CONFIG_FILE), "[rollout]\nenabled = true\n").unwrap();
+        let mut defaults = ModelDefaults::default();
+        defaults.rollout.min_requests = 7;
+        let cfg = load_model_config(&root, &defaults).unwrap();
+        assert!(cfg.settings.rollout.enabled);
+        assert_eq!(cfg.settings.rollout.min_requests, 7);
     }
 
     #[test]

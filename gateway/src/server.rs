@@ -1,11 +1,12 @@
 //! The server as a library function: `run(settings, listener, shutdown)`.
-//! It loads ONNX Runtime, starts loading the repository on its own thread,
-//! serves HTTP at once (ready once loading ends), and on shutdown stops
-//! accepting, drains connections, lets every batcher finish its queue and
-//! joins the engine threads.
+//! It loads ONNX Runtime, starts the model manager (which loads the
+//! repository off the serving threads and keeps watching it), serves HTTP
+//! at once (ready once the first load ends), and on shutdown stops
+//! accepting, drains connections, stops the manager, lets every batcher
+//! finish its queue and joins the engine threads.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
@@ -18,12 +19,17 @@ use tokio::net::TcpListener;
 use crate::backend::onnx;
 use crate::config::Settings;
 use crate::live::LiveModels;
+use crate::manager::ManagerHandle;
+use crate::shadow::Shadows;
 
 /// State shared by every connection.
 pub struct Gateway {
     pub live: ArcSwap<LiveModels>,
     pub settings: Settings,
     pub prometheus: PrometheusHandle,
+    /// Set once at start; the admin API sends it commands.
+    pub manager: OnceLock<ManagerHandle>,
+    pub shadows: Shadows,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,33 +59,18 @@ pub async fn run(
     }
     let gw = Arc::new(Gateway {
         live: ArcSwap::from_pointee(LiveModels::default()),
+        shadows: Shadows::new(settings.routing.shadow_max_in_flight, settings.routing.shadow_tolerance),
         settings,
         prometheus,
+        manager: OnceLock::new(),
     });
 
-    // Loading runs ONNX Runtime: on its own thread, never a tokio worker.
-    let loader = {
-        let gw = Arc::clone(&gw);
-        std::thread::Builder::new()
-            .name("quiver-loader".into())
-            .spawn(
-                move || match crate::loader::load_repository(&gw.settings, env) {
-                    Ok(live) => {
-                        let ready = live.is_ready();
-                        gw.live.store(Arc::new(live));
-                        tracing::info!(ready, "model repository loaded");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read the model repository");
-                        gw.live.store(Arc::new(LiveModels {
-                            loaded: true,
-                            ..Default::default()
-                        }));
-                    }
-                },
-            )
-            .map_err(ServeError::Thread)?
-    };
+    // Loading runs ONNX Runtime: on the manager's worker threads, never
+    // a tokio worker.
+    let manager = crate::manager::start(Arc::clone(&gw), env).map_err(ServeError::Thread)?;
+    if gw.manager.set(manager).is_err() {
+        tracing::error!("model manager started twice");
+    }
 
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "quiver-gateway listening on http://{addr}");
@@ -129,8 +120,8 @@ pub async fn run(
     // batcher drain and join its engine threads off the async runtime.
     let gw2 = Arc::clone(&gw);
     let joined = tokio::task::spawn_blocking(move || {
-        if loader.join().is_err() {
-            tracing::error!("loader thread panicked");
+        if let Some(m) = gw2.manager.get() {
+            m.shutdown();
         }
         let live = gw2.live.load_full();
         for v in live.served() {

@@ -1,6 +1,7 @@
 //! The handlers: health, metadata, metrics and inference.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
@@ -17,6 +18,7 @@ use crate::error::ApiError;
 use crate::live::ServedVersion;
 use crate::model::TensorSpec;
 use crate::protocol::{self, HEADER_CONTENT_LENGTH, InferRequest};
+use crate::routing::{Arm, key_hash};
 use crate::server::Gateway;
 use crate::tensor::Tensor;
 
@@ -112,7 +114,9 @@ pub fn model_ready(
     ))
 }
 
-/// `POST /v2/models/{m}[/versions/{v}]/infer`.
+/// `POST /v2/models/{m}[/versions/{v}]/infer`. The body is read and parsed
+/// first, because the request `id` may be the routing key; then the live
+/// set is read once and routes the request.
 pub async fn infer(
     gw: &Gateway,
     req: Request<Incoming>,
@@ -120,32 +124,54 @@ pub async fn infer(
     version: Option<u64>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let served = match gw.live.load().resolve(model, version) {
-        Ok(s) => Arc::clone(s),
+    let key = req.headers().get(gw.settings.routing.key_header.as_str()).map(|v| key_hash(v.as_bytes()));
+    let request = match read_request(gw, req).await {
+        Ok(r) => r,
         Err(e) => {
             crate::metrics::unrouted(e.status_and_outcome().1);
             return reply::error(&e);
         }
     };
-    let result = run_infer(gw, &served, req, started).await;
+    let key = key
+        .or_else(|| request.id.as_deref().map(|id| key_hash(id.as_bytes())))
+        .unwrap_or_else(unkeyed);
+    let live = gw.live.load();
+    let (served, arm, shadows) = match live.route(model, version, key) {
+        Ok(r) => (
+            Arc::clone(r.served),
+            r.arm,
+            r.shadows.into_iter().map(Arc::clone).collect::<Vec<_>>(),
+        ),
+        Err(e) => {
+            crate::metrics::unrouted(e.status_and_outcome().1);
+            return reply::error(&e);
+        }
+    };
+    drop(live);
+    let result = run_infer(gw, &served, request, &shadows, started).await;
     let (response, outcome) = match result {
         Ok(resp) => (resp, "success"),
         Err(e) => (reply::error(&e), e.status_and_outcome().1),
     };
+    let elapsed = started.elapsed();
     served.metrics.outcome(outcome);
-    served
-        .metrics
-        .request_duration
-        .record(started.elapsed().as_secs_f64());
+    served.metrics.request_duration.record(elapsed.as_secs_f64());
+    served.metrics.routed(arm, outcome, elapsed.as_secs_f64());
+    if arm != Arm::Pinned {
+        let server_error = response.status().is_server_error();
+        served.stats.record(elapsed, server_error);
+    }
     response
 }
 
-async fn run_infer(
-    gw: &Gateway,
-    served: &ServedVersion,
-    req: Request<Incoming>,
-    started: Instant,
-) -> Result<Response<Body>, ApiError> {
+/// A request with neither key header nor `id` lands anywhere: a counter
+/// through the key hash spreads such requests evenly over the arms.
+fn unkeyed() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    key_hash(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes())
+}
+
+async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferRequest, ApiError> {
     let limit = gw.settings.max_body_bytes;
     let header_len = header_usize(&req, HEADER_CONTENT_LENGTH)?;
     if header_usize(&req, CONTENT_LENGTH.as_str())?.is_some_and(|n| n > limit) {
@@ -164,9 +190,16 @@ async fn run_infer(
             }
         })?;
     let body = body.to_bytes();
-    let request =
-        protocol::parse_infer_request(&body, header_len).map_err(|e| ApiError::BadRequest(e.0))?;
-    drop(body);
+    protocol::parse_infer_request(&body, header_len).map_err(|e| ApiError::BadRequest(e.0))
+}
+
+async fn run_infer(
+    gw: &Gateway,
+    served: &ServedVersion,
+    request: InferRequest,
+    shadows: &[Arc<ServedVersion>],
+    started: Instant,
+) -> Result<Response<Body>, ApiError> {
     let InferRequest {
         id,
         inputs,
@@ -176,8 +209,9 @@ async fn run_infer(
     } = request;
     let spec = &served.spec;
     admission::check_outputs(spec, &wanted)?;
+    // Shadows need the inputs after the served answer; copy only then.
+    let shadow_inputs = (!shadows.is_empty()).then(|| inputs.clone());
     let admitted = admission::admit(spec, inputs)?;
-
     let deadline = timeout.or(served.default_timeout).map(|t| started + t);
     let (tx, rx) = oneshot::channel();
     let job = Job {
@@ -216,6 +250,14 @@ async fn run_infer(
         batch_rows,
     } = answer
         .map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
+    let outputs = match shadow_inputs {
+        Some(inputs) => {
+            let outputs = Arc::new(outputs);
+            gw.shadows.send(shadows, &inputs, &outputs);
+            Arc::unwrap_or_clone(outputs)
+        }
+        None => outputs,
+    };
 
     let selected: Vec<(&Tensor, bool)> = if wanted.is_empty() {
         outputs.iter().map(|t| (t, binary_output)).collect()

@@ -1,0 +1,207 @@
+//! The admin API: Triton's repository API (index, load, unload) and
+//! Quiver's routing and rollout endpoints. Mutations are commands to the
+//! model manager, which owns that state; reads come from the live set.
+//! Mutations need the admin bearer token; reads need it only when
+//! `admin.protect_reads` is set.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use quiver_contract::routing::RoutingState;
+use serde::de::DeserializeOwned;
+
+use super::{Body, reply};
+use crate::error::ApiError;
+use crate::manager::{Command, Verdict};
+use crate::server::Gateway;
+
+/// Admin bodies are small JSON documents.
+const MAX_ADMIN_BODY: usize = 64 << 10;
+/// A load may warm up a large model; past this the caller gets 504, and
+/// the load carries on.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// Checks the bearer token for an access of kind `access`.
+pub fn authorize<B>(gw: &Gateway, req: &Request<B>, access: Access) -> Result<(), ApiError> {
+    let admin = &gw.settings.admin;
+    if access == Access::Read && !admin.protect_reads {
+        return Ok(());
+    }
+    let Some(token) = &admin.token else {
+        return if admin.open_without_token {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the admin API is disabled: set the token in the environment variable {} (or admin.open_without_token = true)",
+                admin.token_env
+            )))
+        };
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into()))?;
+    if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("invalid admin token".into()))
+    }
+}
+
+/// Equal-length comparison whose time does not depend on where the first
+/// difference is, so the token cannot be guessed byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /v2/repository/index`: every model and version with its state.
+/// An optional body `{"ready": true}` lists only ready versions.
+pub async fn index(gw: &Gateway, req: Request<Incoming>) -> Result<hyper::Response<Body>, ApiError> {
+    authorize(gw, &req, Access::Read)?;
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct IndexRequest {
+        #[serde(default)]
+        ready: bool,
+    }
+    let filter: IndexRequest = read_json_or_default(req).await?;
+    let live = gw.live.load();
+    let mut rows = Vec::new();
+    for (name, entry) in &live.models {
+        if entry.versions.is_empty() && !filter.ready {
+            rows.push(serde_json::json!({"name": name, "state": "UNAVAILABLE",
+                "reason": entry.problem.clone().unwrap_or_else(|| "no version in the repository".into())}));
+        }
+        for (v, e) in &entry.versions {
+            if filter.ready && e.served.is_none() {
+                continue;
+            }
+            let mut row = serde_json::json!({"name": name, "version": v.to_string(), "state": e.state.as_str()});
+            if let Some(reason) = e.reason.as_ref().or(entry.problem.as_ref()) {
+                row["reason"] = reason.clone().into();
+            }
+            rows.push(row);
+        }
+    }
+    Ok(reply::json(200, &rows))
+}
+
+/// `POST /v2/repository/models/{m}/load` and `.../unload`.
+pub async fn load_or_unload(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    model: &str,
+    load: bool,
+) -> Result<hyper::Response<Body>, ApiError> {
+    authorize(gw, &req, Access::Write)?;
+    // Triton clients may send parameters; Quiver loads from the repository
+    // only, so a body is read (bounded) and otherwise ignored.
+    let _ = read_body(req).await?;
+    let cmd = if load {
+        Command::Load(model.to_string())
+    } else {
+        Command::Unload(model.to_string())
+    };
+    send(gw, cmd).await
+}
+
+/// `GET /v2/models/{m}/routing`.
+pub fn get_routing(gw: &Gateway, req: &Request<Incoming>, model: &str) -> Result<hyper::Response<Body>, ApiError> {
+    authorize(gw, req, Access::Read)?;
+    let live = gw.live.load();
+    let entry = live
+        .models
+        .get(model)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown model '{model}'")))?;
+    Ok(reply::json(
+        200,
+        &serde_json::json!({
+            "name": model,
+            "routing": entry.routing,
+            "effective": {
+                "stable": entry.table.stable,
+                "canary": entry.table.canaries().collect::<Vec<_>>(),
+                "shadow": entry.table.shadow,
+            },
+            "rollout": entry.rollout,
+            "problem": entry.problem,
+        }),
+    ))
+}
+
+/// `PUT /v2/models/{m}/routing` with a `routing.json` document.
+pub async fn put_routing(gw: &Gateway, req: Request<Incoming>, model: &str) -> Result<hyper::Response<Body>, ApiError> {
+    authorize(gw, &req, Access::Write)?;
+    let bytes = read_body(req).await?;
+    let state = RoutingState::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    send(gw, Command::SetRouting(model.to_string(), state)).await
+}
+
+/// `POST /v2/models/{m}/rollout` with `{"action": "start"|"advance"|
+/// "promote"|"rollback", "version": N, "by": "...", "reason": "..."}`.
+pub async fn post_verdict(gw: &Gateway, req: Request<Incoming>, model: &str) -> Result<hyper::Response<Body>, ApiError> {
+    authorize(gw, &req, Access::Write)?;
+    let verdict: Verdict = read_json(req).await?;
+    send(gw, Command::Verdict(model.to_string(), verdict)).await
+}
+
+async fn send(gw: &Gateway, cmd: Command) -> Result<hyper::Response<Body>, ApiError> {
+    let manager = gw
+        .manager
+        .get()
+        .ok_or_else(|| ApiError::NotReady("the model manager is not running".into()))?;
+    let rx = manager.send(cmd)?;
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(Ok(body))) => Ok(reply::json(200, &body)),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) => Err(ApiError::NotReady("the gateway is shutting down".into())),
+        Err(_) => Err(ApiError::DeadlineExceeded),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+    Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("cannot read request body (at most {MAX_ADMIN_BODY} bytes): {e}")))
+}
+
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = read_body(req).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+async fn read_json_or_default<T: DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = read_body(req).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

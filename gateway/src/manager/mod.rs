@@ -1,0 +1,430 @@
+//! The model manager: the one owner of which versions are loaded and how
+//! each model's traffic is routed. It runs on its own thread and is fed by
+//! a bounded inbox: commands from the admin API, results from the load
+//! workers. On its clock it reads the repository (new, changed and removed
+//! versions, config and routing files) and runs the rollout guardrail.
+//!
+//! Every change ends the same way: build the whole live set anew and
+//! publish it with one `ArcSwap::store`. Loading (ONNX Runtime sessions,
+//! warm-up) happens on a few worker threads, so a slow load delays neither
+//! requests nor a guardrail's rollback.
+
+mod model;
+mod rollout;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ort::environment::Environment;
+use quiver_contract::routing::RoutingState;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::live::{LiveModels, ServedVersion};
+use crate::metrics::{MODEL_LOADS_TOTAL, MODELS_LOADED};
+use crate::repository::{self, Fingerprint, ModelConfig};
+use crate::server::Gateway;
+use model::ModelState;
+
+/// Commands waiting for the manager; past it the admin API answers 503.
+const INBOX: usize = 256;
+
+/// An action of the admin API; answered with a JSON body or an error.
+pub enum Command {
+    /// Read the model's directory now and load what it selects (Triton's
+    /// `load`); also undoes an unload.
+    Load(String),
+    /// Stop serving every version of the model until it is loaded again.
+    Unload(String),
+    /// Replace the model's routing state.
+    SetRouting(String, RoutingState),
+    /// An external rollout verdict (the trainer's, or an operator's).
+    Verdict(String, Verdict),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    pub action: VerdictAction,
+    pub version: u64,
+    /// Who decided, written to `routing.json`; `api` if not given.
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictAction {
+    /// Begin a canary of this version at the first step.
+    Start,
+    /// Move the canary to the next step (promote after the last).
+    Advance,
+    /// Make this version stable now.
+    Promote,
+    /// Take this canary or shadow out of traffic.
+    Rollback,
+}
+
+pub type Answer = Result<serde_json::Value, ApiError>;
+type Reply = oneshot::Sender<Answer>;
+
+enum Msg {
+    Command(Command, Reply),
+    Loaded(Box<Loaded>),
+    Shutdown,
+}
+
+/// A version to load, with everything the worker needs.
+struct LoadTask {
+    model: String,
+    version: u64,
+    dir: PathBuf,
+    manifest: Option<PathBuf>,
+    target: Target,
+    config: ModelConfig,
+}
+
+/// What a slot was (or is being) loaded from: files and config generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    fingerprint: Fingerprint,
+    config_gen: u64,
+}
+
+struct Loaded {
+    model: String,
+    version: u64,
+    target: Target,
+    result: Result<ServedVersion, String>,
+    elapsed: Duration,
+}
+
+/// The admin API's side of the manager.
+pub struct ManagerHandle {
+    inbox: SyncSender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ManagerHandle {
+    /// Sends `cmd`; the answer arrives on the returned channel.
+    pub fn send(&self, cmd: Command) -> Result<oneshot::Receiver<Answer>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        match self.inbox.try_send(Msg::Command(cmd, tx)) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(ApiError::NotReady(
+                "the model manager is busy; retry shortly".into(),
+            )),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(ApiError::NotReady("the gateway is shutting down".into()))
+            }
+        }
+    }
+
+    /// Stops the manager after the loads in flight and joins its threads.
+    pub fn shutdown(&self) {
+        let _ = self.inbox.send(Msg::Shutdown);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread
+            && t.join().is_err()
+        {
+            tracing::error!("model manager thread panicked");
+        }
+    }
+}
+
+/// Starts the manager; it reads the repository at once.
+pub fn start(
+    gw: Arc<Gateway>,
+    env: &'static Environment,
+) -> std::io::Result<ManagerHandle> {
+    let (inbox, rx) = mpsc::sync_channel(INBOX);
+    let (task_tx, task_rx) = mpsc::channel::<LoadTask>();
+    let task_rx = Arc::new(Mutex::new(task_rx));
+    let mut workers = Vec::new();
+    for i in 0..gw.settings.max_concurrent_loads {
+        let tasks = Arc::clone(&task_rx);
+        let done = inbox.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("quiver-load-{i}"))
+                .spawn(move || load_worker(&tasks, &done, env))?,
+        );
+    }
+    let manager = Manager {
+        gw,
+        models: BTreeMap::new(),
+        tasks: Some(task_tx),
+        queue: VecDeque::new(),
+        in_flight: 0,
+        config_gen: 0,
+        loaded: false,
+        removed: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("quiver-manager".into())
+        .spawn(move || manager.run(&rx, workers))?;
+    Ok(ManagerHandle {
+        inbox,
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+fn load_worker(tasks: &Mutex<Receiver<LoadTask>>, done: &SyncSender<Msg>, env: &Environment) {
+    loop {
+        let task = {
+            let rx = tasks.lock().unwrap_or_else(|p| p.into_inner());
+            rx.recv()
+        };
+        let Ok(task) = task else { return };
+        let started = Instant::now();
+        let result = crate::loader::load_checked(
+            &task.model,
+            task.version,
+            &task.dir,
+            task.manifest.as_deref(),
+            &task.config,
+            env,
+        );
+        let msg = Msg::Loaded(Box::new(Loaded {
+            model: task.model,
+            version: task.version,
+            target: task.target,
+            result,
+            elapsed: started.elapsed(),
+        }));
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+struct Manager {
+    gw: Arc<Gateway>,
+    models: BTreeMap<String, ModelState>,
+    /// Dropped at shutdown, which ends the workers.
+    tasks: Option<mpsc::Sender<LoadTask>>,
+    /// Loads waiting for a free worker.
+    queue: VecDeque<LoadTask>,
+    in_flight: usize,
+    /// Bumped whenever any model's config changes; part of each target.
+    config_gen: u64,
+    /// The first full read of the repository has finished loading.
+    loaded: bool,
+    /// A model went away since the last publish.
+    removed: bool,
+}
+
+impl Manager {
+    fn run(mut self, inbox: &Receiver<Msg>, workers: Vec<JoinHandle<()>>) {
+        let poll = self.gw.settings.poll_interval;
+        let tick = self.gw.settings.routing.rollout_interval;
+        self.poll_all(true);
+        self.dispatch();
+        self.publish();
+        let mut next_poll = poll.map(|p| Instant::now() + p);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let now = Instant::now();
+            let wake = next_poll.map_or(next_tick, |p| p.min(next_tick));
+            match inbox.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Msg::Command(cmd, reply)) => self.command(cmd, reply),
+                Ok(Msg::Loaded(done)) => self.loaded(*done),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if let (Some(p), Some(due)) = (poll, next_poll)
+                && now >= due
+            {
+                self.poll_all(false);
+                next_poll = Some(now + p);
+            }
+            if now >= next_tick {
+                self.guard_rollouts(now);
+                next_tick = now + tick;
+            }
+            self.dispatch();
+            self.answer_waiters();
+            if self.dirty() {
+                self.publish();
+            }
+        }
+        // Workers finish the load they hold; queued loads are abandoned.
+        self.tasks = None;
+        self.queue.clear();
+        for w in workers {
+            if w.join().is_err() {
+                tracing::error!("load worker panicked");
+            }
+        }
+    }
+
+    /// Reads the whole repository; `first` treats every version found as
+    /// settled (the gateway was not running while it was written).
+    fn poll_all(&mut self, first: bool) {
+        let root = self.gw.settings.repository.clone();
+        let dirs = match repository::scan(&root) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the model repository");
+                return;
+            }
+        };
+        let names: Vec<String> = dirs.iter().map(|d| d.name.clone()).collect();
+        for dir in dirs {
+            self.observe(dir, first);
+        }
+        // Models whose directory is gone stop serving.
+        let gone: Vec<String> = self
+            .models
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(model = %name, "model directory removed; model unloaded");
+            if let Some(state) = self.models.remove(&name) {
+                state.fail_waiters(&format!("model '{name}' was removed from the repository"));
+            }
+            crate::metrics::swap(&name, "removed");
+            self.mark_dirty();
+        }
+    }
+
+    fn observe(&mut self, dir: repository::ModelDir, settle_all: bool) {
+        let settings = &self.gw.settings;
+        let state = self
+            .models
+            .entry(dir.name.clone())
+            .or_insert_with(|| ModelState::new(&dir.path));
+        if state.read_config(&dir, &settings.models) {
+            self.config_gen += 1;
+            state.config_gen = self.config_gen;
+        }
+        state.read_routing(&dir);
+        let loads = state.reconcile(&dir, settle_all, settings.require_manifest);
+        self.queue.extend(loads);
+    }
+
+    fn dispatch(&mut self) {
+        let cap = self.gw.settings.max_concurrent_loads;
+        while self.in_flight < cap {
+            let Some(task) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(tx) = &self.tasks else { return };
+            tracing::info!(model = %task.model, version = task.version, "loading model version");
+            if tx.send(task).is_ok() {
+                self.in_flight += 1;
+            }
+        }
+    }
+
+    fn loaded(&mut self, done: Loaded) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let ms = done.elapsed.as_millis() as u64;
+        let outcome = if done.result.is_ok() { "success" } else { "failure" };
+        metrics::counter!(MODEL_LOADS_TOTAL, "model" => done.model.clone(), "outcome" => outcome)
+            .increment(1);
+        let Some(state) = self.models.get_mut(&done.model) else {
+            return; // removed while loading: the new version just drops
+        };
+        match state.accept(done.version, done.target, done.result) {
+            Ok(true) => {
+                tracing::info!(model = %done.model, version = done.version, elapsed_ms = ms, "model version ready");
+                crate::metrics::swap(&done.model, "load");
+            }
+            Ok(false) => {}
+            Err(why) => {
+                tracing::error!(model = %done.model, version = done.version, error = %why, "model version refused; it never serves");
+            }
+        }
+        state.dirty = true;
+    }
+
+    fn command(&mut self, cmd: Command, reply: Reply) {
+        match cmd {
+            Command::Load(name) => {
+                let root = self.gw.settings.repository.clone();
+                match repository::scan_model(&root, &name) {
+                    Ok(dir) if root.join(&name).is_dir() => {
+                        if let Some(s) = self.models.get_mut(&name) {
+                            s.unloaded = false;
+                        }
+                        // An operator asking means the files are in place.
+                        self.observe(dir, true);
+                        if let Some(s) = self.models.get_mut(&name) {
+                            s.dirty = true;
+                            s.waiters.push((model::Wait::Load, reply));
+                        }
+                    }
+                    _ => {
+                        let _ = reply.send(Err(ApiError::NotFound(format!(
+                            "no model '{name}' in the repository"
+                        ))));
+                    }
+                }
+            }
+            Command::Unload(name) => match self.models.get_mut(&name) {
+                Some(s) => {
+                    s.unload();
+                    crate::metrics::swap(&name, "unload");
+                    tracing::info!(model = %name, "model unloaded through the API");
+                    let _ = reply.send(Ok(serde_json::json!({"name": name, "unloaded": true})));
+                }
+                None => {
+                    let _ = reply.send(Err(ApiError::NotFound(format!("unknown model '{name}'"))));
+                }
+            },
+            Command::SetRouting(name, routing) => self.set_routing(name, routing, reply),
+            Command::Verdict(name, verdict) => self.verdict(name, verdict, reply),
+        }
+    }
+
+    fn answer_waiters(&mut self) {
+        for (name, state) in &mut self.models {
+            state.answer_waiters(name);
+        }
+    }
+
+    fn dirty(&self) -> bool {
+        self.removed
+            || self.models.values().any(|m| m.dirty)
+            || (!self.loaded && self.initial_load_done())
+    }
+
+    fn mark_dirty(&mut self) {
+        // A removed model leaves no state to flag.
+        self.removed = true;
+    }
+
+    fn initial_load_done(&self) -> bool {
+        self.in_flight == 0 && self.queue.is_empty()
+    }
+
+    fn publish(&mut self) {
+        if !self.loaded && self.initial_load_done() {
+            self.loaded = true;
+        }
+        self.removed = false;
+        let mut live = LiveModels {
+            models: BTreeMap::new(),
+            loaded: self.loaded,
+        };
+        for (name, state) in &mut self.models {
+            live.models.insert(name.clone(), state.entry(name));
+            state.dirty = false;
+        }
+        metrics::gauge!(MODELS_LOADED).set(live.served().count() as f64);
+        let ready = live.is_ready();
+        self.gw.live.store(Arc::new(live));
+        tracing::debug!(ready, "live set published");
+    }
+}
