@@ -90,6 +90,37 @@ TYPES = [
 ]
 
 
+def flaky(seed=3):
+    """The mlp's interface (features [batch, 16] -> probabilities [batch, 4]),
+    but rows whose first feature is 8 or more make ONNX Runtime fail the
+    whole batch: the row picks a row of a table of 8 by Gather, and an index
+    out of range is a run-time error. Rollback tests serve it as a canary
+    with errors injected by the request, not by a mock."""
+    rng = np.random.default_rng(seed)
+    table = (rng.standard_normal((8, 4)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Slice", ["features", "start", "end", "axis"], ["first"]),
+        helper.make_node("Floor", ["first"], ["first_floor"]),
+        helper.make_node("Cast", ["first_floor"], ["index_2d"], to=TensorProto.INT64),
+        helper.make_node("Squeeze", ["index_2d", "axis"], ["index"]),
+        helper.make_node("Gather", ["table", "index"], ["logits"], axis=0),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    consts = [
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "start"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "end"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis"),
+    ]
+    return make_graph_model(
+        nodes,
+        "flaky",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4])],
+        consts,
+    )
+
+
 def types():
     nodes, inputs, outputs = [], [], []
     for prefix, elem in TYPES:
@@ -213,6 +244,7 @@ def main():
     paths = [
         save(mlp(seed=1), "mlp", 1),
         save(mlp(seed=2), "mlp", 2),
+        save(flaky(), "flaky", 1),
         save(types(), "types", 1),
         save(fixed(), "fixed", 1),
         save(slow(), "slow", 1),

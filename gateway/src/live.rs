@@ -151,9 +151,12 @@ impl LiveModels {
                 arm: Arm::Pinned,
                 shadows: Vec::new(),
             }),
+            Some(e) if e.state == VersionState::Loading => Err(ApiError::NotReady(format!(
+                "model '{model}' version {v} is loading"
+            ))),
             Some(e) => Err(ApiError::NotReady(format!(
-                "model '{model}' version {v} is not ready: {}",
-                e.reason.as_deref().unwrap_or("loading")
+                "model '{model}' version {v} is unavailable: {}",
+                e.reason.as_deref().unwrap_or("unknown reason")
             ))),
             None => Err(ApiError::NotFound(format!(
                 "model '{model}' has no version {v}"

@@ -151,7 +151,15 @@ pub async fn infer(
     let result = run_infer(gw, &served, request, &shadows, started).await;
     let (response, outcome) = match result {
         Ok(resp) => (resp, "success"),
-        Err(e) => (reply::error(&e), e.status_and_outcome().1),
+        Err(e) => {
+            // Which version failed matters to whoever watches a rollout.
+            let mut resp = reply::error(&e);
+            resp.headers_mut().insert(
+                HeaderName::from_static(HEADER_MODEL_VERSION),
+                HeaderValue::from(served.spec.version),
+            );
+            (resp, e.status_and_outcome().1)
+        }
     };
     let elapsed = started.elapsed();
     served.metrics.outcome(outcome);

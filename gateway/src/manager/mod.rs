@@ -347,6 +347,8 @@ impl Manager {
             }
         }
         state.dirty = true;
+        // Versions this one replaces can go now, without waiting a poll.
+        self.rescan(&done.model);
     }
 
     fn command(&mut self, cmd: Command, reply: Reply) {

@@ -209,17 +209,24 @@ impl ModelState {
             self.dirty = true;
         }
         self.present = present;
-        let listed: Vec<u64> = self.present.iter().copied().collect();
-        let mut wanted: BTreeSet<u64> = cfg.settings.version_policy.select(&listed).into_iter().collect();
+        // A version that failed on these very files is not a candidate, so
+        // the policy falls back to the versions that work.
+        let failed: BTreeSet<u64> = dir
+            .versions
+            .iter()
+            .filter(|v| {
+                self.slots.get(&v.version).is_some_and(|s| {
+                    s.served.is_none()
+                        && s.failed.as_ref().is_some_and(|(t, _)| {
+                            t.fingerprint == v.fingerprint && t.config_gen == self.config_gen
+                        })
+                })
+            })
+            .map(|v| v.version)
+            .collect();
+        let candidates: Vec<u64> = self.present.difference(&failed).copied().collect();
+        let mut wanted: BTreeSet<u64> = cfg.settings.version_policy.select(&candidates).into_iter().collect();
         wanted.extend(self.routing.referenced().filter(|v| self.present.contains(v)));
-
-        let before = self.slots.len();
-        self.slots.retain(|v, _| wanted.contains(v));
-        if self.slots.len() != before {
-            tracing::info!(model = %dir.name, versions = ?wanted, "versions left the wanted set; unloading the rest");
-            crate::metrics::swap(&dir.name, "unload");
-            self.dirty = true;
-        }
         let mut tasks = Vec::new();
         for v in &dir.versions {
             if !wanted.contains(&v.version) || !settled.contains(&v.version) {
@@ -246,6 +253,22 @@ impl ModelState {
                 target,
                 config: cfg.clone(),
             });
+        }
+        // Versions leaving the wanted set keep serving until every wanted
+        // version has finished loading: a swap never leaves a gap. Failed
+        // slots stay (not serving) so the same files are not retried.
+        let settling = wanted
+            .iter()
+            .any(|v| self.slots.get(v).is_some_and(|s| s.loading.is_some()));
+        if !settling {
+            let before = self.slots.len();
+            self.slots
+                .retain(|v, s| wanted.contains(v) || (failed.contains(v) && s.served.is_none()));
+            if self.slots.len() != before {
+                tracing::info!(model = %dir.name, versions = ?wanted, "versions left the wanted set; unloaded");
+                crate::metrics::swap(&dir.name, "unload");
+                self.dirty = true;
+            }
         }
         tasks
     }

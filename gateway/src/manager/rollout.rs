@@ -114,13 +114,11 @@ impl Manager {
         }
     }
 
-    /// Loads what a routing change names, at once rather than next poll.
-    fn rescan(&mut self, name: &str) {
+    /// Reads one model's directory now rather than at the next poll: to
+    /// load what a routing change names, or to retire what a finished load
+    /// replaces.
+    pub(super) fn rescan(&mut self, name: &str) {
         if let Ok(dir) = repository::scan_model(&self.gw.settings.repository, name) {
-            if let Some(state) = self.models.get_mut(name) {
-                // Routing was just applied from memory; the file is ours.
-                state.routing_stamp = Some(dir.routing);
-            }
             self.observe(dir, false);
         }
     }
