@@ -535,7 +535,11 @@ async fn broken_model_is_not_ready_others_serve() {
     let r = gw.get("/v2/models/broken/versions/1/ready").await.unwrap();
     assert_eq!(r.status, 503);
     assert!(r.error().contains("unavailable"), "{}", r.text());
-    assert!(r.error().contains("protobuf") || r.error().contains("load"), "{}", r.text());
+    assert!(
+        r.error().contains("protobuf") || r.error().contains("load"),
+        "{}",
+        r.text()
+    );
     let r = gw
         .post_json("/v2/models/mlp/infer", &mlp_request(&[0.5; 16]))
         .await

@@ -2,6 +2,9 @@
 //! ONNX Runtime, model versions written into a scratch repository the way
 //! a trainer writes them (files first, `manifest.json` last, by rename).
 
+// The whole file is test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,15 +50,29 @@ struct Expected {
 impl Expected {
     fn new(n: usize) -> Expected {
         let mut rng = Rng::new(11);
-        let inputs: Vec<Vec<f32>> = (0..n).map(|_| (0..16).map(|_| rng.f32() * 3.0).collect()).collect();
+        let inputs: Vec<Vec<f32>> = (0..n)
+            .map(|_| (0..16).map(|_| rng.f32() * 3.0).collect())
+            .collect();
         let env = environment(None).expect("ONNX Runtime (run scripts/setup.sh)");
-        let options = SessionOptions { intra_op_threads: 1, execution_provider: ExecutionProvider::Cpu };
+        let options = SessionOptions {
+            intra_op_threads: 1,
+            execution_provider: ExecutionProvider::Cpu,
+        };
         let outputs = [1u64, 2].map(|v| {
-            let mut b = OnnxBackend::load(env, &example_models().join(format!("mlp/{v}/model.onnx")), &options).unwrap();
+            let mut b = OnnxBackend::load(
+                env,
+                &example_models().join(format!("mlp/{v}/model.onnx")),
+                &options,
+            )
+            .unwrap();
             inputs
                 .iter()
                 .map(|x| {
-                    let t = Tensor { name: "features".into(), shape: vec![1, 16], data: TensorData::Fp32(x.clone()) };
+                    let t = Tensor {
+                        name: "features".into(),
+                        shape: vec![1, 16],
+                        data: TensorData::Fp32(x.clone()),
+                    };
                     match &b.run(vec![t]).unwrap()[0].data {
                         TensorData::Fp32(v) => v.clone(),
                         _ => panic!("mlp output is not FP32"),
@@ -73,9 +90,15 @@ fn infer_body(x: &[f32]) -> Value {
 
 async fn infer_keyed(gw: &Gateway, model: &str, key: &str, x: &[f32]) -> Reply {
     let body = Bytes::from(serde_json::to_vec(&infer_body(x)).unwrap());
-    send(gw.addr, "POST", &format!("/v2/models/{model}/infer"), &[("x-quiver-key", key.to_string())], body)
-        .await
-        .unwrap()
+    send(
+        gw.addr,
+        "POST",
+        &format!("/v2/models/{model}/infer"),
+        &[("x-quiver-key", key.to_string())],
+        body,
+    )
+    .await
+    .unwrap()
 }
 
 async fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body: Value) -> Reply {
@@ -83,27 +106,53 @@ async fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body
     if let Some(t) = token {
         headers.push(("authorization", format!("Bearer {t}")));
     }
-    send(gw.addr, method, path, &headers, Bytes::from(body.to_string())).await.unwrap()
+    send(
+        gw.addr,
+        method,
+        path,
+        &headers,
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap()
 }
 
 fn version_of(r: &Reply) -> u64 {
-    r.header("x-quiver-model-version").and_then(|v| v.parse().ok()).unwrap_or(0)
+    r.header("x-quiver-model-version")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn as_f32(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// Waits until `check` holds on the model's routing view.
-async fn wait_routing(gw: &Gateway, model: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+async fn wait_routing(
+    gw: &Gateway,
+    model: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = gw.get(&format!("/v2/models/{model}/routing")).await.unwrap();
+        let r = gw
+            .get(&format!("/v2/models/{model}/routing"))
+            .await
+            .unwrap();
         let v = r.json();
         if r.status == 200 && check(&v) {
             return v;
         }
-        assert!(Instant::now() < until, "timed out waiting for {what}; last routing: {v:#}\nlog:\n{}", gw.log());
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}; last routing: {v:#}\nlog:\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -113,7 +162,10 @@ async fn served_version(gw: &Gateway, model: &str) -> u64 {
     if r.status != 200 {
         return 0;
     }
-    r.json()["version"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0)
+    r.json()["version"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -134,7 +186,10 @@ async fn hundred_swaps_under_load_fail_no_request() {
         Gateway::start_ready(
             &repo,
             &[],
-            &[("QUIVER_ADMIN_TOKEN", TOKEN), ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50")],
+            &[
+                ("QUIVER_ADMIN_TOKEN", TOKEN),
+                ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
+            ],
         )
         .await
         .unwrap(),
@@ -144,7 +199,8 @@ async fn hundred_swaps_under_load_fail_no_request() {
     let swapping = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..4u64 {
-        let (gw, expected, stop, swapping) = (gw.clone(), expected.clone(), stop.clone(), swapping.clone());
+        let (gw, expected, stop, swapping) =
+            (gw.clone(), expected.clone(), stop.clone(), swapping.clone());
         clients.push(tokio::spawn(async move {
             let mut rng = Rng::new(c + 1);
             let (mut steady, mut during, mut failures) = (Vec::new(), Vec::new(), Vec::new());
@@ -161,11 +217,16 @@ async fn hundred_swaps_under_load_fail_no_request() {
                 assert_eq!(r.json()["model_version"], v.to_string());
                 let got = as_f32(&r.json()["outputs"][0]["data"]);
                 let want = &expected.outputs[content(v)][i];
-                let ok = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-5);
+                let ok = got.len() == want.len()
+                    && got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-5);
                 if !ok {
                     failures.push(format!("version {v} answered {got:?}, expected {want:?}"));
                 }
-                if swapping.load(Ordering::Relaxed) { during.push(took) } else { steady.push(took) }
+                if swapping.load(Ordering::Relaxed) {
+                    during.push(took)
+                } else {
+                    steady.push(took)
+                }
             }
             (steady, during, failures)
         }));
@@ -180,13 +241,24 @@ async fn hundred_swaps_under_load_fail_no_request() {
             // By repository change: manifest last; the watcher finds it.
             publish(&repo, "swap", n, &mlp[content(n)], true);
             while served_version(&gw, "swap").await != n {
-                assert!(started.elapsed() < Duration::from_secs(30), "version {n} never took traffic:\n{}", gw.log());
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "version {n} never took traffic:\n{}",
+                    gw.log()
+                );
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         } else {
             // By API: plain files (no manifest), then an explicit load.
             publish(&repo, "swap", n, &mlp[content(n)], false);
-            let r = admin(&gw, "POST", "/v2/repository/models/swap/load", Some(TOKEN), json!({})).await;
+            let r = admin(
+                &gw,
+                "POST",
+                "/v2/repository/models/swap/load",
+                Some(TOKEN),
+                json!({}),
+            )
+            .await;
             assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(r.json()["stable"], n, "{}", r.text());
             assert_eq!(served_version(&gw, "swap").await, n);
@@ -207,8 +279,17 @@ async fn hundred_swaps_under_load_fail_no_request() {
         during.extend(d);
         failures.extend(f);
     }
-    assert!(failures.is_empty(), "{} failed answers, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(during.len() > 200, "too few requests during the swaps: {}", during.len());
+    assert!(
+        failures.is_empty(),
+        "{} failed answers, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        during.len() > 200,
+        "too few requests during the swaps: {}",
+        during.len()
+    );
     steady.sort();
     during.sort();
     to_traffic.sort();
@@ -223,7 +304,13 @@ async fn hundred_swaps_under_load_fail_no_request() {
         percentile(&to_traffic, 0.5),
         percentile(&to_traffic, 1.0),
     );
-    let swaps = gw.metric("quiver_model_swaps_total", &["model=\"swap\"", "kind=\"load\""]).await.unwrap();
+    let swaps = gw
+        .metric(
+            "quiver_model_swaps_total",
+            &["model=\"swap\"", "kind=\"load\""],
+        )
+        .await
+        .unwrap();
     assert!(swaps >= 100.0, "swap counter {swaps}");
 }
 
@@ -231,7 +318,9 @@ async fn hundred_swaps_under_load_fail_no_request() {
 async fn corrupt_and_wrong_shaped_versions_are_refused_while_the_old_one_serves() {
     let repo = scratch("refuse").unwrap();
     publish(&repo, "m", 1, &example_file("mlp", 1), true);
-    let gw = Gateway::start_ready(&repo, &[], &[("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50")]).await.unwrap();
+    let gw = Gateway::start_ready(&repo, &[], &[("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50")])
+        .await
+        .unwrap();
     let x = [0.5f32; 16];
     let check_v1_serves = || async {
         let r = infer_keyed(&gw, "m", "k", &x).await;
@@ -244,26 +333,48 @@ async fn corrupt_and_wrong_shaped_versions_are_refused_while_the_old_one_serves(
             loop {
                 let r = admin(gw, "POST", "/v2/repository/index", None, json!({})).await;
                 assert_eq!(r.status, 200, "{}", r.text());
-                let row = r.json().as_array().unwrap().iter().find(|e| e["name"] == "m" && e["version"] == v.to_string()).cloned();
+                let row = r
+                    .json()
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| {
+                        e["name"] == "m" && e["version"].as_str() == Some(v.to_string().as_str())
+                    })
+                    .cloned();
                 if let Some(row) = row.filter(|r| r["state"] == "UNAVAILABLE") {
                     return row["reason"].as_str().unwrap_or_default().to_string();
                 }
-                assert!(Instant::now() < until, "version {v} never refused:\n{}", gw.log());
+                assert!(
+                    Instant::now() < until,
+                    "version {v} never refused:\n{}",
+                    gw.log()
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     };
     // Not an ONNX file at all (its checksum is right).
-    publish(&repo, "m", 2, b"\x08\x07garbage that is not a protobuf model", true);
+    publish(
+        &repo,
+        "m",
+        2,
+        b"\x08\x07garbage that is not a protobuf model",
+        true,
+    );
     let why = index_reason(2).await;
-    assert!(why.to_lowercase().contains("protobuf") || why.contains("load"), "{why}");
+    assert!(
+        why.to_lowercase().contains("protobuf") || why.contains("load"),
+        "{why}"
+    );
     check_v1_serves().await;
     // A file that does not match its manifest's checksum: a torn copy.
     let dir = repo.join("m/3");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("model.onnx"), &example_file("mlp", 2)[..1000]).unwrap();
     let mut m = Manifest::new("m", 3);
-    m.sha256.insert("model.onnx".into(), sha256_bytes(&example_file("mlp", 2)));
+    m.sha256
+        .insert("model.onnx".into(), sha256_bytes(&example_file("mlp", 2)));
     write_atomic(&dir.join("manifest.json"), &m.to_json()).unwrap();
     assert!(index_reason(3).await.contains("checksum mismatch"));
     check_v1_serves().await;
@@ -277,10 +388,20 @@ async fn corrupt_and_wrong_shaped_versions_are_refused_while_the_old_one_serves(
     publish(&repo, "m", 5, &example_file("mlp", 2), true);
     let until = Instant::now() + Duration::from_secs(30);
     while served_version(&gw, "m").await != 5 {
-        assert!(Instant::now() < until, "version 5 never served:\n{}", gw.log());
+        assert!(
+            Instant::now() < until,
+            "version 5 never served:\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let loads = gw.metric("quiver_model_loads_total", &["model=\"m\"", "outcome=\"failure\""]).await.unwrap();
+    let loads = gw
+        .metric(
+            "quiver_model_loads_total",
+            &["model=\"m\"", "outcome=\"failure\""],
+        )
+        .await
+        .unwrap();
     assert!(loads >= 2.0, "failed loads counted: {loads}");
 }
 
@@ -300,7 +421,12 @@ p99_slack_ms = 200.0
 /// Sends keyed requests until `stop`; `poison` is the share of requests
 /// whose first feature is 9 (which the flaky model cannot serve). Returns
 /// `(version, status)` per answer.
-fn spawn_traffic(gw: Arc<Gateway>, model: &'static str, poison: f32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<(u64, u16)>> {
+fn spawn_traffic(
+    gw: Arc<Gateway>,
+    model: &'static str,
+    poison: f32,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u64, u16)>> {
     tokio::spawn(async move {
         let mut rng = Rng::new(5);
         let mut seen = Vec::new();
@@ -324,31 +450,59 @@ async fn a_canary_with_errors_is_rolled_back() {
     publish(&repo, "r", 1, &example_file("mlp", 1), true);
     std::fs::write(repo.join("r/config.toml"), ROLLOUT_CONFIG).unwrap();
     let gw = Arc::new(
-        Gateway::start_ready(&repo, &[], &[("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"), ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50")])
-            .await
-            .unwrap(),
+        Gateway::start_ready(
+            &repo,
+            &[],
+            &[
+                ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
+                ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
+            ],
+        )
+        .await
+        .unwrap(),
     );
-    wait_routing(&gw, "r", "the first stable version", |v| v["routing"]["stable"] == 1).await;
+    wait_routing(&gw, "r", "the first stable version", |v| {
+        v["routing"]["stable"] == 1
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = spawn_traffic(gw.clone(), "r", 0.5, stop.clone());
     // The flaky model has the mlp's interface; half the requests break it.
     publish(&repo, "r", 2, &example_file("flaky", 1), true);
-    let v = wait_routing(&gw, "r", "the rollback", |v| v["routing"]["rolled_back"] == json!([2])).await;
+    let v = wait_routing(&gw, "r", "the rollback", |v| {
+        v["routing"]["rolled_back"] == json!([2])
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let seen = traffic.await.unwrap();
     assert_eq!(v["routing"]["stable"], 1);
     assert_eq!(v["routing"]["canary"], json!({}));
-    let decisions: Vec<&str> = v["rollout"]["history"].as_array().unwrap().iter().map(|h| h["decision"].as_str().unwrap()).collect();
+    let decisions: Vec<&str> = v["rollout"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["decision"].as_str().unwrap())
+        .collect();
     assert_eq!(decisions.last(), Some(&"rollback"), "{decisions:?}");
     assert!(!decisions.contains(&"promote"), "{decisions:?}");
     // Failures came only from the canary; stable answered everything.
-    assert!(seen.iter().any(|(v, s)| *v == 2 && *s == 500), "the canary never failed");
+    assert!(
+        seen.iter().any(|(v, s)| *v == 2 && *s == 500),
+        "the canary never failed"
+    );
     assert!(seen.iter().filter(|(_, s)| *s != 200).all(|(v, _)| *v == 2));
     // The decision is on disk for a restart, and counted.
-    let on_disk: Value = serde_json::from_slice(&std::fs::read(repo.join("r/routing.json")).unwrap()).unwrap();
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(repo.join("r/routing.json")).unwrap()).unwrap();
     assert_eq!(on_disk["rolled_back"], json!([2]));
     assert_eq!(on_disk["updated_by"], "rollout-guardrail");
-    let n = gw.metric("quiver_rollout_decisions_total", &["model=\"r\"", "decision=\"rollback\""]).await.unwrap();
+    let n = gw
+        .metric(
+            "quiver_rollout_decisions_total",
+            &["model=\"r\"", "decision=\"rollback\""],
+        )
+        .await
+        .unwrap();
     assert_eq!(n, 1.0);
     // After the rollback every keyed caller is on stable again; a pinned
     // request still reaches the canary.
@@ -356,7 +510,10 @@ async fn a_canary_with_errors_is_rolled_back() {
         let r = infer_keyed(&gw, "r", &format!("after-{i}"), &[0.1; 16]).await;
         assert_eq!((r.status, version_of(&r)), (200, 1));
     }
-    let r = gw.post_json("/v2/models/r/versions/2/infer", &infer_body(&[0.1; 16])).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/r/versions/2/infer", &infer_body(&[0.1; 16]))
+        .await
+        .unwrap();
     assert_eq!((r.status, version_of(&r)), (200, 2));
 }
 
@@ -366,11 +523,21 @@ async fn a_healthy_canary_is_promoted_step_by_step() {
     publish(&repo, "p", 1, &example_file("mlp", 1), true);
     std::fs::write(repo.join("p/config.toml"), ROLLOUT_CONFIG).unwrap();
     let gw = Arc::new(
-        Gateway::start_ready(&repo, &[], &[("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"), ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50")])
-            .await
-            .unwrap(),
+        Gateway::start_ready(
+            &repo,
+            &[],
+            &[
+                ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
+                ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
+            ],
+        )
+        .await
+        .unwrap(),
     );
-    wait_routing(&gw, "p", "the first stable version", |v| v["routing"]["stable"] == 1).await;
+    wait_routing(&gw, "p", "the first stable version", |v| {
+        v["routing"]["stable"] == 1
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = spawn_traffic(gw.clone(), "p", 0.0, stop.clone());
     publish(&repo, "p", 2, &example_file("mlp", 2), true);
@@ -379,9 +546,21 @@ async fn a_healthy_canary_is_promoted_step_by_step() {
     let seen = traffic.await.unwrap();
     assert!(seen.iter().all(|(_, s)| *s == 200));
     let history = v["rollout"]["history"].as_array().unwrap();
-    let steps: Vec<(String, Value)> = history.iter().map(|h| (h["decision"].as_str().unwrap().to_string(), h["canary"].clone())).collect();
+    let steps: Vec<(String, Value)> = history
+        .iter()
+        .map(|h| {
+            (
+                h["decision"].as_str().unwrap().to_string(),
+                h["canary"].clone(),
+            )
+        })
+        .collect();
     let names: Vec<&str> = steps.iter().map(|(d, _)| d.as_str()).collect();
-    assert_eq!(names, ["init", "start", "advance", "advance", "promote"], "{steps:?}");
+    assert_eq!(
+        names,
+        ["init", "start", "advance", "advance", "promote"],
+        "{steps:?}"
+    );
     assert_eq!(steps[1].1, json!({"2": 0.25}));
     assert_eq!(steps[2].1, json!({"2": 0.5}));
     assert_eq!(steps[3].1, json!({"2": 1.0}));
@@ -401,28 +580,66 @@ async fn routing_through_the_admin_api_is_guarded_and_survives_a_restart() {
         "version_policy = \"all\"\n[rollout]\nsteps = [0.1, 0.5, 1.0]\nmin_requests = 1000000\nauto_advance = false\n",
     )
     .unwrap();
-    let env = [("QUIVER_ADMIN_TOKEN", TOKEN), ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50")];
+    let env = [
+        ("QUIVER_ADMIN_TOKEN", TOKEN),
+        ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
+    ];
     let mut gw = Gateway::start_ready(&repo, &[], &env).await.unwrap();
     let routing = json!({"schema": 1, "stable": 1, "canary": {"2": 0.1}, "step": 0});
     // Mutations need the token; reads do not.
     let r = admin(&gw, "PUT", "/v2/models/s/routing", None, routing.clone()).await;
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.error().contains("Bearer"));
-    let r = admin(&gw, "PUT", "/v2/models/s/routing", Some("wrong"), routing.clone()).await;
+    let r = admin(
+        &gw,
+        "PUT",
+        "/v2/models/s/routing",
+        Some("wrong"),
+        routing.clone(),
+    )
+    .await;
     assert_eq!(r.status, 401);
-    let r = admin(&gw, "POST", "/v2/repository/models/s/unload", None, json!({})).await;
+    let r = admin(
+        &gw,
+        "POST",
+        "/v2/repository/models/s/unload",
+        None,
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 401);
     // Invalid states are refused with the reason.
-    let r = admin(&gw, "PUT", "/v2/models/s/routing", Some(TOKEN), json!({"schema": 1, "stable": 1, "canary": {"2": 1.5}})).await;
+    let r = admin(
+        &gw,
+        "PUT",
+        "/v2/models/s/routing",
+        Some(TOKEN),
+        json!({"schema": 1, "stable": 1, "canary": {"2": 1.5}}),
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.error().contains("weight"), "{}", r.text());
-    let r = admin(&gw, "PUT", "/v2/models/s/routing", Some(TOKEN), json!({"schema": 1, "stable": 9})).await;
+    let r = admin(
+        &gw,
+        "PUT",
+        "/v2/models/s/routing",
+        Some(TOKEN),
+        json!({"schema": 1, "stable": 9}),
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.error().contains("no version 9"), "{}", r.text());
     let r = admin(&gw, "PUT", "/v2/models/s/routing", Some(TOKEN), routing).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // An external verdict moves the canary one step.
-    let r = admin(&gw, "POST", "/v2/models/s/rollout", Some(TOKEN), json!({"action": "advance", "version": 2, "by": "trainer", "reason": "quality holds"})).await;
+    let r = admin(
+        &gw,
+        "POST",
+        "/v2/models/s/rollout",
+        Some(TOKEN),
+        json!({"action": "advance", "version": 2, "by": "trainer", "reason": "quality holds"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["routing"]["canary"], json!({"2": 0.5}));
     assert_eq!(r.json()["routing"]["updated_by"], "trainer");
@@ -436,16 +653,25 @@ async fn routing_through_the_admin_api_is_guarded_and_survives_a_restart() {
         assert_eq!(a, b, "key {key} moved between arms");
         on_canary += usize::from(a == 2);
     }
-    assert!((140..=260).contains(&on_canary), "{on_canary} of 400 keys on a 50 % canary");
+    assert!(
+        (140..=260).contains(&on_canary),
+        "{on_canary} of 400 keys on a 50 % canary"
+    );
     // A version in the URL pins it.
-    let r = gw.post_json("/v2/models/s/versions/1/infer", &infer_body(&[0.2; 16])).await.unwrap();
+    let r = gw
+        .post_json("/v2/models/s/versions/1/infer", &infer_body(&[0.2; 16]))
+        .await
+        .unwrap();
     assert_eq!(version_of(&r), 1);
 
     // Restart: the routing state comes back from routing.json.
     gw.terminate().unwrap();
     assert_eq!(gw.wait_exit(Duration::from_secs(30)).unwrap(), 0);
     let gw = Gateway::start_ready(&repo, &[], &env).await.unwrap();
-    let v = wait_routing(&gw, "s", "routing after restart", |v| v["routing"]["stable"] == 1).await;
+    let v = wait_routing(&gw, "s", "routing after restart", |v| {
+        v["routing"]["stable"] == 1
+    })
+    .await;
     assert_eq!(v["routing"]["canary"], json!({"2": 0.5}));
     assert_eq!(v["routing"]["step"], 1);
     let mut canary = 0;
@@ -455,18 +681,42 @@ async fn routing_through_the_admin_api_is_guarded_and_survives_a_restart() {
     }
     assert_eq!(canary, on_canary, "keys kept their arms across the restart");
     // Roll back by verdict; everything returns to stable.
-    let r = admin(&gw, "POST", "/v2/models/s/rollout", Some(TOKEN), json!({"action": "rollback", "version": 2})).await;
+    let r = admin(
+        &gw,
+        "POST",
+        "/v2/models/s/rollout",
+        Some(TOKEN),
+        json!({"action": "rollback", "version": 2}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["routing"]["rolled_back"], json!([2]));
     let r = infer_keyed(&gw, "s", "caller-1", &[0.2; 16]).await;
     assert_eq!(version_of(&r), 1);
     // Unload and load through Triton's repository API.
-    let r = admin(&gw, "POST", "/v2/repository/models/s/unload", Some(TOKEN), json!({})).await;
+    let r = admin(
+        &gw,
+        "POST",
+        "/v2/repository/models/s/unload",
+        Some(TOKEN),
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = infer_keyed(&gw, "s", "caller-1", &[0.2; 16]).await;
     assert_eq!(r.status, 503);
     assert!(r.error().contains("unloaded"));
-    let r = admin(&gw, "POST", "/v2/repository/models/s/load", Some(TOKEN), json!({})).await;
+    let r = admin(
+        &gw,
+        "POST",
+        "/v2/repository/models/s/load",
+        Some(TOKEN),
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(infer_keyed(&gw, "s", "caller-1", &[0.2; 16]).await.status, 200);
+    assert_eq!(
+        infer_keyed(&gw, "s", "caller-1", &[0.2; 16]).await.status,
+        200
+    );
 }

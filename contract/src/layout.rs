@@ -70,7 +70,16 @@ mod tests {
     fn versions_are_positive_integers_only() {
         assert_eq!(parse_version("7"), Some(7));
         assert_eq!(parse_version("007"), Some(7));
-        for bad in ["0", "", "-1", "+1", "1a", " 1", ".1.tmp", "18446744073709551616"] {
+        for bad in [
+            "0",
+            "",
+            "-1",
+            "+1",
+            "1a",
+            " 1",
+            ".1.tmp",
+            "18446744073709551616",
+        ] {
             assert_eq!(parse_version(bad), None, "{bad:?}");
         }
     }

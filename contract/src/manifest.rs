@@ -128,7 +128,8 @@ impl Manifest {
                 found: u32::try_from(schema).unwrap_or(u32::MAX),
             });
         }
-        let manifest: Manifest = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
         if let Some((model, version)) = expect
             && (manifest.model != model || manifest.version != version)
         {
@@ -139,7 +140,9 @@ impl Manifest {
         }
         for file in manifest.sha256.keys() {
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-                return Err(invalid(format!("file name '{file}' leaves the version directory")));
+                return Err(invalid(format!(
+                    "file name '{file}' leaves the version directory"
+                )));
             }
         }
         Ok(manifest)
@@ -206,7 +209,8 @@ mod tests {
     use super::*;
 
     fn scratch(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("quiver-manifest-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("quiver-manifest-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -226,14 +230,21 @@ mod tests {
         std::fs::write(dir.join("model.onnx"), b"graph").unwrap();
         let mut m = Manifest::new("fraud", 7);
         m.sha256.insert("model.onnx".into(), sha256_bytes(b"graph"));
-        m.lineage = Some(Lineage { parent: Some(6), rows: 10, ..Default::default() });
+        m.lineage = Some(Lineage {
+            parent: Some(6),
+            rows: 10,
+            ..Default::default()
+        });
         std::fs::write(dir.join(crate::layout::MANIFEST_FILE), m.to_json()).unwrap();
         let read = Manifest::read(&dir.join("manifest.json"), Some(("fraud", 7))).unwrap();
         assert_eq!(read, m);
         read.verify(&dir).unwrap();
 
         std::fs::write(dir.join("model.onnx"), b"graph, truncated or changed").unwrap();
-        assert!(matches!(read.verify(&dir), Err(ManifestError::Checksum { .. })));
+        assert!(matches!(
+            read.verify(&dir),
+            Err(ManifestError::Checksum { .. })
+        ));
         assert!(Manifest::read(&dir.join("manifest.json"), Some(("fraud", 8))).is_err());
     }
 
@@ -242,9 +253,15 @@ mod tests {
         let dir = scratch("bad");
         let path = dir.join("manifest.json");
         std::fs::write(&path, br#"{"schema": 2, "model": "m", "version": 1}"#).unwrap();
-        assert!(matches!(Manifest::read(&path, None), Err(ManifestError::Schema { found: 2, .. })));
+        assert!(matches!(
+            Manifest::read(&path, None),
+            Err(ManifestError::Schema { found: 2, .. })
+        ));
         std::fs::write(&path, b"{\"schema\": 1, \"model\": ").unwrap();
-        assert!(matches!(Manifest::read(&path, None), Err(ManifestError::Invalid { .. })));
+        assert!(matches!(
+            Manifest::read(&path, None),
+            Err(ManifestError::Invalid { .. })
+        ));
         std::fs::write(
             &path,
             br#"{"schema": 1, "model": "m", "version": 1, "sha256": {"../x": "00"}}"#,

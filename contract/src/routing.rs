@@ -85,7 +85,11 @@ impl RoutingState {
         if self.schema != SCHEMA {
             return Err(RoutingError::Schema(self.schema));
         }
-        let versions = self.stable.iter().chain(self.canary.keys()).chain(&self.shadow);
+        let versions = self
+            .stable
+            .iter()
+            .chain(self.canary.keys())
+            .chain(&self.shadow);
         if versions.into_iter().any(|&v| v == 0) {
             return Err(RoutingError::Zero);
         }
@@ -156,12 +160,30 @@ mod tests {
     fn rejects_inconsistent_states() {
         let bad = |json: &str| RoutingState::parse(json.as_bytes()).unwrap_err();
         assert_eq!(bad(r#"{"schema": 2}"#), RoutingError::Schema(2));
-        assert!(matches!(bad(r#"{"schema": 1, "canary": {"2": 1.5}}"#), RoutingError::Weight { .. }));
-        assert!(matches!(bad(r#"{"schema": 1, "canary": {"2": 0.6, "3": 0.6}}"#), RoutingError::Sum(_)));
-        assert_eq!(bad(r#"{"schema": 1, "stable": 2, "canary": {"2": 0.1}}"#), RoutingError::Overlap(2, "a canary"));
-        assert_eq!(bad(r#"{"schema": 1, "stable": 2, "shadow": [2]}"#), RoutingError::Overlap(2, "a shadow"));
+        assert!(matches!(
+            bad(r#"{"schema": 1, "canary": {"2": 1.5}}"#),
+            RoutingError::Weight { .. }
+        ));
+        assert!(matches!(
+            bad(r#"{"schema": 1, "canary": {"2": 0.6, "3": 0.6}}"#),
+            RoutingError::Sum(_)
+        ));
+        assert_eq!(
+            bad(r#"{"schema": 1, "stable": 2, "canary": {"2": 0.1}}"#),
+            RoutingError::Overlap(2, "a canary")
+        );
+        assert_eq!(
+            bad(r#"{"schema": 1, "stable": 2, "shadow": [2]}"#),
+            RoutingError::Overlap(2, "a shadow")
+        );
         assert_eq!(bad(r#"{"schema": 1, "stable": 0}"#), RoutingError::Zero);
-        assert!(matches!(bad(r#"{"schema": 1, "stabel": 2}"#), RoutingError::Json(_)));
-        assert!(RoutingState::parse(br#"{"schema": 1, "canary": {"2": 0.1, "3": 0.2, "4": 0.7}}"#).is_ok());
+        assert!(matches!(
+            bad(r#"{"schema": 1, "stabel": 2}"#),
+            RoutingError::Json(_)
+        ));
+        assert!(
+            RoutingState::parse(br#"{"schema": 1, "canary": {"2": 0.1, "3": 0.2, "4": 0.7}}"#)
+                .is_ok()
+        );
     }
 }

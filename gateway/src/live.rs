@@ -172,9 +172,9 @@ impl LiveModels {
     ) -> Result<&Arc<ServedVersion>, ApiError> {
         let entry = self.entry(model)?;
         match version {
-            None => entry.default_version().ok_or_else(|| {
-                ApiError::NotReady(format!("model '{model}' has no ready version"))
-            }),
+            None => entry
+                .default_version()
+                .ok_or_else(|| ApiError::NotReady(format!("model '{model}' has no ready version"))),
             Some(_) => self.route(model, version, 0).map(|r| r.served),
         }
     }

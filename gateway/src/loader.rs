@@ -49,7 +49,11 @@ pub fn load_checked(
 }
 
 /// Each tensor the manifest declares must be in the graph as declared.
-fn declared_matches(declared: &[TensorDecl], actual: &[TensorSpec], what: &str) -> Result<(), String> {
+fn declared_matches(
+    declared: &[TensorDecl],
+    actual: &[TensorSpec],
+    what: &str,
+) -> Result<(), String> {
     for d in declared {
         let found = actual.iter().find(|a| a.name == d.name);
         let fits = found.is_some_and(|a| a.datatype.as_str() == d.datatype && a.shape == d.shape);
@@ -59,7 +63,10 @@ fn declared_matches(declared: &[TensorDecl], actual: &[TensorSpec], what: &str) 
                 d.name,
                 d.datatype,
                 d.shape,
-                found.map_or("no such tensor".into(), |a| format!("{} {:?}", a.datatype, a.shape))
+                found.map_or("no such tensor".into(), |a| format!(
+                    "{} {:?}",
+                    a.datatype, a.shape
+                ))
             ));
         }
     }

@@ -113,12 +113,19 @@ fn describe() {
         Unit::Count,
         "Model versions loaded and serving."
     );
-    describe_counter!(MODEL_LOADS_TOTAL, "Model version loads by model and outcome.");
+    describe_counter!(
+        MODEL_LOADS_TOTAL,
+        "Model version loads by model and outcome."
+    );
     describe_counter!(
         MODEL_SWAPS_TOTAL,
         "Changes of a model's served versions: load, unload, removed."
     );
-    describe_gauge!(LIVE_VERSIONS, Unit::Count, "Versions of a model serving now.");
+    describe_gauge!(
+        LIVE_VERSIONS,
+        Unit::Count,
+        "Versions of a model serving now."
+    );
     describe_counter!(
         ROUTED_TOTAL,
         "Requests by model, version and arm (stable, canary, pinned) and outcome."
@@ -145,13 +152,21 @@ fn describe() {
         ROLLOUT_DECISIONS_TOTAL,
         "Routing changes by decision: init, start, advance, promote, rollback, set."
     );
-    describe_gauge!(ROLLOUT_STABLE_VERSION, Unit::Count, "The stable version of a model.");
+    describe_gauge!(
+        ROLLOUT_STABLE_VERSION,
+        Unit::Count,
+        "The stable version of a model."
+    );
     describe_gauge!(
         ROLLOUT_CANARY_WEIGHT,
         Unit::Count,
         "Share of a model's keyed traffic routed to a canary version."
     );
-    describe_gauge!(ROLLOUT_STEP, Unit::Count, "Index of the running canary's rollout step.");
+    describe_gauge!(
+        ROLLOUT_STEP,
+        Unit::Count,
+        "Index of the running canary's rollout step."
+    );
 }
 
 /// Handles for one model version, registered once so the hot path does
@@ -211,7 +226,10 @@ impl VersionMetrics {
     /// Counts a request's arm, outcome and latency.
     pub fn routed(&self, arm: Arm, outcome: &str, seconds: f64) {
         let a = Arm::ALL.iter().position(|x| *x == arm).unwrap_or(0);
-        if let (Some(per_outcome), Some(i)) = (self.routed.get(a), OUTCOMES.iter().position(|o| *o == outcome)) {
+        if let (Some(per_outcome), Some(i)) = (
+            self.routed.get(a),
+            OUTCOMES.iter().position(|o| *o == outcome),
+        ) {
             per_outcome[i].increment(1);
         }
         if let Some(h) = self.arm_duration.get(a) {

@@ -59,7 +59,10 @@ pub async fn run(
     }
     let gw = Arc::new(Gateway {
         live: ArcSwap::from_pointee(LiveModels::default()),
-        shadows: Shadows::new(settings.routing.shadow_max_in_flight, settings.routing.shadow_tolerance),
+        shadows: Shadows::new(
+            settings.routing.shadow_max_in_flight,
+            settings.routing.shadow_tolerance,
+        ),
         settings,
         prometheus,
         manager: OnceLock::new(),

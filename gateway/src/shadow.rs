@@ -29,7 +29,12 @@ impl Shadows {
 
     /// Sends `inputs` to every shadow and returns at once; `served` is the
     /// answer the caller got, to compare with.
-    pub fn send(&self, shadows: &[Arc<ServedVersion>], inputs: &[Tensor], served: &Arc<Vec<Tensor>>) {
+    pub fn send(
+        &self,
+        shadows: &[Arc<ServedVersion>],
+        inputs: &[Tensor],
+        served: &Arc<Vec<Tensor>>,
+    ) {
         for shadow in shadows {
             let m = &shadow.metrics;
             let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
@@ -119,10 +124,20 @@ mod tests {
         let served = [t("p", vec![0.1, 0.9])];
         assert!(agrees(&[t("p", vec![0.10001, 0.89999])], &served, 1e-4));
         assert!(!agrees(&[t("p", vec![0.2, 0.8])], &served, 1e-4));
-        assert!(!agrees(&[t("q", vec![0.1, 0.9])], &served, 1e-4), "missing output");
+        assert!(
+            !agrees(&[t("q", vec![0.1, 0.9])], &served, 1e-4),
+            "missing output"
+        );
         assert!(!agrees(&[t("p", vec![0.1])], &served, 1e-4), "other shape");
-        let ints = |v: Vec<i64>| Tensor { name: "c".into(), shape: vec![2], data: TensorData::Int64(v) };
+        let ints = |v: Vec<i64>| Tensor {
+            name: "c".into(),
+            shape: vec![2],
+            data: TensorData::Int64(v),
+        };
         assert!(agrees(&[ints(vec![1, 2])], &[ints(vec![1, 2])], 0.5));
-        assert!(!agrees(&[ints(vec![1, 3])], &[ints(vec![1, 2])], 5.0), "integers must be equal");
+        assert!(
+            !agrees(&[ints(vec![1, 3])], &[ints(vec![1, 2])], 5.0),
+            "integers must be equal"
+        );
     }
 }

@@ -51,7 +51,9 @@ pub fn authorize<B>(gw: &Gateway, req: &Request<B>, access: Access) -> Result<()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into())
+        })?;
     if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
@@ -70,7 +72,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `POST /v2/repository/index`: every model and version with its state.
 /// An optional body `{"ready": true}` lists only ready versions.
-pub async fn index(gw: &Gateway, req: Request<Incoming>) -> Result<hyper::Response<Body>, ApiError> {
+pub async fn index(
+    gw: &Gateway,
+    req: Request<Incoming>,
+) -> Result<hyper::Response<Body>, ApiError> {
     authorize(gw, &req, Access::Read)?;
     #[derive(serde::Deserialize, Default)]
     #[serde(deny_unknown_fields)]
@@ -120,7 +125,11 @@ pub async fn load_or_unload(
 }
 
 /// `GET /v2/models/{m}/routing`.
-pub fn get_routing(gw: &Gateway, req: &Request<Incoming>, model: &str) -> Result<hyper::Response<Body>, ApiError> {
+pub fn get_routing(
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    model: &str,
+) -> Result<hyper::Response<Body>, ApiError> {
     authorize(gw, req, Access::Read)?;
     let live = gw.live.load();
     let entry = live
@@ -144,7 +153,11 @@ pub fn get_routing(gw: &Gateway, req: &Request<Incoming>, model: &str) -> Result
 }
 
 /// `PUT /v2/models/{m}/routing` with a `routing.json` document.
-pub async fn put_routing(gw: &Gateway, req: Request<Incoming>, model: &str) -> Result<hyper::Response<Body>, ApiError> {
+pub async fn put_routing(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    model: &str,
+) -> Result<hyper::Response<Body>, ApiError> {
     authorize(gw, &req, Access::Write)?;
     let bytes = read_body(req).await?;
     let state = RoutingState::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -153,7 +166,11 @@ pub async fn put_routing(gw: &Gateway, req: Request<Incoming>, model: &str) -> R
 
 /// `POST /v2/models/{m}/rollout` with `{"action": "start"|"advance"|
 /// "promote"|"rollback", "version": N, "by": "...", "reason": "..."}`.
-pub async fn post_verdict(gw: &Gateway, req: Request<Incoming>, model: &str) -> Result<hyper::Response<Body>, ApiError> {
+pub async fn post_verdict(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    model: &str,
+) -> Result<hyper::Response<Body>, ApiError> {
     authorize(gw, &req, Access::Write)?;
     let verdict: Verdict = read_json(req).await?;
     send(gw, Command::Verdict(model.to_string(), verdict)).await
@@ -178,20 +195,28 @@ async fn read_body(req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
         .collect()
         .await
         .map(|b| b.to_bytes())
-        .map_err(|e| ApiError::BadRequest(format!("cannot read request body (at most {MAX_ADMIN_BODY} bytes): {e}")))
+        .map_err(|e| {
+            ApiError::BadRequest(format!(
+                "cannot read request body (at most {MAX_ADMIN_BODY} bytes): {e}"
+            ))
+        })
 }
 
 async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let bytes = read_body(req).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-async fn read_json_or_default<T: DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
+async fn read_json_or_default<T: DeserializeOwned + Default>(
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
     let bytes = read_body(req).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 #[cfg(test)]

@@ -124,7 +124,10 @@ pub async fn infer(
     version: Option<u64>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let key = req.headers().get(gw.settings.routing.key_header.as_str()).map(|v| key_hash(v.as_bytes()));
+    let key = req
+        .headers()
+        .get(gw.settings.routing.key_header.as_str())
+        .map(|v| key_hash(v.as_bytes()));
     let request = match read_request(gw, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -163,7 +166,10 @@ pub async fn infer(
     };
     let elapsed = started.elapsed();
     served.metrics.outcome(outcome);
-    served.metrics.request_duration.record(elapsed.as_secs_f64());
+    served
+        .metrics
+        .request_duration
+        .record(elapsed.as_secs_f64());
     served.metrics.routed(arm, outcome, elapsed.as_secs_f64());
     if arm != Arm::Pinned {
         let server_error = response.status().is_server_error();

@@ -32,15 +32,27 @@ pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<
         (&Method::GET, ["v2"]) => Ok(handlers::server_metadata()),
         (&Method::GET, ["metrics"]) => Ok(handlers::metrics(&gw)),
         (&Method::POST, ["v2", "repository", "index"]) => admin::index(&gw, req).await,
-        (&Method::POST, ["v2", "repository", "models", model, action @ ("load" | "unload")]) => {
-            admin::load_or_unload(&gw, req, model, *action == "load").await
-        }
-        (_, ["v2", "repository", "index"] | ["v2", "repository", "models", _, "load" | "unload"]) => {
-            Err(ApiError::MethodNotAllowed(method.to_string()))
-        }
+        (
+            &Method::POST,
+            [
+                "v2",
+                "repository",
+                "models",
+                model,
+                action @ ("load" | "unload"),
+            ],
+        ) => admin::load_or_unload(&gw, req, model, *action == "load").await,
+        (
+            _,
+            ["v2", "repository", "index"] | ["v2", "repository", "models", _, "load" | "unload"],
+        ) => Err(ApiError::MethodNotAllowed(method.to_string())),
         (&Method::GET, ["v2", "models", model, "routing"]) => admin::get_routing(&gw, &req, model),
-        (&Method::PUT, ["v2", "models", model, "routing"]) => admin::put_routing(&gw, req, model).await,
-        (&Method::POST, ["v2", "models", model, "rollout"]) => admin::post_verdict(&gw, req, model).await,
+        (&Method::PUT, ["v2", "models", model, "routing"]) => {
+            admin::put_routing(&gw, req, model).await
+        }
+        (&Method::POST, ["v2", "models", model, "rollout"]) => {
+            admin::post_verdict(&gw, req, model).await
+        }
         (_, ["v2", "models", _, "routing" | "rollout"]) => {
             Err(ApiError::MethodNotAllowed(method.to_string()))
         }

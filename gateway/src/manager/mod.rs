@@ -140,10 +140,7 @@ impl ManagerHandle {
 }
 
 /// Starts the manager; it reads the repository at once.
-pub fn start(
-    gw: Arc<Gateway>,
-    env: &'static Environment,
-) -> std::io::Result<ManagerHandle> {
+pub fn start(gw: Arc<Gateway>, env: &'static Environment) -> std::io::Result<ManagerHandle> {
     let (inbox, rx) = mpsc::sync_channel(INBOX);
     let (task_tx, task_rx) = mpsc::channel::<LoadTask>();
     let task_rx = Arc::new(Mutex::new(task_rx));
@@ -330,7 +327,11 @@ impl Manager {
     fn loaded(&mut self, done: Loaded) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let ms = done.elapsed.as_millis() as u64;
-        let outcome = if done.result.is_ok() { "success" } else { "failure" };
+        let outcome = if done.result.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
         metrics::counter!(MODEL_LOADS_TOTAL, "model" => done.model.clone(), "outcome" => outcome)
             .increment(1);
         let Some(state) = self.models.get_mut(&done.model) else {

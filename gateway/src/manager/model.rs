@@ -143,9 +143,7 @@ impl ModelState {
             None => Ok(RoutingState::default()),
             Some(_) => std::fs::read(dir.path.join(ROUTING_FILE))
                 .map_err(|e| format!("cannot read {ROUTING_FILE}: {e}"))
-                .and_then(|b| {
-                    RoutingState::parse(&b).map_err(|e| format!("{ROUTING_FILE}: {e}"))
-                }),
+                .and_then(|b| RoutingState::parse(&b).map_err(|e| format!("{ROUTING_FILE}: {e}"))),
         };
         match next {
             Ok(state) => {
@@ -225,8 +223,17 @@ impl ModelState {
             .map(|v| v.version)
             .collect();
         let candidates: Vec<u64> = self.present.difference(&failed).copied().collect();
-        let mut wanted: BTreeSet<u64> = cfg.settings.version_policy.select(&candidates).into_iter().collect();
-        wanted.extend(self.routing.referenced().filter(|v| self.present.contains(v)));
+        let mut wanted: BTreeSet<u64> = cfg
+            .settings
+            .version_policy
+            .select(&candidates)
+            .into_iter()
+            .collect();
+        wanted.extend(
+            self.routing
+                .referenced()
+                .filter(|v| self.present.contains(v)),
+        );
         let mut tasks = Vec::new();
         for v in &dir.versions {
             if !wanted.contains(&v.version) || !settled.contains(&v.version) {
@@ -295,12 +302,18 @@ impl ModelState {
         }
         slot.loading = None;
         let checked = result.and_then(|served| match reference {
-            Some((v, inputs, outputs)) if !allow_change => {
-                interface_matches(&served.spec.inputs, &inputs, "input")
-                    .and_then(|()| interface_matches(&served.spec.outputs, &outputs, "output"))
-                    .map_err(|e| format!("{e}, unlike version {v} serving now (set allow_interface_change to accept)"))
-                    .map(|()| served)
-            }
+            Some((v, inputs, outputs)) if !allow_change => interface_matches(
+                &served.spec.inputs,
+                &inputs,
+                "input",
+            )
+            .and_then(|()| interface_matches(&served.spec.outputs, &outputs, "output"))
+            .map_err(|e| {
+                format!(
+                    "{e}, unlike version {v} serving now (set allow_interface_change to accept)"
+                )
+            })
+            .map(|()| served),
             _ => Ok(served),
         });
         match checked {
@@ -325,7 +338,11 @@ impl ModelState {
             .filter(|v| *v != except)
             .or_else(|| self.ready_list().into_iter().rev().find(|v| *v != except))?;
         let served = self.served(pick)?;
-        Some((pick, served.spec.inputs.clone(), served.spec.outputs.clone()))
+        Some((
+            pick,
+            served.spec.inputs.clone(),
+            served.spec.outputs.clone(),
+        ))
     }
 
     pub fn served(&self, version: u64) -> Option<&Arc<ServedVersion>> {
@@ -415,17 +432,28 @@ impl ModelState {
         let mut versions = BTreeMap::new();
         for v in self.seen.keys() {
             let entry = match self.slots.get(v) {
-                Some(Slot { served: Some((s, _)), failed, .. }) => VersionEntry {
+                Some(Slot {
+                    served: Some((s, _)),
+                    failed,
+                    ..
+                }) => VersionEntry {
                     served: Some(Arc::clone(s)),
                     state: VersionState::Ready,
-                    reason: failed.as_ref().map(|(_, e)| format!("reload failed, previous files still serve: {e}")),
+                    reason: failed
+                        .as_ref()
+                        .map(|(_, e)| format!("reload failed, previous files still serve: {e}")),
                 },
-                Some(Slot { loading: Some(_), .. }) => VersionEntry {
+                Some(Slot {
+                    loading: Some(_), ..
+                }) => VersionEntry {
                     served: None,
                     state: VersionState::Loading,
                     reason: None,
                 },
-                Some(Slot { failed: Some((_, e)), .. }) => VersionEntry {
+                Some(Slot {
+                    failed: Some((_, e)),
+                    ..
+                }) => VersionEntry {
                     served: None,
                     state: VersionState::Unavailable,
                     reason: Some(e.clone()),
@@ -436,8 +464,11 @@ impl ModelState {
                     reason: Some(match (&self.config, self.unloaded) {
                         (_, true) => "model unloaded".into(),
                         (Err(e), _) => e.clone(),
-                        _ if self.present.contains(v) => "not selected by the version policy".into(),
-                        _ => "incomplete: waiting for manifest.json or for the files to settle".into(),
+                        _ if self.present.contains(v) => {
+                            "not selected by the version policy".into()
+                        }
+                        _ => "incomplete: waiting for manifest.json or for the files to settle"
+                            .into(),
                     }),
                 },
             };
@@ -448,7 +479,10 @@ impl ModelState {
             routing: self.routing.clone(),
             table: self.table(),
             unloaded: self.unloaded,
-            problem: self.config_problem.clone().or_else(|| self.routing_problem.clone()),
+            problem: self
+                .config_problem
+                .clone()
+                .or_else(|| self.routing_problem.clone()),
             rollout: self.rollout_view(),
         };
         crate::metrics::model_gauges(name, &entry);
@@ -488,7 +522,11 @@ impl ModelState {
 
 fn interface_matches(got: &[TensorSpec], want: &[TensorSpec], what: &str) -> Result<(), String> {
     if got.len() != want.len() {
-        return Err(format!("it has {} {what}s where {} are served", got.len(), want.len()));
+        return Err(format!(
+            "it has {} {what}s where {} are served",
+            got.len(),
+            want.len()
+        ));
     }
     for w in want {
         let Some(g) = got.iter().find(|g| g.name == w.name) else {

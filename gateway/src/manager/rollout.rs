@@ -37,13 +37,23 @@ impl Manager {
             ))));
             return;
         }
-        let by = if routing.updated_by.is_empty() { "api".to_string() } else { routing.updated_by.clone() };
+        let by = if routing.updated_by.is_empty() {
+            "api".to_string()
+        } else {
+            routing.updated_by.clone()
+        };
         let reason = routing.reason.take();
         routing.rolled_back.sort_unstable();
         routing.rolled_back.dedup();
         state.routing = routing;
         state.run = None;
-        commit(&name, state, &by, reason.as_deref().unwrap_or("routing set through the API"), "set");
+        commit(
+            &name,
+            state,
+            &by,
+            reason.as_deref().unwrap_or("routing set through the API"),
+            "set",
+        );
         state.waiters.push((Wait::Routing, reply));
         self.rescan(&name);
     }
@@ -53,16 +63,22 @@ impl Manager {
             let _ = reply.send(Err(ApiError::NotFound(format!("unknown model '{name}'"))));
             return;
         };
-        let steps = state.config.as_ref().map(|c| c.settings.rollout.clone()).unwrap_or_default();
+        let steps = state
+            .config
+            .as_ref()
+            .map(|c| c.settings.rollout.clone())
+            .unwrap_or_default();
         let v = verdict.version;
         let on_disk = state.is_present(v);
         let r = &mut state.routing;
         let bad = |m: String| Err(ApiError::BadRequest(m));
         let outcome: Result<&'static str, ApiError> = match verdict.action {
-            VerdictAction::Start if !on_disk => {
-                bad(format!("model '{name}' has no version {v} in the repository"))
+            VerdictAction::Start if !on_disk => bad(format!(
+                "model '{name}' has no version {v} in the repository"
+            )),
+            VerdictAction::Start if r.stable == Some(v) => {
+                bad(format!("version {v} is already stable"))
             }
-            VerdictAction::Start if r.stable == Some(v) => bad(format!("version {v} is already stable")),
             VerdictAction::Start => {
                 r.canary.clear();
                 r.canary.insert(v, steps.weight(0));
@@ -71,7 +87,9 @@ impl Manager {
                 r.step = 0;
                 Ok("start")
             }
-            VerdictAction::Advance if !r.canary.contains_key(&v) => bad(format!("version {v} is not a canary")),
+            VerdictAction::Advance if !r.canary.contains_key(&v) => {
+                bad(format!("version {v} is not a canary"))
+            }
             VerdictAction::Advance if steps.is_last(r.step) => {
                 promote(r, v);
                 Ok("promote")
@@ -81,9 +99,9 @@ impl Manager {
                 r.canary.insert(v, steps.weight(r.step));
                 Ok("advance")
             }
-            VerdictAction::Promote if !on_disk => {
-                bad(format!("model '{name}' has no version {v} in the repository"))
-            }
+            VerdictAction::Promote if !on_disk => bad(format!(
+                "model '{name}' has no version {v} in the repository"
+            )),
             VerdictAction::Promote => {
                 promote(r, v);
                 Ok("promote")
@@ -153,21 +171,29 @@ fn guard(name: &str, state: &mut ModelState, now: Instant) {
             None => {
                 if let Some(&v) = ready.last() {
                     state.routing.stable = Some(v);
-                    commit(name, state, "rollout-guardrail", &format!("version {v} is the first stable version"), "init");
+                    commit(
+                        name,
+                        state,
+                        "rollout-guardrail",
+                        &format!("version {v} is the first stable version"),
+                        "init",
+                    );
                 }
             }
             Some(stable) => {
                 let r = &state.routing;
-                let next = ready
-                    .iter()
-                    .rev()
-                    .copied()
-                    .find(|v| *v > stable && !r.rolled_back.contains(v) && !r.shadow.contains(v));
+                let next =
+                    ready.iter().rev().copied().find(|v| {
+                        *v > stable && !r.rolled_back.contains(v) && !r.shadow.contains(v)
+                    });
                 if let Some(v) = next {
                     state.routing.canary.insert(v, policy.weight(0));
                     state.routing.step = 0;
                     state.run = None;
-                    let why = format!("version {v} is ready; canary at {:.0} %", policy.weight(0) * 100.0);
+                    let why = format!(
+                        "version {v} is ready; canary at {:.0} %",
+                        policy.weight(0) * 100.0
+                    );
                     commit(name, state, "rollout-guardrail", &why, "start");
                 }
             }
@@ -180,14 +206,23 @@ fn guard(name: &str, state: &mut ModelState, now: Instant) {
         state.run = None;
         return;
     };
-    let failed = state.slots.get(&c).and_then(|s| match (&s.served, &s.failed) {
-        (None, Some((_, e))) => Some(e.clone()),
-        _ => None,
-    });
+    let failed = state
+        .slots
+        .get(&c)
+        .and_then(|s| match (&s.served, &s.failed) {
+            (None, Some((_, e))) => Some(e.clone()),
+            _ => None,
+        });
     if let Some(why) = failed {
         rollback(&mut state.routing, c);
         state.run = None;
-        commit(name, state, "rollout-guardrail", &format!("version {c} failed to load: {why}"), "rollback");
+        commit(
+            name,
+            state,
+            "rollout-guardrail",
+            &format!("version {c} failed to load: {why}"),
+            "rollback",
+        );
         return;
     }
     let Some(canary) = state.served(c).cloned() else {
@@ -225,18 +260,27 @@ fn guard(name: &str, state: &mut ModelState, now: Instant) {
     {
         state.baseline = Some(w.clone());
     }
-    let decision = decide(&policy, step, &canary_window, state.baseline.as_ref(), dwell);
+    let decision = decide(
+        &policy,
+        step,
+        &canary_window,
+        state.baseline.as_ref(),
+        dwell,
+    );
     let summary = format!(
         "canary v{c}: {} requests, {:.2} % errors, p99 {} µs; stable: {}",
         canary_window.requests,
         canary_window.error_rate() * 100.0,
         canary_window.quantile_us(0.99).unwrap_or(0),
-        state.baseline.as_ref().map_or("no traffic to compare".into(), |b| format!(
-            "{} requests, {:.2} % errors, p99 {} µs",
-            b.requests,
-            b.error_rate() * 100.0,
-            b.quantile_us(0.99).unwrap_or(0)
-        )),
+        state
+            .baseline
+            .as_ref()
+            .map_or("no traffic to compare".into(), |b| format!(
+                "{} requests, {:.2} % errors, p99 {} µs",
+                b.requests,
+                b.error_rate() * 100.0,
+                b.quantile_us(0.99).unwrap_or(0)
+            )),
     );
     match decision {
         Decision::Hold => return,
@@ -244,16 +288,34 @@ fn guard(name: &str, state: &mut ModelState, now: Instant) {
             state.routing.step += 1;
             let w = policy.weight(state.routing.step);
             state.routing.canary.insert(c, w);
-            commit(name, state, "rollout-guardrail", &format!("step held ({summary}); canary at {:.0} %", w * 100.0), "advance");
+            commit(
+                name,
+                state,
+                "rollout-guardrail",
+                &format!("step held ({summary}); canary at {:.0} %", w * 100.0),
+                "advance",
+            );
         }
         Decision::Promote => {
             promote(&mut state.routing, c);
             state.baseline = None;
-            commit(name, state, "rollout-guardrail", &format!("last step held ({summary}); version {c} is stable"), "promote");
+            commit(
+                name,
+                state,
+                "rollout-guardrail",
+                &format!("last step held ({summary}); version {c} is stable"),
+                "promote",
+            );
         }
         Decision::Rollback(why) => {
             rollback(&mut state.routing, c);
-            commit(name, state, "rollout-guardrail", &format!("{why}; version {c} rolled back"), "rollback");
+            commit(
+                name,
+                state,
+                "rollout-guardrail",
+                &format!("{why}; version {c} rolled back"),
+                "rollback",
+            );
         }
     }
     state.run = None;

@@ -200,11 +200,21 @@ mod tests {
         let ok = window(100, 0, Duration::from_micros(300));
         let few = window(10, 10, Duration::from_micros(300));
         let long = Duration::from_secs(2);
-        assert_eq!(decide(&p, 0, &few, Some(&ok), long), Decision::Hold, "10 failures are not yet evidence");
-        assert_eq!(decide(&p, 0, &ok, Some(&ok), Duration::from_millis(10)), Decision::Hold);
+        assert_eq!(
+            decide(&p, 0, &few, Some(&ok), long),
+            Decision::Hold,
+            "10 failures are not yet evidence"
+        );
+        assert_eq!(
+            decide(&p, 0, &ok, Some(&ok), Duration::from_millis(10)),
+            Decision::Hold
+        );
         assert_eq!(decide(&p, 0, &ok, Some(&ok), long), Decision::Advance);
         assert_eq!(decide(&p, 2, &ok, Some(&ok), long), Decision::Promote);
-        let manual = RolloutPolicy { auto_advance: false, ..p };
+        let manual = RolloutPolicy {
+            auto_advance: false,
+            ..p
+        };
         assert_eq!(decide(&manual, 0, &ok, Some(&ok), long), Decision::Hold);
     }
 
@@ -214,12 +224,21 @@ mod tests {
         let stable = window(200, 2, Duration::from_micros(300)); // 1 %
         let canary = window(100, 5, Duration::from_micros(300)); // 5 %
         let d = decide(&p, 0, &canary, Some(&stable), Duration::ZERO);
-        assert!(matches!(d, Decision::Rollback(ref why) if why.contains("error rate")), "{d:?}");
+        assert!(
+            matches!(d, Decision::Rollback(ref why) if why.contains("error rate")),
+            "{d:?}"
+        );
         // Within the margin: 1.5 % against 1 %.
         let close = window(200, 3, Duration::from_micros(300));
-        assert_eq!(decide(&p, 0, &close, Some(&stable), Duration::from_secs(2)), Decision::Advance);
+        assert_eq!(
+            decide(&p, 0, &close, Some(&stable), Duration::from_secs(2)),
+            Decision::Advance
+        );
         // No stable traffic to compare with: errors still count.
-        assert!(matches!(decide(&p, 2, &canary, None, Duration::ZERO), Decision::Rollback(_)));
+        assert!(matches!(
+            decide(&p, 2, &canary, None, Duration::ZERO),
+            Decision::Rollback(_)
+        ));
     }
 
     #[test]
@@ -227,18 +246,38 @@ mod tests {
         let p = policy();
         let stable = window(200, 0, Duration::from_millis(4));
         let slow = window(100, 0, Duration::from_millis(9));
-        assert!(matches!(decide(&p, 1, &slow, Some(&stable), Duration::ZERO), Decision::Rollback(ref w) if w.contains("p99")));
+        assert!(
+            matches!(decide(&p, 1, &slow, Some(&stable), Duration::ZERO), Decision::Rollback(ref w) if w.contains("p99"))
+        );
         // Twice as slow but inside the 1 ms slack: microsecond jitter.
         let fast_stable = window(200, 0, Duration::from_micros(100));
         let fast_canary = window(100, 0, Duration::from_micros(200));
-        assert_eq!(decide(&p, 1, &fast_canary, Some(&fast_stable), Duration::from_secs(2)), Decision::Advance);
+        assert_eq!(
+            decide(
+                &p,
+                1,
+                &fast_canary,
+                Some(&fast_stable),
+                Duration::from_secs(2)
+            ),
+            Decision::Advance
+        );
     }
 
     #[test]
     fn policy_validation() {
         assert!(RolloutPolicy::default().validate().is_ok());
-        for steps in [vec![], vec![0.5], vec![0.5, 0.2, 1.0], vec![0.0, 1.0], vec![0.5, 1.5]] {
-            let p = RolloutPolicy { steps, ..Default::default() };
+        for steps in [
+            vec![],
+            vec![0.5],
+            vec![0.5, 0.2, 1.0],
+            vec![0.0, 1.0],
+            vec![0.5, 1.5],
+        ] {
+            let p = RolloutPolicy {
+                steps,
+                ..Default::default()
+            };
             assert!(p.validate().is_err(), "{:?}", p.steps);
         }
         let p = policy();
