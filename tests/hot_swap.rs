@@ -720,3 +720,78 @@ async fn routing_through_the_admin_api_is_guarded_and_survives_a_restart() {
         200
     );
 }
+
+#[tokio::test]
+async fn shadows_get_copies_and_their_agreement_is_measured() {
+    let repo = scratch("shadow").unwrap();
+    publish(&repo, "h", 1, &example_file("mlp", 1), true);
+    publish(&repo, "h", 2, &example_file("mlp", 2), true);
+    publish(&repo, "h", 3, &example_file("mlp", 1), true);
+    std::fs::write(repo.join("h/config.toml"), "version_policy = \"all\"\n").unwrap();
+    let routing = json!({"schema": 1, "stable": 1, "shadow": [2, 3]});
+    write_atomic(&repo.join("h/routing.json"), routing.to_string().as_bytes()).unwrap();
+    let gw = Gateway::start_ready(&repo, &[], &[]).await.unwrap();
+    for i in 0..30 {
+        let r = infer_keyed(&gw, "h", &format!("k{i}"), &[0.1 * i as f32; 16]).await;
+        // Shadows never answer: stable does.
+        assert_eq!((r.status, version_of(&r)), (200, 1), "{}", r.text());
+    }
+    let metric = |v: &'static str, name: &'static str, label: &'static str| {
+        let gw = &gw;
+        async move {
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                let n = gw
+                    .metric(name, &["model=\"h\"", v, label])
+                    .await
+                    .unwrap_or(0.0);
+                if n >= 30.0 || Instant::now() > until {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Version 3 is the same graph as stable: it agrees every time; version
+    // 2 has other weights: it never does.
+    assert_eq!(
+        metric(
+            "version=\"3\"",
+            "quiver_shadow_agreement_total",
+            "agree=\"true\""
+        )
+        .await,
+        30.0
+    );
+    assert_eq!(
+        metric(
+            "version=\"2\"",
+            "quiver_shadow_agreement_total",
+            "agree=\"false\""
+        )
+        .await,
+        30.0
+    );
+    assert_eq!(
+        metric(
+            "version=\"2\"",
+            "quiver_shadow_requests_total",
+            "outcome=\"success\""
+        )
+        .await,
+        30.0
+    );
+    // Pinned requests are nobody's users: no shadow copies.
+    gw.post_json("/v2/models/h/versions/1/infer", &infer_body(&[0.5; 16]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let n = gw
+        .metric(
+            "quiver_shadow_requests_total",
+            &["model=\"h\"", "version=\"2\"", "outcome=\"success\""],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 30.0);
+}
