@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
+use plotters::coord::combinators::WithKeyPoints;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
@@ -22,7 +23,7 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing: {e:?}")
 }
 
-/// Log-scale bounds in milliseconds that contain every value.
+/// Log-scale bounds in microseconds that contain every value.
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| *v > 0.0)
@@ -30,10 +31,28 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if hi <= 0.0 {
         return (0.01, 1.0);
     }
-    (lo / 1.5, hi * 1.5)
+    (lo / 2.0, hi * 2.0)
 }
 
-type Chart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+type Chart<'a> =
+    ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, WithKeyPoints<LogCoord<f64>>>>;
+
+/// Axis labels at 1, 2, 3, 5 × 10^k within `lo..hi`: plotters' own log
+/// axis labels only whole decades, too few for a range like 0.3–2 ms.
+fn key_points(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut decade = 10f64.powf(lo.max(1e-9).log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 3.0, 5.0] {
+            let v = m * decade;
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    out
+}
 
 /// A chart with a linear x axis and a log-scale latency axis.
 fn chart<'a>(
@@ -48,12 +67,26 @@ fn chart<'a>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..xmax, (lo..hi).log_scale())
+        .build_cartesian_2d(
+            0f64..xmax,
+            (lo..hi).log_scale().with_key_points(key_points(lo, hi)),
+        )
         .map_err(err)?;
+    let x_fmt = move |v: &f64| {
+        if xmax > 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&x_fmt)
+        .y_labels(12)
+        .y_label_formatter(&|v: &f64| format!("{v}"))
+        .light_line_style(WHITE)
         .draw()
         .map_err(err)?;
     Ok(chart)
@@ -92,10 +125,7 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
     type Pick = fn(&crate::result::Point) -> f64;
     let picks: [(&str, Pick); 2] = [("p50", |p| p.latency.p50_us), ("p99", |p| p.latency.p99_us)];
     for (area, (name, pick)) in halves.iter().zip(picks) {
-        let (lo, hi) = bounds(
-            runs.iter()
-                .flat_map(|r| r.points.iter().map(|p| pick(p) / 1e3)),
-        );
+        let (lo, hi) = bounds(runs.iter().flat_map(|r| r.points.iter().map(|p| pick(p))));
         let mut chart = chart(
             area,
             format!("{name} latency vs offered load"),
@@ -103,15 +133,18 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
             (lo, hi),
             (
                 "offered load (req/s)",
-                format!("{name} (ms, from intended send)"),
+                format!("{name} (µs, from intended send)"),
             ),
         )?;
-        for (i, run) in runs.iter().enumerate() {
+        let open = runs
+            .iter()
+            .filter(|r| r.points.iter().any(|p| p.offered_rps.is_some()));
+        for (i, run) in open.enumerate() {
             let color = COLORS[i % COLORS.len()];
             let pts: Vec<(f64, f64)> = run
                 .points
                 .iter()
-                .filter_map(|p| Some((p.offered_rps?, (pick(p) / 1e3).max(lo))))
+                .filter_map(|p| Some((p.offered_rps?, (pick(p)).max(lo))))
                 .collect();
             line(&mut chart, pts.clone(), color, run.label.clone())?;
             chart
@@ -138,13 +171,12 @@ pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
     };
     let root = SVGBackend::new(path, (900, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let tmax = point.timeline.last().map_or(1.0, |s| s.t_s + 1.0);
-    let (lo, hi) = bounds(
-        point
-            .timeline
-            .iter()
-            .flat_map(|s| [s.p50_us / 1e3, s.p99_us / 1e3]),
-    );
+    let width = match point.timeline.as_slice() {
+        [a, b, ..] => b.t_s - a.t_s,
+        _ => 1.0,
+    };
+    let tmax = point.timeline.last().map_or(1.0, |s| s.t_s + width);
+    let (lo, hi) = bounds(point.timeline.iter().flat_map(|s| [s.p50_us, s.p99_us]));
     let title = match point.offered_rps {
         Some(r) => format!("{}: latency over time at {r:.0} req/s", run.label),
         None => format!("{}: latency over time, closed loop", run.label),
@@ -156,7 +188,7 @@ pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
         (lo, hi),
         (
             "time since start (s, by intended send)",
-            "latency (ms)".into(),
+            "latency (µs)".into(),
         ),
     )?;
     for (i, (name, get)) in [("p50", 0usize), ("p99", 1)].into_iter().enumerate() {
@@ -167,7 +199,7 @@ pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
             .filter(|s| s.requests > s.errors)
             .map(|s| {
                 let v = if get == 0 { s.p50_us } else { s.p99_us };
-                (s.t_s, (v / 1e3).max(lo))
+                (s.t_s + width / 2.0, v.max(lo))
             });
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
@@ -189,4 +221,16 @@ pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
     legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_points_follow_1_2_3_5_within_the_range() {
+        assert_eq!(key_points(250.0, 2_500.0), vec![300.0, 500.0, 1_000.0, 2_000.0]);
+        assert_eq!(bounds([].into_iter()), (0.01, 1.0));
+        assert_eq!(bounds([10.0, 0.0, 40.0].into_iter()), (5.0, 80.0));
+    }
 }
