@@ -2,6 +2,8 @@
 //! a few seconds at a low rate, checking that the result files parse and
 //! their counts add up. No timing is asserted: CI machines are noisy.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,6 +22,15 @@ fn bench(args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `quiver-bench run --url URL --model mlp --out OUT ARGS...` (ARGS split
+/// on whitespace), returning its stdout.
+fn bench_run(url: &str, out: &Path, args: &str) -> Result<String> {
+    let out = out.to_str().context("non-UTF-8 path")?;
+    let mut all = vec!["run", "--url", url, "--model", "mlp", "--out", out];
+    all.extend(args.split_whitespace());
+    bench(&all)
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -66,25 +77,11 @@ async fn open_loop_sweep_against_the_gateway() -> Result<()> {
     let dir = scratch("bench-smoke-open")?;
     let url = format!("http://{}", gw.addr);
     let json = dir.join("quiver.json");
-    let md = bench(&[
-        "run",
-        "--url",
+    let md = bench_run(
         &url,
-        "--model",
-        "mlp",
-        "--rate",
-        "50,100",
-        "--duration",
-        "1.5",
-        "--warmup",
-        "0.5",
-        "--slo-p99-ms",
-        "1000",
-        "--label",
-        "quiver",
-        "--out",
-        json.to_str().unwrap(),
-    ])?;
+        &json,
+        "--rate 50,100 --duration 1.5 --warmup 0.5 --slo-p99-ms 1000 --label quiver",
+    )?;
     assert!(md.contains("| quiver |"), "{md}");
     let r = read_json(&json)?;
     assert_eq!(r["kind"], "load");
@@ -103,26 +100,11 @@ async fn open_loop_sweep_against_the_gateway() -> Result<()> {
 
     // Binary tensors, closed loop, then a report over both files.
     let closed = dir.join("closed.json");
-    bench(&[
-        "run",
-        "--url",
+    bench_run(
         &url,
-        "--model",
-        "mlp",
-        "--closed",
-        "--connections",
-        "2",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.5",
-        "--format",
-        "binary",
-        "--label",
-        "closed",
-        "--out",
-        closed.to_str().unwrap(),
-    ])?;
+        &closed,
+        "--closed --connections 2 --duration 1 --warmup 0.5 --format binary --label closed",
+    )?;
     let c = read_json(&closed)?;
     assert_eq!(c["mode"], "closed");
     check_point(&c["points"][0]);
@@ -169,25 +151,11 @@ async fn bare_server_answers_the_same_requests() -> Result<()> {
         .to_string();
     let dir = scratch("bench-smoke-bare")?;
     let json = dir.join("bare.json");
-    let result = bench(&[
-        "run",
-        "--url",
+    let result = bench_run(
         &url,
-        "--model",
-        "mlp",
-        "--rate",
-        "100",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.5",
-        "--format",
-        "binary",
-        "--label",
-        "bare",
-        "--out",
-        json.to_str().unwrap(),
-    ]);
+        &json,
+        "--rate 100 --duration 1 --warmup 0.5 --format binary --label bare",
+    );
     let _ = child.kill();
     let _ = child.wait();
     result?;
@@ -211,29 +179,14 @@ async fn swap_scenario_publishes_versions_during_the_run() -> Result<()> {
     )?;
     let gw = Gateway::start_ready(&repo, &[], &[]).await?;
     let json = repo.join("swap.json");
-    bench(&[
-        "run",
-        "--url",
+    let repo_arg = repo.to_str().unwrap();
+    bench_run(
         &format!("http://{}", gw.addr),
-        "--model",
-        "mlp",
-        "--rate",
-        "100",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--swap-repo",
-        repo.to_str().unwrap(),
-        "--swaps",
-        "2",
-        "--swap-every",
-        "0.8",
-        "--swap-window",
-        "0.4",
-        "--out",
-        json.to_str().unwrap(),
-    ])?;
+        &json,
+        &format!(
+            "--rate 100 --duration 2 --warmup 0.5 --swap-repo {repo_arg} --swaps 2 --swap-every 0.8 --swap-window 0.4"
+        ),
+    )?;
     let r = read_json(&json)?;
     let p = &r["points"][0];
     check_point(p);

@@ -125,7 +125,7 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
     type Pick = fn(&crate::result::Point) -> f64;
     let picks: [(&str, Pick); 2] = [("p50", |p| p.latency.p50_us), ("p99", |p| p.latency.p99_us)];
     for (area, (name, pick)) in halves.iter().zip(picks) {
-        let (lo, hi) = bounds(runs.iter().flat_map(|r| r.points.iter().map(|p| pick(p))));
+        let (lo, hi) = bounds(runs.iter().flat_map(|r| r.points.iter().map(pick)));
         let mut chart = chart(
             area,
             format!("{name} latency vs offered load"),
@@ -229,7 +229,10 @@ mod tests {
 
     #[test]
     fn key_points_follow_1_2_3_5_within_the_range() {
-        assert_eq!(key_points(250.0, 2_500.0), vec![300.0, 500.0, 1_000.0, 2_000.0]);
+        assert_eq!(
+            key_points(250.0, 2_500.0),
+            vec![300.0, 500.0, 1_000.0, 2_000.0]
+        );
         assert_eq!(bounds([].into_iter()), (0.01, 1.0));
         assert_eq!(bounds([10.0, 0.0, 40.0].into_iter()), (5.0, 80.0));
     }
