@@ -166,7 +166,7 @@ struct ReportArgs {
     bare: String,
     #[arg(long, default_value = "onnxruntime")]
     inprocess: String,
-    /// Rate for the p50/p99 comparison (default: lowest rate all runs share).
+    /// Rate for the p50/p99 comparison (default: the highest rate all open-loop runs share).
     #[arg(long)]
     fixed_rate: Option<f64>,
 }

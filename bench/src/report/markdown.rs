@@ -64,7 +64,14 @@ pub fn render(c: &Combined, roles: &Roles) -> String {
     let mut o = String::new();
     let slo = c.loads.first().map_or(0.0, |l| l.slo_p99_ms);
     let _ = writeln!(o, "# quiver-bench report\n");
-    if let Some(l) = c.loads.first() {
+    // The header describes the gateway's run (else the first open-loop one).
+    let main = c
+        .loads
+        .iter()
+        .find(|l| l.label == roles.gateway)
+        .or_else(|| c.loads.iter().find(|l| l.mode == "open"))
+        .or(c.loads.first());
+    if let Some(l) = main {
         let _ = writeln!(
             o,
             "{} cores, shared by the load generator and the server under test; model `{}`, {} row(s) per request as {:?}; {} s per point after {} s warm-up; latency from each request's intended send time.\n",
@@ -74,12 +81,16 @@ pub fn render(c: &Combined, roles: &Roles) -> String {
     let gw = c.loads.iter().find(|l| l.label == roles.gateway);
     let _ = writeln!(
         o,
-        "## Side by side\n\n| server | max req/s at p99 ≤ {slo} ms | p50 / p99 at {} req/s | vs {} (req/s at SLO) | load avg |\n|---|---:|---:|---:|---:|",
+        "## Side by side\n\n| server | max req/s at p99 ≤ {slo} ms | p50 / p99 at {} req/s | vs {} (req/s at SLO) | max achieved req/s | load avg |\n|---|---:|---:|---:|---:|---:|",
         c.fixed_rate.map_or("—".into(), rate),
         roles.gateway
     );
     for l in &c.loads {
-        let held = l.max_rate_held.map_or("none held".into(), rate);
+        let held = match (l.mode.as_str(), l.max_rate_held) {
+            ("closed", _) => "— (closed loop)".into(),
+            (_, Some(r)) => rate(r),
+            (_, None) => "none held".into(),
+        };
         let fixed = c
             .fixed_rate
             .and_then(|r| at_rate(l, r))
@@ -95,7 +106,12 @@ pub fn render(c: &Combined, roles: &Roles) -> String {
             .machine
             .load_avg_1m
             .map_or("—".into(), |v| format!("{v:.2}"));
-        let _ = writeln!(o, "| {} | {held} | {fixed} | {vs} | {load} |", l.label);
+        let _ = writeln!(
+            o,
+            "| {} | {held} | {fixed} | {vs} | {} | {load} |",
+            l.label,
+            rate(super::max_achieved(l))
+        );
     }
     let r = &c.ratios;
     let _ = writeln!(o, "\n## Against the ceilings\n");
@@ -113,7 +129,7 @@ pub fn render(c: &Combined, roles: &Roles) -> String {
     if let Some(us) = r.idle_overhead_p50_us {
         let _ = writeln!(
             o,
-            "- overhead at batch 1, lowest rate: p50 {us:.0} µs over the in-process run"
+            "- overhead at batch 1, idle: p50 {us:.0} µs over the in-process run"
         );
     }
     for i in &c.inprocess {

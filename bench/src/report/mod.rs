@@ -18,8 +18,8 @@ pub struct Roles {
     pub gateway: String,
     pub bare: String,
     pub inprocess: String,
-    /// The rate at which p50/p99 are compared across servers; the lowest
-    /// rate every load run measured when not given.
+    /// The rate at which p50/p99 are compared across servers; the highest
+    /// rate every open-loop run measured when not given.
     pub fixed_rate: Option<f64>,
 }
 
@@ -32,8 +32,9 @@ pub struct Ratios {
     pub vs_bare_saturation: Option<f64>,
     /// Gateway's highest achieved rows/s ÷ in-process rows/s at its best batch size.
     pub vs_inprocess_throughput: Option<f64>,
-    /// Gateway p50 latency at its lowest rate minus the in-process time for
-    /// a batch of one: what serving over HTTP adds at idle, microseconds.
+    /// Gateway p50 latency at idle (the `<gateway>-idle` run, else its
+    /// lowest rate) minus the in-process time for a batch of one: what
+    /// serving over HTTP adds, microseconds.
     pub idle_overhead_p50_us: Option<f64>,
 }
 
@@ -51,7 +52,14 @@ pub fn read(paths: &[PathBuf]) -> Result<(Vec<LoadRun>, Vec<InprocessRun>)> {
     let mut inprocess = Vec::new();
     for p in paths {
         let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        match serde_json::from_slice(&text).with_context(|| format!("parsing {}", p.display()))? {
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", p.display()))?;
+        // A combined report from an earlier `report` (a glob over a results
+        // folder picks it up) is an output, not an input.
+        if value.get("kind").is_none() && value.get("loads").is_some() {
+            continue;
+        }
+        match serde_json::from_value(value).with_context(|| format!("parsing {}", p.display()))? {
             ResultFile::Load(l) => loads.push(*l),
             ResultFile::Inprocess(i) => inprocess.push(i),
         }
@@ -59,7 +67,7 @@ pub fn read(paths: &[PathBuf]) -> Result<(Vec<LoadRun>, Vec<InprocessRun>)> {
     Ok((loads, inprocess))
 }
 
-fn max_achieved(run: &LoadRun) -> f64 {
+pub fn max_achieved(run: &LoadRun) -> f64 {
     run.points
         .iter()
         .map(|p| p.achieved_rps)
@@ -73,7 +81,10 @@ pub fn ratios(loads: &[LoadRun], inprocess: &[InprocessRun], roles: &Roles) -> R
     };
     let ort = inprocess.iter().find(|i| i.label == roles.inprocess);
     let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
-    let lowest = gw
+    // Idle: a run labelled `<gateway>-idle` (one connection, one request
+    // at a time) when there is one, else the gateway's lightest point.
+    let idle = by(&format!("{}-idle", roles.gateway)).unwrap_or(gw);
+    let lowest = idle
         .points
         .iter()
         .filter(|p| p.ok > 0)
@@ -96,19 +107,19 @@ pub fn ratios(loads: &[LoadRun], inprocess: &[InprocessRun], roles: &Roles) -> R
     }
 }
 
-/// The lowest offered rate every load run has a point at.
+/// The highest offered rate every open-loop run has a point at (its
+/// percentiles then compare servers under the same, real load).
 pub fn common_rate(loads: &[LoadRun]) -> Option<f64> {
-    let first = loads.first()?;
-    first
+    let open: Vec<&LoadRun> = loads.iter().filter(|l| l.mode == "open").collect();
+    open.first()?
         .points
         .iter()
         .filter_map(|p| p.offered_rps)
         .filter(|r| {
-            loads
-                .iter()
+            open.iter()
                 .all(|l| l.points.iter().any(|p| p.offered_rps == Some(*r)))
         })
-        .min_by(f64::total_cmp)
+        .max_by(f64::total_cmp)
 }
 
 /// Writes `report.md`, `report.json`, `latency_vs_load.svg` and one
