@@ -16,3 +16,21 @@ install_venv() {
     log "installing ${reqs[*]}"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" >&2
 }
+
+# ensure_venv VENV BOOTSTRAP_PYTHON REQUIREMENTS IMPORTS installs REQUIREMENTS
+# into VENV unless the stamp file says they are already there, then checks
+# that `import IMPORTS` works and writes the stamp. Changing REQUIREMENTS
+# makes the next call reinstall.
+ensure_venv() {
+    local venv="$1" bootstrap="$2" requirements="$3" imports="$4"
+    local stamp="$venv/.quiver-requirements"
+    if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$requirements" ]]; then
+        return 0
+    fi
+    export PIP_ROOT_USER_ACTION=ignore
+    mkdir -p "$(dirname "$venv")"
+    rm -f "$stamp"
+    install_venv "$venv" "$bootstrap" "$requirements"
+    "$venv/bin/python" -c "import $imports" >&2
+    printf '%s' "$requirements" >"$stamp"
+}

@@ -1,0 +1,466 @@
+//! The command line: `run` (load one server), `inprocess` (compute
+//! ceiling), `bare-server` (transport ceiling), `report` (side by side).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::driver::{self, Counters, Plan};
+use crate::result::{LoadRun, Machine, ResultFile, SCHEMA, SwapReport};
+use crate::workload::{self, Format, InputSpec};
+use crate::{analysis, bare, http, inprocess, progress, report, swap};
+
+/// Load-test harness for OIP v2 inference servers (Quiver, Triton, MLServer, ...).
+#[derive(Parser, Debug)]
+#[command(name = "quiver-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load one server: one open-loop rate, a rate sweep, or closed loop.
+    Run(Box<RunArgs>),
+    /// The compute ceiling: run a model in process through ONNX Runtime.
+    Inprocess(InprocessArgs),
+    /// The transport ceiling: an HTTP server on the gateway's stack with no model.
+    BareServer(BareArgs),
+    /// Put result files side by side: report.md, report.json, SVG plots.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The server, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    url: String,
+    /// Model name.
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// Pin a model version (default: the server's default version).
+    #[arg(long)]
+    version: Option<String>,
+    /// Inputs as NAME:DATATYPE:D1xD2 (repeatable); read from the server's
+    /// model metadata when not given.
+    #[arg(long = "input")]
+    inputs: Vec<String>,
+    /// Rows per request (replaces the dynamic first dimension).
+    #[arg(long, default_value_t = 1)]
+    rows: u64,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// Offered rates in req/s, comma-separated; several make a sweep.
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// A geometric sweep FROM:TO:FACTOR, e.g. 1000:100000:1.5.
+    #[arg(long)]
+    sweep: Option<String>,
+    /// Closed loop: each connection sends back to back (no --rate).
+    #[arg(long)]
+    closed: bool,
+    /// Keep-alive connections (open loop: the most requests in flight).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Threads of the load generator's async runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seconds measured per point.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds sent before measuring, per point.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// A point holds when p99 ≤ this (ms), nothing failed, and achieved ≥ 90 % of offered.
+    #[arg(long, default_value_t = 5.0)]
+    slo_p99_ms: f64,
+    /// Keep sweeping after a point fails to hold.
+    #[arg(long)]
+    no_stop: bool,
+    /// Per-request timeout, ms.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Timeline resolution, ms.
+    #[arg(long, default_value_t = 1_000)]
+    slice_ms: u64,
+    /// The server's name in reports.
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Write the JSON result here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    swap: SwapArgs,
+}
+
+/// The hot-swap scenario (open loop, one rate).
+#[derive(Args, Debug)]
+struct SwapArgs {
+    /// Publish new versions into this model repository during the run.
+    #[arg(long)]
+    swap_repo: Option<PathBuf>,
+    /// The .onnx file each new version copies (default: the model's latest version's).
+    #[arg(long)]
+    swap_source: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    swaps: u32,
+    /// Seconds between swaps.
+    #[arg(long, default_value_t = 3.0)]
+    swap_every: f64,
+    /// Seconds after each publish that count as "during a swap".
+    #[arg(long, default_value_t = 1.5)]
+    swap_window: f64,
+    /// Also ask for an immediate load through the admin API with this token.
+    #[arg(long, env = "QUIVER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct InprocessArgs {
+    /// The .onnx file.
+    #[arg(long)]
+    model_path: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    batch_sizes: Vec<u64>,
+    /// ONNX Runtime intra-op threads (the gateway's per-instance setting).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seconds measured per batch size.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    #[arg(long, default_value = "onnxruntime")]
+    label: String,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BareArgs {
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    addr: String,
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// The input it advertises, NAME:DATATYPE:D1xD2.
+    #[arg(long, default_value = "features:FP32:-1x16")]
+    input: String,
+    /// The output it answers with (dynamic dimensions become 1).
+    #[arg(long, default_value = "probabilities:FP32:-1x4")]
+    output: String,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Result files written by `run` and `inprocess`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+    /// Labels of the gateway, the bare server and the in-process run.
+    #[arg(long, default_value = "quiver")]
+    gateway: String,
+    #[arg(long, default_value = "bare")]
+    bare: String,
+    #[arg(long, default_value = "onnxruntime")]
+    inprocess: String,
+    /// Rate for the p50/p99 comparison (default: the highest rate all open-loop runs share).
+    #[arg(long)]
+    fixed_rate: Option<f64>,
+}
+
+pub fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads.max(1))
+            .enable_all()
+            .build()?
+            .block_on(run(*a)),
+        Command::Inprocess(a) => {
+            let r = inprocess::run(
+                &a.label,
+                &a.model_path,
+                a.threads,
+                &a.batch_sizes,
+                Duration::from_secs_f64(a.seconds),
+                machine(),
+            )?;
+            let md = report::markdown::render(
+                &report::Combined {
+                    loads: vec![],
+                    inprocess: vec![r.clone()],
+                    ratios: Default::default(),
+                    fixed_rate: None,
+                },
+                &roles_none(),
+            );
+            write_out(a.out.as_ref(), &ResultFile::Inprocess(r))?;
+            emit(&md)
+        }
+        Command::BareServer(a) => bare::serve(
+            &a.addr,
+            &a.model,
+            &InputSpec::parse(&a.input)?,
+            &InputSpec::parse(&a.output)?,
+        ),
+        Command::Report(a) => {
+            let roles = report::Roles {
+                gateway: a.gateway,
+                bare: a.bare,
+                inprocess: a.inprocess,
+                fixed_rate: a.fixed_rate,
+            };
+            report::write(&a.out_dir, &a.files, &roles)?;
+            emit(&std::fs::read_to_string(a.out_dir.join("report.md"))?)
+        }
+    }
+}
+
+fn roles_none() -> report::Roles {
+    report::Roles {
+        gateway: String::new(),
+        bare: String::new(),
+        inprocess: String::new(),
+        fixed_rate: None,
+    }
+}
+
+/// The report on stdout: the one thing this CLI prints there.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn write_out(path: Option<&PathBuf>, file: &ResultFile) -> Result<()> {
+    if let Some(p) = path {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(p, serde_json::to_vec_pretty(file)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn machine() -> Machine {
+    let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok());
+    Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_avg_1m,
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// The offered rates of a run, in order.
+pub fn rates(rate: &[f64], sweep: Option<&str>) -> Result<Vec<f64>> {
+    let mut out = rate.to_vec();
+    if let Some(s) = sweep {
+        let parts: Vec<f64> = s
+            .split(':')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--sweep {s}: expected FROM:TO:FACTOR"))?;
+        let [from, to, factor] = parts[..] else {
+            bail!("--sweep {s}: expected FROM:TO:FACTOR");
+        };
+        if from <= 0.0 || factor <= 1.0 {
+            bail!("--sweep {s}: FROM must be > 0 and FACTOR > 1");
+        }
+        let mut r = from;
+        while r <= to * 1.000_001 {
+            out.push(r.round());
+            r *= factor;
+        }
+    }
+    if out.iter().any(|r| *r <= 0.0) {
+        bail!("rates must be positive");
+    }
+    Ok(out)
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    let machine = machine();
+    let addr = http::resolve(&a.url).await?;
+    http::wait_ready(addr, Duration::from_secs(30)).await?;
+    let inputs = if a.inputs.is_empty() {
+        let meta = http::get_json(addr, &format!("/v2/models/{}", a.model)).await?;
+        InputSpec::from_metadata(&meta)?
+    } else {
+        a.inputs
+            .iter()
+            .map(|s| InputSpec::parse(s))
+            .collect::<Result<_>>()?
+    };
+    let request = workload::build(&a.model, a.version.as_deref(), &inputs, a.rows, a.format)?;
+    let endpoint = Arc::new(http::HttpEndpoint { addr, request });
+    let rates: Vec<Option<f64>> = if a.closed {
+        vec![None]
+    } else {
+        let r = rates(&a.rate, a.sweep.as_deref())?;
+        if r.is_empty() {
+            bail!("give --rate, --sweep or --closed");
+        }
+        r.into_iter().map(Some).collect()
+    };
+    if a.swap.swap_repo.is_some() && (rates.len() != 1 || a.closed) {
+        bail!("the swap scenario runs at one open-loop --rate");
+    }
+    let slo = Duration::from_secs_f64(a.slo_p99_ms / 1e3);
+    let mut points = Vec::new();
+    let mut swap_report = None;
+    for (k, rate) in rates.iter().enumerate() {
+        let plan = Plan {
+            rate: *rate,
+            connections: a.connections,
+            warmup: Duration::from_secs_f64(a.warmup),
+            duration: Duration::from_secs_f64(a.duration),
+            timeout: Duration::from_millis(a.timeout_ms),
+            drain: Duration::from_secs(5),
+        };
+        let counters = Arc::new(Counters::default());
+        let title = rate.map_or(format!("{} closed", a.label), |r| {
+            format!("{} {r:.0}/s", a.label)
+        });
+        let bar = progress::Bar::start(title, plan.length(), Arc::clone(&counters));
+        let swapper = a.swap.swap_repo.clone().map(|repo| {
+            let plan_s = swap_plan(&a, repo);
+            let start = std::time::Instant::now();
+            (
+                start,
+                tokio::spawn(swap::run(plan_s, addr, start, plan.warmup)),
+            )
+        });
+        let run = driver::run(Arc::clone(&endpoint), plan, counters).await;
+        drop(bar);
+        let point = analysis::point(&plan, &run.samples, slo, Duration::from_millis(a.slice_ms));
+        if let Some((swap_start, task)) = swapper {
+            let published = task.await??;
+            // Swap times are taken from the swapper's clock; shift them to
+            // the driver's (they start within microseconds of each other).
+            let shift = run.start.saturating_duration_since(swap_start);
+            let published: Vec<_> = published
+                .into_iter()
+                .map(|(v, at, s)| (v, at.saturating_sub(shift), s))
+                .collect();
+            let window = Duration::from_secs_f64(a.swap.swap_window);
+            let at: Vec<Duration> = published.iter().map(|p| p.1).collect();
+            let (during, steady) =
+                analysis::split_by_events(&run.samples, plan.warmup..plan.length(), &at, window);
+            swap_report = Some(SwapReport {
+                swaps: swap::events(&published, &run.samples),
+                window_s: window.as_secs_f64(),
+                during,
+                steady,
+            });
+        }
+        eprintln!(
+            "quiver-bench: {} offered {} achieved {:.0}/s p50 {:.3} ms p99 {:.3} ms errors {} {}",
+            a.label,
+            rate.map_or("closed".into(), |r| format!("{r:.0}/s")),
+            point.achieved_rps,
+            point.latency.p50_us / 1e3,
+            point.latency.p99_us / 1e3,
+            point.errors.values().sum::<u64>(),
+            if point.held { "held" } else { "did not hold" }
+        );
+        let held = point.held;
+        points.push(point);
+        if !held && !a.no_stop && k + 1 < rates.len() {
+            eprintln!("quiver-bench: stopping the sweep (use --no-stop to go on)");
+            break;
+        }
+        // Let the server settle between points.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let result = LoadRun {
+        schema: SCHEMA,
+        label: a.label.clone(),
+        url: a.url.clone(),
+        model: a.model.clone(),
+        format: a.format,
+        rows_per_request: a.rows,
+        mode: if a.closed { "closed" } else { "open" }.into(),
+        connections: a.connections,
+        client_threads: a.threads,
+        warmup_s: a.warmup,
+        duration_s: a.duration,
+        slo_p99_ms: a.slo_p99_ms,
+        machine,
+        max_rate_held: analysis::max_rate_held(&points),
+        points,
+        swap: swap_report,
+    };
+    write_out(a.out.as_ref(), &ResultFile::Load(Box::new(result.clone())))?;
+    let md = report::markdown::render(
+        &report::Combined {
+            loads: vec![result],
+            inprocess: vec![],
+            ratios: Default::default(),
+            fixed_rate: None,
+        },
+        &roles_none(),
+    );
+    emit(&md)
+}
+
+fn swap_plan(a: &RunArgs, repository: PathBuf) -> swap::SwapPlan {
+    let source = a.swap.swap_source.clone().unwrap_or_else(|| {
+        let latest = swap::latest_version(&repository, &a.model).unwrap_or(1);
+        repository
+            .join(&a.model)
+            .join(latest.to_string())
+            .join("model.onnx")
+    });
+    swap::SwapPlan {
+        repository,
+        model: a.model.clone(),
+        source,
+        count: a.swap.swaps,
+        every: Duration::from_secs_f64(a.swap.swap_every),
+        admin_token: a.swap.admin_token.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_are_geometric_and_inclusive() {
+        assert_eq!(
+            rates(&[], Some("1000:8000:2")).unwrap(),
+            vec![1000.0, 2000.0, 4000.0, 8000.0]
+        );
+        assert_eq!(rates(&[500.0], None).unwrap(), vec![500.0]);
+        assert!(rates(&[], Some("1000:8000")).is_err());
+        assert!(rates(&[], Some("1000:8000:1")).is_err());
+        assert!(rates(&[-1.0], None).is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        Cli::try_parse_from([
+            "quiver-bench",
+            "run",
+            "--url",
+            "http://127.0.0.1:1",
+            "--rate",
+            "100,200",
+            "--format",
+            "binary",
+            "--input",
+            "x:FP32:-1x4",
+        ])
+        .unwrap();
+        Cli::try_parse_from(["quiver-bench", "report", "a.json", "b.json"]).unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! HTTP/1.1 keep-alive client for OIP v2 servers: the [`Endpoint`] the
+//! driver loads, plus one-off requests for metadata, readiness and the admin
+//! API.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::HeaderMap;
+use hyper_util::rt::TokioIo;
+
+use crate::endpoint::{Endpoint, Outcome, Stages, Status};
+use crate::workload::Request;
+
+/// Resolves `http://host:port` (a trailing path is ignored).
+pub async fn resolve(url: &str) -> Result<SocketAddr> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    tokio::net::lookup_host(hostport)
+        .await
+        .with_context(|| format!("resolving {url}"))?
+        .next()
+        .with_context(|| format!("{url} resolves to no address"))
+}
+
+/// Sends `request` over keep-alive connections to `addr`.
+pub struct HttpEndpoint {
+    pub addr: SocketAddr,
+    pub request: Request,
+}
+
+/// One open connection; the task driving it stops when this is dropped.
+pub struct HttpConn {
+    sender: SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn open(addr: SocketAddr) -> Result<HttpConn> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Owned by the HttpConn and aborted with it: not detached.
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(HttpConn { sender, driver })
+}
+
+fn build(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Result<hyper::Request<Full<Bytes>>> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    Ok(req.body(Full::new(body))?)
+}
+
+fn header_u32(headers: &HeaderMap, name: &str) -> Option<u32> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// The stage timings Quiver reports in its response headers.
+pub fn stages(headers: &HeaderMap) -> Stages {
+    Stages {
+        queue_us: header_u32(headers, "x-quiver-queue-us"),
+        compute_us: header_u32(headers, "x-quiver-compute-us"),
+        total_us: header_u32(headers, "x-quiver-total-us"),
+        batch_size: header_u32(headers, "x-quiver-batch-size"),
+        version: header_u32(headers, "x-quiver-model-version"),
+    }
+}
+
+impl Endpoint for HttpEndpoint {
+    type Conn = HttpConn;
+
+    async fn connect(&self) -> Result<HttpConn> {
+        open(self.addr).await
+    }
+
+    async fn call(&self, conn: &mut HttpConn) -> Outcome {
+        let r = &self.request;
+        let mut headers = vec![];
+        match r.header_len {
+            Some(n) => {
+                headers.push(("inference-header-content-length", n.to_string()));
+                headers.push(("content-type", "application/octet-stream".to_string()));
+            }
+            None => headers.push(("content-type", "application/json".to_string())),
+        }
+        let Ok(req) = build(self.addr, "POST", &r.path, &headers, r.body.clone()) else {
+            return Outcome::failed(Status::Io);
+        };
+        if conn.sender.ready().await.is_err() {
+            return Outcome::failed(Status::Io);
+        }
+        let Ok(resp) = conn.sender.send_request(req).await else {
+            return Outcome::failed(Status::Io);
+        };
+        let status = resp.status().as_u16();
+        let stages = stages(resp.headers());
+        // The whole body is read, as a real client would, before the
+        // request counts as answered.
+        match resp.into_body().collect().await {
+            Ok(_) => Outcome {
+                status: Status::Answered(status),
+                stages,
+            },
+            Err(_) => Outcome::failed(Status::Io),
+        }
+    }
+}
+
+/// An answer to a one-off request.
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// One request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Result<Reply> {
+    let mut conn = open(addr).await?;
+    let resp = conn
+        .sender
+        .send_request(build(addr, method, path, headers, body)?)
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Reply { status, body })
+}
+
+/// `GET path` as JSON, failing on a non-2xx answer.
+pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    let reply = send(addr, "GET", path, &[], Bytes::new()).await?;
+    if !(200..300).contains(&reply.status) {
+        bail!(
+            "GET {path} answered {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    serde_json::from_slice(&reply.body).with_context(|| format!("GET {path}: not JSON"))
+}
+
+/// Waits until `GET /v2/health/ready` answers 200.
+pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = send(addr, "GET", "/v2/health/ready", &[], Bytes::new()).await
+            && r.status == 200
+        {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("{addr} not ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,30 @@
+//! `quiver-bench`: the load-test harness behind every number in the README.
+//!
+//! - [`schedule`]: open-loop arrival times and latency from the intended
+//!   send time (coordinated-omission correction);
+//! - [`histogram`]: HdrHistogram of nanoseconds and its percentile summary;
+//! - [`workload`]: the OIP v2 request each point sends (JSON or binary);
+//! - [`endpoint`]: what the driver loads (HTTP today; Kafka slots in here);
+//! - [`http`]: the HTTP/1.1 keep-alive client;
+//! - [`driver`]: runs one load point (open or closed loop) into samples;
+//! - [`analysis`]: samples → percentiles, errors, achieved rate, stages,
+//!   timeline, SLO verdict;
+//! - [`swap`]: the hot-swap scenario (publish versions during a run);
+//! - [`inprocess`] and [`bare`]: the compute and transport ceilings;
+//! - [`result`]: the JSON result files; [`report`]: Markdown and SVG plots;
+//! - [`progress`]: the progress bar; [`cli`]: the command line.
+
+pub mod analysis;
+pub mod bare;
+pub mod cli;
+pub mod driver;
+pub mod endpoint;
+pub mod histogram;
+pub mod http;
+pub mod inprocess;
+pub mod progress;
+pub mod report;
+pub mod result;
+pub mod schedule;
+pub mod swap;
+pub mod workload;

@@ -1,0 +1,5 @@
+//! `quiver-bench`: see `quiver-bench --help` and bench/README.md.
+
+fn main() -> anyhow::Result<()> {
+    quiver_bench::cli::main()
+}
