@@ -138,7 +138,8 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
         )?;
         let open = runs
             .iter()
-            .filter(|r| r.points.iter().any(|p| p.offered_rps.is_some()));
+            // Sweeps only: a scenario run (hot swap) is one point of another kind.
+            .filter(|r| r.swap.is_none() && r.points.iter().any(|p| p.offered_rps.is_some()));
         for (i, run) in open.enumerate() {
             let color = COLORS[i % COLORS.len()];
             let pts: Vec<(f64, f64)> = run
