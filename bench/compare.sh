@@ -163,7 +163,7 @@ for s in ${servers//,/ }; do
         "$bench" run --url "http://127.0.0.1:$port" --label quiver-swap --model "$model" \
             --format "$format" --rows "$rows" --connections "$connections" --rate "$swap_rate" \
             --duration 20 --warmup "$warmup" --slo-p99-ms "$slo" --swap-repo "$swap_repo" \
-            --swaps 5 --swap-every 3 --swap-window 1 --admin-token bench-swap \
+            --swaps 5 --swap-every 3 --swap-window 1 --slice-ms 250 --admin-token bench-swap \
             --out "$out/quiver-swap.json" >/dev/null
         files+=("$out/quiver-swap.json")
         stop_server
