@@ -20,7 +20,7 @@
 #   --connections N     load generator connections (default 64)
 #   --fixed-rate R      the rate at which p50/p99 are compared (default: the
 #                       highest rate every server was measured at)
-#   --closed            measure each server closed-loop (saturation) instead of a sweep
+#   --closed            measure each server closed-loop only (saturation), no sweep
 #   --swap              also run the hot-swap scenario on Quiver (5 swaps at --swap-rate)
 #   --swap-rate R       offered rate during the swap scenario (default 5000)
 #   --wait-idle         before each server, wait (up to 10 min) for the 1-minute
@@ -117,7 +117,8 @@ files+=("$out/onnxruntime.json")
 
 load_args=(--model "$model" --format "$format" --rows "$rows" --connections "$connections"
            --duration "$duration" --warmup "$warmup" --slo-p99-ms "$slo")
-if [[ "$closed" == 1 ]]; then load_args+=(--closed); else load_args+=(--rate "$rates"); fi
+# The sweep, then one closed-loop point for saturation throughput.
+if [[ "$closed" == 1 ]]; then load_args+=(--closed); else load_args+=(--rate "$rates" --closed); fi
 
 port=8100
 for s in ${servers//,/ }; do

@@ -80,14 +80,16 @@ async fn open_loop_sweep_against_the_gateway() -> Result<()> {
     let md = bench_run(
         &url,
         &json,
-        "--rate 50,100 --duration 1.5 --warmup 0.5 --slo-p99-ms 1000 --label quiver",
+        "--rate 50,100 --closed --connections 4 --duration 1.5 --warmup 0.5 --slo-p99-ms 1000 --label quiver",
     )?;
     assert!(md.contains("| quiver |"), "{md}");
     let r = read_json(&json)?;
     assert_eq!(r["kind"], "load");
     assert_eq!(r["mode"], "open");
     let points = r["points"].as_array().unwrap();
-    assert_eq!(points.len(), 2);
+    // The sweep's two rates, then the closed-loop saturation point.
+    assert_eq!(points.len(), 3);
+    assert!(points[2]["offered_rps"].is_null());
     for p in points {
         check_point(p);
         // The gateway's stage headers were read.
