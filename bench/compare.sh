@@ -111,7 +111,7 @@ trap stop_server EXIT
 
 wait_idle
 log "in-process ONNX Runtime (compute ceiling)"
-"$bench" inprocess --model-path "$onnx" --batch-sizes 1,2,4,8,16,32 --seconds 3 \
+"$bench" inprocess --model-path "${onnx#"$ROOT"/}" --batch-sizes 1,2,4,8,16,32 --seconds 3 \
     --label onnxruntime --out "$out/onnxruntime.json" >/dev/null
 files+=("$out/onnxruntime.json")
 

@@ -86,7 +86,11 @@ pub fn render(c: &Combined, roles: &Roles) -> String {
         roles.gateway
     );
     for l in &c.loads {
+        // Variants of the gateway's own run (idle, hot swap) are rows for
+        // their own figures, not peers to compare with.
+        let variant = l.label.starts_with(&format!("{}-", roles.gateway));
         let held = match (l.mode.as_str(), l.max_rate_held) {
+            _ if l.swap.is_some() => "— (hot-swap scenario)".into(),
             ("closed", _) => "— (closed loop)".into(),
             (_, Some(r)) => rate(r),
             (_, None) => "none held".into(),
@@ -98,7 +102,7 @@ pub fn render(c: &Combined, roles: &Roles) -> String {
                 format!("{} / {}", ms(p.latency.p50_us), ms(p.latency.p99_us))
             });
         let vs = match (gw.and_then(|g| g.max_rate_held), l.max_rate_held) {
-            _ if Some(l.label.as_str()) == gw.map(|g| g.label.as_str()) => "—".into(),
+            _ if variant || Some(l.label.as_str()) == gw.map(|g| g.label.as_str()) => "—".into(),
             (Some(g), Some(x)) if x > 0.0 => format!("{} = {:.2}×", roles.gateway, g / x),
             _ => "—".into(),
         };

@@ -23,7 +23,7 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing: {e:?}")
 }
 
-/// Log-scale bounds in microseconds that contain every value.
+/// Log-scale bounds in milliseconds that contain every value.
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| *v > 0.0)
@@ -37,13 +37,19 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 type Chart<'a> =
     ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, WithKeyPoints<LogCoord<f64>>>>;
 
-/// Axis labels at 1, 2, 3, 5 × 10^k within `lo..hi`: plotters' own log
-/// axis labels only whole decades, too few for a range like 0.3–2 ms.
+/// Axis labels at 1, 2, 3, 5 × 10^k within `lo..hi` (1 and 3 when the
+/// range spans more than three decades): plotters' own log axis labels only
+/// whole decades, too few for a range like 0.3–2 ms.
 fn key_points(lo: f64, hi: f64) -> Vec<f64> {
     let mut out = Vec::new();
     let mut decade = 10f64.powf(lo.max(1e-9).log10().floor());
+    let steps: &[f64] = if hi / lo.max(1e-9) > 1e3 {
+        &[1.0, 3.0]
+    } else {
+        &[1.0, 2.0, 3.0, 5.0]
+    };
     while decade <= hi {
-        for m in [1.0, 2.0, 3.0, 5.0] {
+        for &m in steps {
             let v = m * decade;
             if v >= lo && v <= hi {
                 out.push(v);
@@ -85,7 +91,11 @@ fn chart<'a>(
         .y_desc(y_desc)
         .x_label_formatter(&x_fmt)
         .y_labels(12)
-        .y_label_formatter(&|v: &f64| format!("{v}"))
+        .y_label_formatter(&|v: &f64| {
+            // 0.30000000000000004 → 0.3
+            let t = format!("{v:.3}");
+            t.trim_end_matches('0').trim_end_matches('.').to_string()
+        })
         .light_line_style(WHITE)
         .draw()
         .map_err(err)?;
@@ -123,7 +133,10 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
         .fold(1.0f64, f64::max)
         * 1.05;
     type Pick = fn(&crate::result::Point) -> f64;
-    let picks: [(&str, Pick); 2] = [("p50", |p| p.latency.p50_us), ("p99", |p| p.latency.p99_us)];
+    let picks: [(&str, Pick); 2] = [
+        ("p50", |p| p.latency.p50_us / 1e3),
+        ("p99", |p| p.latency.p99_us / 1e3),
+    ];
     for (area, (name, pick)) in halves.iter().zip(picks) {
         let (lo, hi) = bounds(runs.iter().flat_map(|r| r.points.iter().map(pick)));
         let mut chart = chart(
@@ -133,7 +146,7 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
             (lo, hi),
             (
                 "offered load (req/s)",
-                format!("{name} (µs, from intended send)"),
+                format!("{name} (ms, from intended send)"),
             ),
         )?;
         let open = runs
@@ -152,7 +165,7 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(err)?;
         }
-        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        legend(&mut chart, SeriesLabelPosition::UpperMiddle)?;
     }
     root.present().map_err(err)?;
     Ok(())
@@ -177,7 +190,12 @@ pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
         _ => 1.0,
     };
     let tmax = point.timeline.last().map_or(1.0, |s| s.t_s + width);
-    let (lo, hi) = bounds(point.timeline.iter().flat_map(|s| [s.p50_us, s.p99_us]));
+    let (lo, hi) = bounds(
+        point
+            .timeline
+            .iter()
+            .flat_map(|s| [s.p50_us / 1e3, s.p99_us / 1e3]),
+    );
     let title = match point.offered_rps {
         Some(r) => format!("{}: latency over time at {r:.0} req/s", run.label),
         None => format!("{}: latency over time, closed loop", run.label),
@@ -189,7 +207,7 @@ pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
         (lo, hi),
         (
             "time since start (s, by intended send)",
-            "latency (µs)".into(),
+            "latency (ms)".into(),
         ),
     )?;
     for (i, (name, get)) in [("p50", 0usize), ("p99", 1)].into_iter().enumerate() {
@@ -200,7 +218,7 @@ pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
             .filter(|s| s.requests > s.errors)
             .map(|s| {
                 let v = if get == 0 { s.p50_us } else { s.p99_us };
-                (s.t_s + width / 2.0, v.max(lo))
+                (s.t_s + width / 2.0, (v / 1e3).max(lo))
             });
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
