@@ -169,6 +169,14 @@ pub fn split_by_events(
     (stats(during), stats(steady))
 }
 
+/// Whether a sweep should stop: its last `patience` open-loop points all
+/// failed to hold.
+pub fn sweep_over(points: &[Point], patience: usize) -> bool {
+    let open: Vec<&Point> = points.iter().filter(|p| p.offered_rps.is_some()).collect();
+    let n = patience.max(1);
+    open.len() >= n && open[open.len() - n..].iter().all(|p| !p.held)
+}
+
 /// The highest offered rate among points that held.
 pub fn max_rate_held(points: &[Point]) -> Option<f64> {
     points
@@ -288,6 +296,27 @@ mod tests {
         }
         assert_eq!(max_rate_held(&points), Some(300.0));
         assert_eq!(max_rate_held(&[]), None);
+    }
+
+    #[test]
+    fn a_sweep_ends_after_enough_failures_in_a_row() {
+        let fast: Vec<Sample> = (0..2_000)
+            .map(|i| sample(i, 1, Status::Answered(200)))
+            .collect();
+        let p = point(&plan(), &fast, MS * 5, Duration::from_secs(1));
+        let with = |held: &[bool]| -> Vec<Point> {
+            held.iter()
+                .map(|&h| Point {
+                    held: h,
+                    ..p.clone()
+                })
+                .collect()
+        };
+        assert!(!sweep_over(&with(&[true, false]), 2));
+        assert!(!sweep_over(&with(&[false, true, false]), 2));
+        assert!(sweep_over(&with(&[true, false, false]), 2));
+        assert!(sweep_over(&with(&[true, false]), 1));
+        assert!(!sweep_over(&with(&[]), 2));
     }
 
     #[test]

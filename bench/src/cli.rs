@@ -79,7 +79,11 @@ struct RunArgs {
     /// A point holds when p99 ≤ this (ms), nothing failed, and achieved ≥ 90 % of offered.
     #[arg(long, default_value_t = 5.0)]
     slo_p99_ms: f64,
-    /// Keep sweeping after a point fails to hold.
+    /// Stop the sweep after this many consecutive points fail to hold (one
+    /// noisy point on a shared machine does not end it).
+    #[arg(long, default_value_t = 2)]
+    patience: usize,
+    /// Keep sweeping whatever happens.
     #[arg(long)]
     no_stop: bool,
     /// Per-request timeout, ms.
@@ -380,7 +384,7 @@ async fn run(a: RunArgs) -> Result<()> {
         );
         let held = point.held;
         points.push(point);
-        if !held && !a.no_stop && rate.is_some() {
+        if !held && !a.no_stop && rate.is_some() && analysis::sweep_over(&points, a.patience) {
             eprintln!("quiver-bench: stopping the sweep (use --no-stop to go on)");
             stopped = true;
         }
