@@ -20,8 +20,11 @@
 #   --connections N     load generator connections (default 64)
 #   --fixed-rate R      the rate at which p50/p99 are compared (default: the
 #                       highest rate every server was measured at)
-#   --closed            measure each server closed-loop (saturation) instead of a sweep
-#   --wait-idle         first wait (up to 10 min) for the 1-minute load average to fall below 0.7
+#   --closed            measure each server closed-loop only (saturation), no sweep
+#   --swap              also run the hot-swap scenario on Quiver (5 swaps at --swap-rate)
+#   --swap-rate R       offered rate during the swap scenario (default 5000)
+#   --wait-idle         before each server, wait (up to 10 min) for the 1-minute
+#                       load average to fall below 0.7
 #
 # Each server runs alone while it is measured; the load generator shares the
 # machine's cores with it, as the report says.
@@ -32,6 +35,7 @@ ROOT="$PWD"
 model=mlp out="" servers="quiver,bare,triton,mlserver,fastapi"
 rates="500,1000,2000,3000,5000,7000,10000,14000,20000,28000,40000,56000,80000,112000,160000"
 duration=10 warmup=1 slo=5 format=json rows=1 connections=64 closed=0 wait_idle=0 fixed=()
+swap=0 swap_rate=5000
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out-dir) out="$2"; shift 2 ;;
@@ -47,6 +51,8 @@ while [[ $# -gt 0 ]]; do
         --fixed-rate) fixed=(--fixed-rate "$2"); shift 2 ;;
         --closed) closed=1; shift ;;
         --wait-idle) wait_idle=1; shift ;;
+        --swap) swap=1; shift ;;
+        --swap-rate) swap_rate="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -79,14 +85,17 @@ for s in ${servers//,/ }; do
     esac
 done
 
-if [[ "$wait_idle" == 1 ]]; then
+# The machine may be shared (another build, another benchmark): measure on
+# a quiet one when asked to.
+wait_idle() {
+    [[ "$wait_idle" == 1 ]] || return 0
     for _ in $(seq 20); do
         load="$(cut -d' ' -f1 /proc/loadavg)"
-        awk -v l="$load" 'BEGIN { exit !(l < 0.7) }' && break
+        awk -v l="$load" 'BEGIN { exit !(l < 0.7) }' && return 0
         log "load average $load; waiting for it to fall below 0.7"
         sleep 30
     done
-fi
+}
 
 mkdir -p "$out"
 files=()
@@ -100,6 +109,7 @@ stop_server() {
 }
 trap stop_server EXIT
 
+wait_idle
 log "in-process ONNX Runtime (compute ceiling)"
 "$bench" inprocess --model-path "$onnx" --batch-sizes 1,2,4,8,16,32 --seconds 3 \
     --label onnxruntime --out "$out/onnxruntime.json" >/dev/null
@@ -107,11 +117,13 @@ files+=("$out/onnxruntime.json")
 
 load_args=(--model "$model" --format "$format" --rows "$rows" --connections "$connections"
            --duration "$duration" --warmup "$warmup" --slo-p99-ms "$slo")
-if [[ "$closed" == 1 ]]; then load_args+=(--closed); else load_args+=(--rate "$rates"); fi
+# The sweep, then one closed-loop point for saturation throughput.
+if [[ "$closed" == 1 ]]; then load_args+=(--closed); else load_args+=(--rate "$rates" --closed); fi
 
 port=8100
 for s in ${servers//,/ }; do
     port=$((port + 2))
+    wait_idle
     log "starting $s on port $port"
     case "$s" in
         quiver) "$target/quiver-gateway" --model-repository "$repo" --http-addr "127.0.0.1:$port" \
@@ -138,6 +150,26 @@ for s in ${servers//,/ }; do
         --out "$out/$s.json" >/dev/null
     files+=("$out/$s.json")
     stop_server
+    if [[ "$s" == quiver && "$swap" == 1 ]]; then
+        # Hot swap under load: a scratch copy of the repository whose model
+        # serves only its latest version, and the admin API to load at once.
+        wait_idle
+        swap_repo="$(mktemp -d)"
+        cp -r "$repo/$model" "$swap_repo/"
+        printf 'version_policy = { latest = 1 }\n' >"$swap_repo/$model/config.toml"
+        log "hot-swap scenario on port $port"
+        QUIVER_ADMIN_TOKEN=bench-swap "$target/quiver-gateway" --model-repository "$swap_repo" \
+            --http-addr "127.0.0.1:$port" --log warn 2>"$out/quiver-swap.log" &
+        server_pid=$!
+        "$bench" run --url "http://127.0.0.1:$port" --label quiver-swap --model "$model" \
+            --format "$format" --rows "$rows" --connections "$connections" --rate "$swap_rate" \
+            --duration 20 --warmup "$warmup" --slo-p99-ms "$slo" --swap-repo "$swap_repo" \
+            --swaps 5 --swap-every 3 --swap-window 1 --slice-ms 250 --admin-token bench-swap \
+            --out "$out/quiver-swap.json" >/dev/null
+        files+=("$out/quiver-swap.json")
+        stop_server
+        rm -rf "$swap_repo" "$out/quiver-swap.log"
+    fi
     rm -f "$out/$s.log"
     sleep 2
 done

@@ -80,14 +80,16 @@ async fn open_loop_sweep_against_the_gateway() -> Result<()> {
     let md = bench_run(
         &url,
         &json,
-        "--rate 50,100 --duration 1.5 --warmup 0.5 --slo-p99-ms 1000 --label quiver",
+        "--rate 50,100 --closed --connections 4 --duration 1.5 --warmup 0.5 --slo-p99-ms 1000 --label quiver",
     )?;
     assert!(md.contains("| quiver |"), "{md}");
     let r = read_json(&json)?;
     assert_eq!(r["kind"], "load");
     assert_eq!(r["mode"], "open");
     let points = r["points"].as_array().unwrap();
-    assert_eq!(points.len(), 2);
+    // The sweep's two rates, then the closed-loop saturation point.
+    assert_eq!(points.len(), 3);
+    assert!(points[2]["offered_rps"].is_null());
     for p in points {
         check_point(p);
         // The gateway's stage headers were read.
@@ -165,10 +167,9 @@ async fn bare_server_answers_the_same_requests() -> Result<()> {
     Ok(())
 }
 
-/// The hot-swap scenario publishes versions during the run and splits the
-/// requests into "during" and "steady". Whether the gateway picks the new
-/// versions up is the gateway's business (its own tests); here only the
-/// harness's side is checked.
+/// The hot-swap scenario publishes versions during the run, asks the
+/// gateway to load each through the admin API, and splits the requests into
+/// "during" and "steady". Each new version must have answered.
 #[tokio::test]
 async fn swap_scenario_publishes_versions_during_the_run() -> Result<()> {
     let repo = scratch("bench-smoke-swap")?;
@@ -177,14 +178,19 @@ async fn swap_scenario_publishes_versions_during_the_run() -> Result<()> {
         repo.join("mlp/config.toml"),
         "version_policy = { latest = 1 }\n",
     )?;
-    let gw = Gateway::start_ready(&repo, &[], &[]).await?;
+    let env = [
+        ("QUIVER_ADMIN_TOKEN", "smoke-token"),
+        ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "200"),
+    ];
+    let gw = Gateway::start_ready(&repo, &[], &env).await?;
     let json = repo.join("swap.json");
     let repo_arg = repo.to_str().unwrap();
     bench_run(
         &format!("http://{}", gw.addr),
         &json,
         &format!(
-            "--rate 100 --duration 2 --warmup 0.5 --swap-repo {repo_arg} --swaps 2 --swap-every 0.8 --swap-window 0.4"
+            "--rate 100 --duration 3 --warmup 0.5 --swap-repo {repo_arg} --swaps 2 \
+             --swap-every 0.8 --swap-window 0.4 --admin-token smoke-token"
         ),
     )?;
     let r = read_json(&json)?;
@@ -193,12 +199,11 @@ async fn swap_scenario_publishes_versions_during_the_run() -> Result<()> {
     let swap = &r["swap"];
     let swaps = swap["swaps"].as_array().unwrap();
     assert_eq!(swaps.len(), 2);
-    assert_eq!(swaps[0]["version"], 3);
-    assert_eq!(swaps[1]["version"], 4);
-    for v in ["3", "4"] {
-        let manifest = read_json(&repo.join("mlp").join(v).join("manifest.json"))?;
-        assert_eq!(manifest["version"].as_u64(), v.parse().ok());
-        assert!(repo.join("mlp").join(v).join("model.onnx").is_file());
+    for (event, version) in swaps.iter().zip([3, 4]) {
+        assert_eq!(event["version"], version);
+        assert_eq!(event["load_status"], 200, "{event}");
+        assert!(event["first_answer_s"].is_f64(), "{event}");
+        assert!(p["versions"][version.to_string()].as_u64() > Some(0), "{p}");
     }
     assert_eq!(
         swap["during"]["requests"].as_u64().unwrap() + swap["steady"]["requests"].as_u64().unwrap(),

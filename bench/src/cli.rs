@@ -60,7 +60,8 @@ struct RunArgs {
     /// A geometric sweep FROM:TO:FACTOR, e.g. 1000:100000:1.5.
     #[arg(long)]
     sweep: Option<String>,
-    /// Closed loop: each connection sends back to back (no --rate).
+    /// Closed loop: each connection sends back to back. With --rate or
+    /// --sweep, one closed-loop point after the sweep (saturation).
     #[arg(long)]
     closed: bool,
     /// Keep-alive connections (open loop: the most requests in flight).
@@ -302,22 +303,27 @@ async fn run(a: RunArgs) -> Result<()> {
     };
     let request = workload::build(&a.model, a.version.as_deref(), &inputs, a.rows, a.format)?;
     let endpoint = Arc::new(http::HttpEndpoint { addr, request });
-    let rates: Vec<Option<f64>> = if a.closed {
-        vec![None]
-    } else {
-        let r = rates(&a.rate, a.sweep.as_deref())?;
-        if r.is_empty() {
-            bail!("give --rate, --sweep or --closed");
-        }
-        r.into_iter().map(Some).collect()
-    };
-    if a.swap.swap_repo.is_some() && (rates.len() != 1 || a.closed) {
+    // The open-loop rates, then (with --closed) one closed-loop point that
+    // finds saturation.
+    let open_rates = rates(&a.rate, a.sweep.as_deref())?;
+    let mut rates: Vec<Option<f64>> = open_rates.iter().copied().map(Some).collect();
+    if a.closed {
+        rates.push(None);
+    }
+    if rates.is_empty() {
+        bail!("give --rate, --sweep or --closed");
+    }
+    if a.swap.swap_repo.is_some() && (open_rates.len() != 1 || a.closed) {
         bail!("the swap scenario runs at one open-loop --rate");
     }
     let slo = Duration::from_secs_f64(a.slo_p99_ms / 1e3);
     let mut points = Vec::new();
     let mut swap_report = None;
-    for (k, rate) in rates.iter().enumerate() {
+    let mut stopped = false;
+    for rate in &rates {
+        if stopped && rate.is_some() {
+            continue;
+        }
         let plan = Plan {
             rate: *rate,
             connections: a.connections,
@@ -374,9 +380,9 @@ async fn run(a: RunArgs) -> Result<()> {
         );
         let held = point.held;
         points.push(point);
-        if !held && !a.no_stop && k + 1 < rates.len() {
+        if !held && !a.no_stop && rate.is_some() {
             eprintln!("quiver-bench: stopping the sweep (use --no-stop to go on)");
-            break;
+            stopped = true;
         }
         // Let the server settle between points.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -388,7 +394,12 @@ async fn run(a: RunArgs) -> Result<()> {
         model: a.model.clone(),
         format: a.format,
         rows_per_request: a.rows,
-        mode: if a.closed { "closed" } else { "open" }.into(),
+        mode: if open_rates.is_empty() {
+            "closed"
+        } else {
+            "open"
+        }
+        .into(),
         connections: a.connections,
         client_threads: a.threads,
         warmup_s: a.warmup,

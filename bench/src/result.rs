@@ -127,7 +127,7 @@ pub struct SwapReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwapEvent {
-    pub version: u32,
+    pub version: u64,
     /// When the manifest was renamed into place, seconds since the start.
     pub published_s: f64,
     /// When the first answer from this version arrived; `None` if none did.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use serde_json::json;
+use quiver_contract::layout;
+use quiver_contract::manifest::{Manifest, sha256_bytes};
 
 use crate::driver::Sample;
 use crate::result::SwapEvent;
@@ -32,29 +33,30 @@ pub struct SwapPlan {
 }
 
 /// The highest version directory of `model` (0 when there is none).
-pub fn latest_version(repository: &Path, model: &str) -> Result<u32> {
+pub fn latest_version(repository: &Path, model: &str) -> Result<u64> {
     let dir = repository.join(model);
     let mut latest = 0;
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name();
-        if let Some(v) = name.to_str().and_then(|n| n.parse::<u32>().ok()) {
+        if let Some(v) = entry?.file_name().to_str().and_then(layout::parse_version) {
             latest = latest.max(v);
         }
     }
     Ok(latest)
 }
 
-/// Writes `<repository>/<model>/<version>/model.onnx`, then its
-/// `manifest.json` through a temporary file and a rename, so a watcher
-/// never sees a manifest before the model it describes.
-pub fn publish(repository: &Path, model: &str, version: u32, onnx: &[u8]) -> Result<()> {
-    let dir = repository.join(model).join(version.to_string());
+/// Publishes `onnx` as `version` of `model` the way the trainer does,
+/// through the contract crate: `model.onnx` first, then a `manifest.json`
+/// carrying its checksum, each written atomically, so a watcher never sees
+/// a manifest before the model it describes.
+pub fn publish(repository: &Path, model: &str, version: u64, onnx: &[u8]) -> Result<()> {
+    let dir = layout::version_dir(repository, model, version);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("model.onnx"), onnx)?;
-    let manifest = json!({"schema": 1, "model": model, "version": version});
-    let tmp = dir.join(".manifest.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest)?)?;
-    std::fs::rename(&tmp, dir.join("manifest.json"))?;
+    layout::write_atomic(&dir.join(layout::MODEL_FILE), onnx)?;
+    let mut manifest = Manifest::new(model, version);
+    manifest
+        .sha256
+        .insert(layout::MODEL_FILE.into(), sha256_bytes(onnx));
+    layout::write_atomic(&dir.join(layout::MANIFEST_FILE), &manifest.to_json())?;
     Ok(())
 }
 
@@ -66,14 +68,14 @@ pub async fn run(
     addr: SocketAddr,
     start: Instant,
     warmup: Duration,
-) -> Result<Vec<(u32, Duration, Option<u16>)>> {
+) -> Result<Vec<(u64, Duration, Option<u16>)>> {
     let onnx = std::fs::read(&plan.source)
         .with_context(|| format!("reading {}", plan.source.display()))?;
     let base = latest_version(&plan.repository, &plan.model)?;
     let mut events = Vec::new();
     for k in 1..=plan.count {
         tokio::time::sleep_until((start + warmup + plan.every * k).into()).await;
-        let version = base + k;
+        let version = base + u64::from(k);
         let repo = plan.repository.clone();
         let model = plan.model.clone();
         let bytes = onnx.clone();
@@ -97,7 +99,7 @@ pub async fn run(
 }
 
 /// Pairs each publish with the first answer that came from its version.
-pub fn events(published: &[(u32, Duration, Option<u16>)], samples: &[Sample]) -> Vec<SwapEvent> {
+pub fn events(published: &[(u64, Duration, Option<u16>)], samples: &[Sample]) -> Vec<SwapEvent> {
     published
         .iter()
         .map(|&(version, at, load_status)| SwapEvent {
@@ -105,7 +107,7 @@ pub fn events(published: &[(u32, Duration, Option<u16>)], samples: &[Sample]) ->
             published_s: at.as_secs_f64(),
             first_answer_s: samples
                 .iter()
-                .filter(|s| s.outcome.stages.version == Some(version))
+                .filter(|s| s.outcome.stages.version.map(u64::from) == Some(version))
                 .map(|s| s.done)
                 .min()
                 .map(|d| d.as_secs_f64()),
@@ -137,10 +139,9 @@ mod tests {
             std::fs::read(repo.join("m/2/model.onnx")).unwrap(),
             b"onnx bytes"
         );
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(repo.join("m/2/manifest.json")).unwrap())
-                .unwrap();
-        assert_eq!(manifest, json!({"schema": 1, "model": "m", "version": 2}));
+        // The gateway's own reader accepts it, checksum included.
+        let manifest = Manifest::read(&repo.join("m/2/manifest.json"), Some(("m", 2))).unwrap();
+        manifest.verify(&repo.join("m/2")).unwrap();
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(repo.join("m/2")).unwrap().count(), 2);
         assert_eq!(latest_version(&repo, "m").unwrap(), 2);

@@ -138,7 +138,8 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
         )?;
         let open = runs
             .iter()
-            .filter(|r| r.points.iter().any(|p| p.offered_rps.is_some()));
+            // Sweeps only: a scenario run (hot swap) is one point of another kind.
+            .filter(|r| r.swap.is_none() && r.points.iter().any(|p| p.offered_rps.is_some()));
         for (i, run) in open.enumerate() {
             let color = COLORS[i % COLORS.len()];
             let pts: Vec<(f64, f64)> = run
@@ -157,14 +158,14 @@ pub fn latency_vs_load(path: &Path, runs: &[LoadRun]) -> Result<()> {
     Ok(())
 }
 
-/// Latency over time (p50, p99 per slice) of the run's last held point, or
-/// its last point when none held; vertical lines at swap publishes.
+/// Latency over time (p50, p99 per slice) of the run's last open-loop point
+/// that held, or its last point when none did; vertical lines at swap publishes.
 pub fn timeline(path: &Path, run: &LoadRun) -> Result<()> {
     let Some(point) = run
         .points
         .iter()
         .rev()
-        .find(|p| p.held)
+        .find(|p| p.held && p.offered_rps.is_some())
         .or_else(|| run.points.last())
     else {
         return Ok(());
