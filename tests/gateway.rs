@@ -13,7 +13,7 @@ use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
 use quiver_gateway::config::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
 use quiver_tests::{
-    Gateway, Rng, binary_body, copy_model, example_models, post_binary, scratch, send,
+    Gateway, Rng, as_f32, binary_body, copy_model, example_models, post_binary, scratch, send,
 };
 use serde_json::{Value, json};
 
@@ -47,14 +47,6 @@ fn mlp_reference(version: u64, x: &[f32]) -> Vec<f32> {
         panic!("mlp output is not FP32")
     };
     v.clone()
-}
-
-fn as_f32(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
 }
 
 fn assert_close(got: &[f32], want: &[f32], tol: f32) {

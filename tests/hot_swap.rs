@@ -17,7 +17,7 @@ use quiver_gateway::backend::Backend;
 use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
 use quiver_gateway::config::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
-use quiver_tests::{Gateway, Reply, Rng, example_models, scratch, send};
+use quiver_tests::{Gateway, Reply, Rng, as_f32, example_models, scratch, send};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-admin-token";
@@ -121,14 +121,6 @@ fn version_of(r: &Reply) -> u64 {
     r.header("x-quiver-model-version")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn as_f32(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
 }
 
 /// Waits until `check` holds on the model's routing view.
@@ -444,27 +436,27 @@ fn spawn_traffic(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_with_errors_is_rolled_back() {
-    let repo = scratch("rollback").unwrap();
-    publish(&repo, "r", 1, &example_file("mlp", 1), true);
-    std::fs::write(repo.join("r/config.toml"), ROLLOUT_CONFIG).unwrap();
-    let gw = Arc::new(
-        Gateway::start_ready(
-            &repo,
-            &[],
-            &[
-                ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
-                ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
-            ],
-        )
-        .await
-        .unwrap(),
-    );
-    wait_routing(&gw, "r", "the first stable version", |v| {
+/// A scratch repository with `model` version 1 (the mlp) under
+/// [`ROLLOUT_CONFIG`], and a gateway that has made version 1 stable.
+async fn start_rollout(scratch_name: &str, model: &str) -> (std::path::PathBuf, Arc<Gateway>) {
+    let repo = scratch(scratch_name).unwrap();
+    publish(&repo, model, 1, &example_file("mlp", 1), true);
+    std::fs::write(repo.join(model).join("config.toml"), ROLLOUT_CONFIG).unwrap();
+    let env = [
+        ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
+        ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
+    ];
+    let gw = Arc::new(Gateway::start_ready(&repo, &[], &env).await.unwrap());
+    wait_routing(&gw, model, "the first stable version", |v| {
         v["routing"]["stable"] == 1
     })
     .await;
+    (repo, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_errors_is_rolled_back() {
+    let (repo, gw) = start_rollout("rollback", "r").await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = spawn_traffic(gw.clone(), "r", 0.5, stop.clone());
     // The flaky model has the mlp's interface; half the requests break it.
@@ -519,25 +511,7 @@ async fn a_canary_with_errors_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_step_by_step() {
-    let repo = scratch("promote").unwrap();
-    publish(&repo, "p", 1, &example_file("mlp", 1), true);
-    std::fs::write(repo.join("p/config.toml"), ROLLOUT_CONFIG).unwrap();
-    let gw = Arc::new(
-        Gateway::start_ready(
-            &repo,
-            &[],
-            &[
-                ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
-                ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
-            ],
-        )
-        .await
-        .unwrap(),
-    );
-    wait_routing(&gw, "p", "the first stable version", |v| {
-        v["routing"]["stable"] == 1
-    })
-    .await;
+    let (repo, gw) = start_rollout("promote", "p").await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = spawn_traffic(gw.clone(), "p", 0.0, stop.clone());
     publish(&repo, "p", 2, &example_file("mlp", 2), true);

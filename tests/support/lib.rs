@@ -299,6 +299,17 @@ pub async fn post_binary(
     Ok((reply, head, tail))
 }
 
+/// A JSON array of numbers as `f32`s (tensor data in a response).
+/// Panics on anything else: in a test, a malformed answer is a failure.
+#[allow(clippy::expect_used)]
+pub fn as_f32(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("tensor data is a JSON array")
+        .iter()
+        .map(|x| x.as_f64().expect("tensor data holds numbers") as f32)
+        .collect()
+}
+
 /// A scratch directory under the target dir, emptied first.
 pub fn scratch(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
