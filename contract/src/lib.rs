@@ -8,12 +8,19 @@
 //!   makes a version visible and carries checksums and lineage.
 //! - [`routing`]: `<model>/routing.json`, which version is stable, which are
 //!   canaries (with weights) and shadows, and where a rollout stands.
+//! - [`records`]: the prediction, label and ingress records, the same on
+//!   Kafka and in the local log.
+//! - [`segments`]: the local log, directories of JSON-lines segment files
+//!   that the gateway writes (embedded mode and broker-outage spool) and the
+//!   trainer reads.
 //! - [`time`]: RFC 3339 timestamps without a calendar dependency.
 //!
-//! Every file carries a `schema` number. A reader refuses a schema newer than
+//! Every file and record carries a `schema` number. A reader refuses a schema newer than
 //! it knows; a change of shape bumps the number here, never ad hoc.
 
 pub mod layout;
 pub mod manifest;
+pub mod records;
 pub mod routing;
+pub mod segments;
 pub mod time;
