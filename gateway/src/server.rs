@@ -3,7 +3,8 @@
 //! repository off the serving threads and keeps watching it), serves HTTP
 //! at once (ready once the first load ends), and on shutdown stops
 //! accepting, drains connections, stops the manager, lets every batcher
-//! finish its queue and joins the engine threads.
+//! finish its queue, joins the engine threads and flushes the prediction
+//! log (to the broker, else the spool).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -20,6 +21,7 @@ use crate::backend::onnx;
 use crate::config::Settings;
 use crate::live::LiveModels;
 use crate::manager::ManagerHandle;
+use crate::prediction_log::{LogError, TrafficLog};
 use crate::shadow::Shadows;
 
 /// State shared by every connection.
@@ -30,6 +32,8 @@ pub struct Gateway {
     /// Set once at start; the admin API sends it commands.
     pub manager: OnceLock<ManagerHandle>,
     pub shadows: Shadows,
+    /// Predictions and labels on their way to Kafka or the local log.
+    pub traffic: TrafficLog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,8 @@ pub enum ServeError {
     Metrics(String),
     #[error("cannot start the loader thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// Serves until `shutdown` resolves, then shuts down in order.
@@ -57,7 +63,9 @@ pub async fn run(
             settings.repository.display().to_string(),
         ));
     }
+    let traffic = TrafficLog::start(settings.log.clone())?;
     let gw = Arc::new(Gateway {
+        traffic,
         live: ArcSwap::from_pointee(LiveModels::default()),
         shadows: Shadows::new(
             settings.routing.shadow_max_in_flight,
@@ -133,6 +141,8 @@ pub async fn run(
         for v in live.served() {
             v.batcher.join();
         }
+        // Every answer has been logged by now: flush the log last.
+        gw2.traffic.shutdown();
     })
     .await;
     if joined.is_err() {
