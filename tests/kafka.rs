@@ -494,3 +494,234 @@ async fn a_broker_outage_is_spooled_and_replayed_with_no_failed_request() {
     assert_eq!(gw.wait_exit(Duration::from_secs(30)).unwrap(), 0);
     let _ = std::fs::remove_dir_all(spool);
 }
+
+fn ingress_request(id: &str, model: &str, x: &[f32]) -> Vec<u8> {
+    json!({"model_name": model, "id": id, "inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": x}]})
+        .to_string()
+        .into_bytes()
+}
+
+/// A gateway with ingress on, whose mlp queue holds only 2 requests, so
+/// ingress must pause and wait instead of failing.
+async fn ingress_gateway(
+    name: &str,
+    broker: &Broker,
+    group: &str,
+) -> (Gateway, std::path::PathBuf) {
+    let repo = mlp_repo(name);
+    let config = repo.join("mlp/config.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("max_queue_size = 1024", "max_queue_size = 2");
+    std::fs::write(&config, text).unwrap();
+    let spool = scratch(&format!("{name}-spool")).unwrap();
+    let gw = Gateway::start_ready(
+        &repo,
+        &[],
+        &[
+            ("QUIVER_KAFKA__BROKERS", broker.bootstrap().as_str()),
+            ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().unwrap()),
+            ("QUIVER_KAFKA__INGRESS__ENABLED", "true"),
+            ("QUIVER_KAFKA__INGRESS__GROUP_ID", group),
+            ("QUIVER_KAFKA__INGRESS__MAX_IN_FLIGHT", "64"),
+        ],
+    )
+    .await
+    .unwrap();
+    (gw, repo)
+}
+
+fn correlation(r: &quiver_tests::kafka::Record) -> String {
+    String::from_utf8(r.header("quiver-correlation-id").unwrap().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn ingress_answers_every_request_and_dead_letters_unreadable_ones() {
+    let broker = Broker::start().unwrap();
+    let (gw, _repo) = ingress_gateway("ingress-answers", &broker, "ingress-answers").await;
+    let mut rng = Rng::new(5);
+    let inputs: Vec<Vec<f32>> = (0..400)
+        .map(|_| (0..16).map(|_| rng.f32()).collect())
+        .collect();
+    let ids: Vec<String> = (0..inputs.len()).map(|i| format!("k{i}")).collect();
+    let mut outgoing: Vec<quiver_tests::kafka::Outgoing> = ids
+        .iter()
+        .zip(&inputs)
+        .enumerate()
+        .map(|(i, (id, x))| quiver_tests::kafka::Outgoing {
+            // Half name the correlation id in a header, half only in the key.
+            key: Some(id.as_str()),
+            value: ingress_request(&format!("body-{i}"), "mlp", x),
+            headers: if i % 2 == 0 {
+                vec![("quiver-correlation-id", id.as_str())]
+            } else {
+                vec![]
+            },
+        })
+        .collect();
+    outgoing.push(quiver_tests::kafka::Outgoing {
+        key: Some("bad-json"),
+        value: b"{not json".to_vec(),
+        headers: vec![],
+    });
+    outgoing.push(quiver_tests::kafka::Outgoing {
+        key: Some("no-model"),
+        value: br#"{"inputs": []}"#.to_vec(),
+        headers: vec![],
+    });
+    outgoing.push(quiver_tests::kafka::Outgoing {
+        key: Some("unknown-model"),
+        value: ingress_request("u", "nope", &inputs[0]),
+        headers: vec![],
+    });
+    quiver_tests::kafka::produce(&broker.bootstrap(), "quiver.requests", &outgoing).unwrap();
+
+    let responses = read_topic(
+        &broker.bootstrap(),
+        "quiver.responses",
+        ids.len() + 1,
+        Duration::from_secs(90),
+    )
+    .unwrap();
+    assert_eq!(responses.len(), ids.len() + 1, "log:\n{}", gw.log());
+    let by_id: BTreeMap<String, &quiver_tests::kafka::Record> =
+        responses.iter().map(|r| (correlation(r), r)).collect();
+    // Every answer equals the HTTP answer for the same input.
+    for (i, (id, x)) in ids.iter().zip(&inputs).enumerate() {
+        let r = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("no answer for {id}"));
+        assert_eq!(r.key.as_deref(), Some(id.as_bytes()));
+        assert_eq!(r.header("quiver-status"), Some(&b"200"[..]));
+        let body: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(body["id"], format!("body-{i}"));
+        if i % 50 == 0 {
+            let http = gw
+                .post_json("/v2/models/mlp/infer", &json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": x}]}))
+                .await
+                .unwrap()
+                .json();
+            assert_eq!(body["outputs"], http["outputs"]);
+        }
+    }
+    let unknown = by_id.get("unknown-model").unwrap();
+    assert_eq!(unknown.header("quiver-status"), Some(&b"404"[..]));
+    assert!(String::from_utf8_lossy(&unknown.value).contains("unknown model"));
+
+    let dead = read_topic(
+        &broker.bootstrap(),
+        "quiver.requests.dlq",
+        2,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(dead.len(), 2);
+    let keys: BTreeSet<&[u8]> = dead.iter().map(|r| r.key.as_deref().unwrap()).collect();
+    assert_eq!(keys, BTreeSet::from([&b"bad-json"[..], &b"no-model"[..]]));
+    for d in &dead {
+        let why = String::from_utf8_lossy(d.header("quiver-error").unwrap()).into_owned();
+        assert!(why.contains("not an ingress request"), "{why}");
+    }
+    // The small queue filled: ingress paused instead of failing requests.
+    let pauses = gw
+        .metric("quiver_ingress_pauses_total", &[])
+        .await
+        .unwrap_or(0.0);
+    eprintln!("ingress paused {pauses} times");
+    assert!(pauses > 0.0);
+    assert_eq!(
+        gw.metric("quiver_ingress_records_total", &["outcome=\"answered\""])
+            .await
+            .unwrap(),
+        ids.len() as f64
+    );
+    // Ingress predictions are logged like HTTP ones.
+    let logged = read_topic(
+        &broker.bootstrap(),
+        "quiver.predictions",
+        ids.len(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let record: PredictionRecord = records::parse(&logged[0].value).unwrap();
+    assert_eq!(record.source, "kafka");
+}
+
+#[tokio::test]
+async fn a_restarted_ingress_resumes_from_committed_offsets() {
+    let broker = Broker::start().unwrap();
+    let x: Vec<f32> = vec![0.5; 16];
+    let batch = |from: usize, to: usize| -> Vec<(String, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                (
+                    format!("r{i}"),
+                    ingress_request(&format!("r{i}"), "mlp", &x),
+                )
+            })
+            .collect()
+    };
+    let send = |items: &[(String, Vec<u8>)]| {
+        let out: Vec<quiver_tests::kafka::Outgoing> = items
+            .iter()
+            .map(|(k, v)| quiver_tests::kafka::Outgoing {
+                key: Some(k.as_str()),
+                value: v.clone(),
+                headers: vec![],
+            })
+            .collect();
+        quiver_tests::kafka::produce(&broker.bootstrap(), "quiver.requests", &out).unwrap();
+    };
+    send(&batch(0, 200));
+    let (mut gw, repo) = ingress_gateway("ingress-resume", &broker, "ingress-resume").await;
+    let first = read_topic(
+        &broker.bootstrap(),
+        "quiver.responses",
+        200,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(first.len(), 200);
+    // A graceful stop commits what was answered.
+    gw.terminate().unwrap();
+    assert_eq!(gw.wait_exit(Duration::from_secs(30)).unwrap(), 0);
+    send(&batch(200, 300));
+    let gw = Gateway::start_ready(
+        &repo,
+        &[],
+        &[
+            ("QUIVER_KAFKA__BROKERS", broker.bootstrap().as_str()),
+            ("QUIVER_KAFKA__INGRESS__ENABLED", "true"),
+            ("QUIVER_KAFKA__INGRESS__GROUP_ID", "ingress-resume"),
+        ],
+    )
+    .await
+    .unwrap();
+    let all = read_topic(
+        &broker.bootstrap(),
+        "quiver.responses",
+        300,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(all.len(), 300, "log:\n{}", gw.log());
+    // Nothing is answered twice: the second run started at the commit.
+    let more = read_topic(
+        &broker.bootstrap(),
+        "quiver.responses",
+        301,
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let counts = count_ids(
+        more.iter()
+            .map(|r| std::str::from_utf8(r.key.as_deref().unwrap()).unwrap()),
+    );
+    assert_eq!(counts.len(), 300);
+    assert_eq!(
+        more.len(),
+        300,
+        "answered again after restart: {:?}",
+        counts.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
+    );
+}

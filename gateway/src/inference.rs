@@ -86,6 +86,20 @@ impl Answer {
     }
 }
 
+impl Answer {
+    /// The protocol's response body for this answer.
+    pub fn encode(&self, route: &Route) -> Result<crate::protocol::EncodedResponse, ApiError> {
+        let spec = &route.served.spec;
+        crate::protocol::encode_infer_response(
+            &spec.name,
+            spec.version,
+            self.id.as_deref(),
+            &self.selected(),
+        )
+        .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))
+    }
+}
+
 /// Runs the request on the routed version (and copies it to the shadows).
 pub async fn predict(
     gw: &Gateway,

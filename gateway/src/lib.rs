@@ -1,6 +1,8 @@
 //! Quiver's gateway. A request, in the order it travels:
 //!
 //! - [`http`]: hyper server, routes of the Open Inference Protocol v2;
+//! - [`ingress`]: the same for Kafka producers: a consumer group on the
+//!   requests topic, answers to the responses topic;
 //! - [`inference`]: one request through routing, admission and the
 //!   batcher, shared by HTTP and the Kafka ingress;
 //! - [`protocol`]: request and response bodies (JSON and binary tensors);
@@ -32,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod inference;
+pub mod ingress;
 pub mod live;
 pub mod loader;
 pub mod manager;

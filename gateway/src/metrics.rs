@@ -43,6 +43,7 @@ pub const FEEDBACK_LABELS_TOTAL: &str = "quiver_feedback_labels_total";
 pub const INGRESS_RECORDS_TOTAL: &str = "quiver_ingress_records_total";
 pub const INGRESS_IN_FLIGHT: &str = "quiver_ingress_in_flight";
 pub const INGRESS_PAUSED: &str = "quiver_ingress_paused";
+pub const INGRESS_PAUSES_TOTAL: &str = "quiver_ingress_pauses_total";
 
 /// Every outcome a request can have; the `outcome` label's closed set.
 pub const OUTCOMES: [&str; 9] = [
@@ -215,6 +216,10 @@ fn describe() {
         Unit::Count,
         "Kafka ingress requests read and not yet answered."
     );
+    describe_counter!(
+        INGRESS_PAUSES_TOTAL,
+        "Times the ingress consumer paused its partitions."
+    );
     describe_gauge!(
         INGRESS_PAUSED,
         Unit::Count,
@@ -234,6 +239,21 @@ pub fn log_segments_deleted(stream: crate::prediction_log::Stream, n: u64) {
 pub fn log_spool(stream: crate::prediction_log::Stream, bytes: u64, full: bool) {
     gauge!(LOG_SPOOL_BYTES, "stream" => stream.as_str()).set(bytes as f64);
     gauge!(LOG_SPOOL_FULL, "stream" => stream.as_str()).set(f64::from(u8::from(full)));
+}
+
+pub fn ingress_record(outcome: &'static str) {
+    counter!(INGRESS_RECORDS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+pub fn ingress_in_flight(n: usize) {
+    gauge!(INGRESS_IN_FLIGHT).set(n as f64);
+}
+
+pub fn ingress_paused(paused: bool) {
+    gauge!(INGRESS_PAUSED).set(f64::from(u8::from(paused)));
+    if paused {
+        counter!(INGRESS_PAUSES_TOTAL).increment(1);
+    }
 }
 
 pub fn log_spooling(on: bool) {

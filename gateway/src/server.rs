@@ -48,6 +48,8 @@ pub enum ServeError {
     Thread(std::io::Error),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Ingress(crate::ingress::IngressError),
 }
 
 /// Serves until `shutdown` resolves, then shuts down in order.
@@ -83,6 +85,15 @@ pub async fn run(
         tracing::error!("model manager started twice");
     }
 
+    let stop_ingress = Arc::new(tokio::sync::Notify::new());
+    let ingress = match gw.settings.ingress.clone() {
+        Some(settings) => Some(
+            crate::ingress::start(Arc::clone(&gw), settings, Arc::clone(&stop_ingress))
+                .map_err(ServeError::Ingress)?,
+        ),
+        None => None,
+    };
+
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "quiver-gateway listening on http://{addr}");
     }
@@ -117,6 +128,9 @@ pub async fn run(
     }
     tracing::info!("shutting down: no longer accepting connections");
     drop(listener);
+    // Kafka ingress stops reading and finishes what it read, while HTTP
+    // connections drain; both need the batchers, which close after.
+    stop_ingress.notify_one();
     let grace = gw.settings.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -125,6 +139,14 @@ pub async fn run(
         tracing::warn!(
             ?grace,
             "connections still open after the grace period; closing them"
+        );
+    }
+    if let Some(task) = ingress
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "Kafka ingress still answering after the grace period"
         );
     }
     // Queued requests have all been answered or abandoned by now; let each

@@ -191,13 +191,7 @@ async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferReque
 /// The HTTP response for an answer: JSON, or JSON plus binary outputs.
 fn encode(route: &Route, answer: &Answer, started: Instant) -> Result<Response<Body>, ApiError> {
     let spec = &route.served.spec;
-    let encoded = protocol::encode_infer_response(
-        &spec.name,
-        spec.version,
-        answer.id.as_deref(),
-        &answer.selected(),
-    )
-    .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
+    let encoded = answer.encode(route)?;
     let content_type = if encoded.header_len.is_some() {
         "application/octet-stream"
     } else {
