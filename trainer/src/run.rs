@@ -592,8 +592,10 @@ impl Trainer {
                 ) {
                     Ok(_) => {
                         r.step += 1;
+                        // Each step judges the candidate afresh; stable's
+                        // sample runs over the whole rollout, since at the
+                        // last step (weight 1.0) stable gets no traffic.
                         r.candidate = ArmQuality::default();
-                        r.stable_quality = ArmQuality::default();
                         self.events
                             .emit(&name, "canary_step", Some(r.version), stats);
                         if self
