@@ -172,8 +172,11 @@ def ingress(results):
             except BufferError:
                 producer.poll(0.01)
     producer.flush(60)
+    # The responses topic appears only with the first answer: look for it
+    # often, or the reader itself would be the slow part.
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "kafka-bench-reader",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "topic.metadata.refresh.interval.ms": 200})
     consumer.subscribe(["quiver.responses"])
     progress("starting the gateway with ingress; timing until every answer is on the responses topic")
     started = time.time()

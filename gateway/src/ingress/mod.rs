@@ -8,8 +8,9 @@
 //!   (or its dead letter) is confirmed by the broker ([`offsets`]); a
 //!   restarted consumer resumes from there.
 //! - **Bounded.** At most `max_in_flight` records are being answered; at the
-//!   cap, or while a model's queue is full, the consumer pauses its
-//!   partitions instead of reading on, and resumes when there is room.
+//!   cap the consumer reads nothing more until one is answered. While a
+//!   model's queue is full it pauses its partitions (no fetching at all)
+//!   and resumes when there is room.
 //! - **Dead letters.** A record that cannot be read (not JSON, no
 //!   `model_name`, not a valid request) goes to the dead-letter topic as it
 //!   was, with a `quiver-error` header saying why. A readable request that
@@ -114,12 +115,12 @@ async fn run(shared: Arc<Shared>, consumer: StreamConsumer, stop: Arc<Notify>) {
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
-        // Room to read: a permit, and no model queue refusing work.
-        let full = permits.available_permits() == 0
-            || shared.blocked.load(std::sync::atomic::Ordering::Acquire) > 0;
-        if full != paused {
-            set_paused(&consumer, full);
-            paused = full;
+        // A model queue refusing work pauses the partitions: no more
+        // records are fetched until it has room.
+        let blocked = shared.blocked.load(std::sync::atomic::Ordering::Acquire) > 0;
+        if blocked != paused {
+            set_paused(&consumer, blocked);
+            paused = blocked;
         }
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             commit(&shared, &consumer, CommitMode::Async);
@@ -139,6 +140,17 @@ async fn run(shared: Arc<Shared>, consumer: StreamConsumer, stop: Arc<Notify>) {
             }
             continue;
         }
+        // At the in-flight cap, wait for a slot before reading on; what
+        // librdkafka has prefetched meanwhile is bounded by
+        // queued.max.messages.kbytes.
+        let permit = tokio::select! {
+            () = &mut stopped => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = tokio::time::sleep(COMMIT_INTERVAL) => continue,
+        };
         tokio::select! {
             () = &mut stopped => break,
             received = consumer.recv() => {
@@ -148,12 +160,6 @@ async fn run(shared: Arc<Shared>, consumer: StreamConsumer, stop: Arc<Notify>) {
                         tracing::warn!(error = %e, "ingress consumer error");
                         continue;
                     }
-                };
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    // Cannot happen: only this loop takes permits, and it
-                    // checked. Answer it anyway rather than drop it.
-                    tracing::error!("ingress read a record without a free slot");
-                    continue;
                 };
                 if let Ok(mut o) = shared.offsets.lock() {
                     o.start(message.topic(), message.partition(), message.offset());
@@ -165,6 +171,7 @@ async fn run(shared: Arc<Shared>, consumer: StreamConsumer, stop: Arc<Notify>) {
                     shared.room.notify_one();
                 });
             }
+            // A request found its queue full: pause before reading more.
             () = shared.room.notified() => {}
         }
     }

@@ -114,8 +114,9 @@ pub struct IngressConfig {
     pub dead_letter_topic: String,
     /// The consumer group; gateways sharing it share the partitions.
     pub group_id: String,
-    /// Requests read but not yet answered, per gateway. At the cap, or when
-    /// a model's queue is full, the consumer pauses its partitions.
+    /// Requests read but not yet answered, per gateway; at the cap nothing
+    /// more is read until one is answered. While a model's queue is full
+    /// the consumer pauses its partitions.
     pub max_in_flight: usize,
     /// librdkafka consumer options, passed through as they are.
     pub consumer: BTreeMap<String, ClientOption>,
