@@ -487,4 +487,98 @@ mod tests {
         assert_eq!(n, 3);
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod model {
+        //! The segment log against a plain model of itself: a list of
+        //! records. Whatever the interleaving of appends, flushes, writer
+        //! restarts, reads with small budgets and deletion of consumed
+        //! segments, a reader gets every record once, in order.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Append(usize),
+            Flush,
+            Restart,
+            Read { records: usize, bytes: usize },
+            DropConsumed,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (1usize..40).prop_map(Op::Append),
+                2 => Just(Op::Flush),
+                1 => Just(Op::Restart),
+                3 => (1usize..5, 1usize..120).prop_map(|(records, bytes)| Op::Read { records, bytes }),
+                1 => Just(Op::DropConsumed),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn a_reader_sees_every_record_once_in_order(ops in proptest::collection::vec(op(), 1..80)) {
+                let dir = scratch("model");
+                let mut writer = Some(SegmentWriter::open(&dir, 64).unwrap());
+                let mut written: Vec<Vec<u8>> = Vec::new();
+                let mut flushed = 0usize;
+                let mut read: Vec<Vec<u8>> = Vec::new();
+                let mut pos = LogPosition::default();
+                for (n, op) in ops.into_iter().enumerate() {
+                    let w = writer.as_mut().unwrap();
+                    match op {
+                        Op::Append(len) => {
+                            let rec = format!("{n:04}{}", "x".repeat(len)).into_bytes();
+                            w.append(&rec).unwrap();
+                            written.push(rec);
+                        }
+                        Op::Flush => {
+                            w.flush().unwrap();
+                            flushed = written.len();
+                        }
+                        Op::Restart => {
+                            w.flush().unwrap();
+                            flushed = written.len();
+                            writer = None;
+                            writer = Some(SegmentWriter::open(&dir, 64).unwrap());
+                        }
+                        Op::Read { records, bytes } => {
+                            let b = read_batch(&dir, pos, records, bytes).unwrap();
+                            prop_assert_eq!(b.torn, 0);
+                            prop_assert!(!b.gap);
+                            prop_assert!(b.records.len() <= records);
+                            let got_none = b.records.is_empty();
+                            read.extend(b.records.into_iter().map(|(_, r)| r));
+                            pos = b.next;
+                            // A prefix of what was written: in order, nothing twice.
+                            prop_assert!(read.len() <= written.len());
+                            prop_assert_eq!(&read[..], &written[..read.len()]);
+                            // Everything flushed before the read is visible by
+                            // the time a reader has caught up.
+                            if got_none && read.len() < flushed {
+                                prop_assert!(false, "flushed records not readable");
+                            }
+                        }
+                        Op::DropConsumed => {
+                            w.remove_before(pos).unwrap();
+                        }
+                    }
+                }
+                writer.as_mut().unwrap().flush().unwrap();
+                loop {
+                    let b = read_batch(&dir, pos, 7, 100).unwrap();
+                    if b.records.is_empty() {
+                        break;
+                    }
+                    read.extend(b.records.into_iter().map(|(_, r)| r));
+                    pos = b.next;
+                }
+                prop_assert_eq!(read, written);
+                fs::remove_dir_all(&dir).unwrap();
+            }
+        }
+    }
 }
