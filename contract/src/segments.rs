@@ -542,7 +542,8 @@ mod tests {
                         Op::Restart => {
                             w.flush().unwrap();
                             flushed = written.len();
-                            writer = None;
+                            // The old writer closes before the new one opens.
+                            drop(writer.take());
                             writer = Some(SegmentWriter::open(&dir, 64).unwrap());
                         }
                         Op::Read { records, bytes } => {
