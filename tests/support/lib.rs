@@ -61,11 +61,12 @@ impl Gateway {
             .args(["--http-addr", "127.0.0.1:0"])
             .args(args);
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
-        // The prediction log goes to a scratch directory unless the test
-        // names one, never into the working directory.
+        // The prediction log and the Kafka spool go to scratch directories
+        // unless the test names them, never into the working directory.
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         cmd.env("QUIVER_LOG__DIR", scratch(&format!("prediction-log-{n}"))?);
+        cmd.env("QUIVER_KAFKA__SPOOL_DIR", scratch(&format!("spool-{n}"))?);
         for (k, v) in env {
             cmd.env(k, v);
         }
