@@ -41,8 +41,42 @@ pub struct Config {
     pub join_window_ms: u64,
     #[serde(default)]
     pub metrics_addr: Option<String>,
+    /// Consume from Kafka instead of the local log (when `brokers` is set).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+}
+
+/// `[kafka]`: the topics `predictions_topic` and `labels_topic` are read
+/// with one consumer each, sharing the group.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`; empty keeps the local log.
+    #[serde(default)]
+    pub brokers: String,
+    /// The consumer group that holds the committed offsets.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// librdkafka consumer properties passed through as they are (except
+    /// `enable.auto.commit`, which stays off).
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "quiver-trainer".into()
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            group_id: default_group(),
+            client: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
