@@ -27,7 +27,11 @@ use quiver_contract::records::{
 };
 use quiver_contract::segments::SegmentWriter;
 use quiver_tests::kafka::Broker;
+use quiver_tests::kafka::{Outgoing, produce};
 use quiver_tests::{Gateway, binary};
+use quiver_trainer::config::KafkaConfig;
+use quiver_trainer::source::RecordSource;
+use quiver_trainer::source::kafka::{KafkaSource, parse_position};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
@@ -422,16 +426,7 @@ fn state_positions(dir: &Path) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
         serde_json::from_slice(&std::fs::read(dir.join("state/state.json"))?)?;
     let mut out = BTreeMap::new();
     for (topic, token) in state["positions"].as_object().context("positions")? {
-        let mut parts = BTreeMap::new();
-        for pair in token
-            .as_str()
-            .context("token")?
-            .split(',')
-            .filter(|p| !p.is_empty())
-        {
-            let (p, o) = pair.split_once('=').context("partition=offset")?;
-            parts.insert(p.parse()?, o.parse()?);
-        }
+        let parts = parse_position(token.as_str().context("token")?)?;
         out.insert(topic.clone(), parts);
     }
     Ok(out)
@@ -557,5 +552,81 @@ async fn kafka_source_retrains_promotes_and_resumes_from_committed_offsets() -> 
     }
     eprintln!("events:\n{:#?}", events(&dir));
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Polls until `want` records came (sorted values of `n`).
+fn drain(source: &mut KafkaSource, want: usize) -> Result<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < want {
+        if Instant::now() > deadline {
+            bail!("{} of {want} records", got.len());
+        }
+        for p in source.poll(want - got.len())? {
+            let v: serde_json::Value = serde_json::from_slice(&p.bytes)?;
+            got.push(v["n"].as_u64().context("n")?);
+        }
+    }
+    got.sort_unstable();
+    Ok(got)
+}
+
+#[test]
+fn kafka_source_resumes_from_committed_offsets_or_a_sought_position() -> Result<()> {
+    let broker = Broker::start()?;
+    let topic = "source-test";
+    let send = |from: u64, to: u64| -> Result<()> {
+        let records: Vec<Outgoing<'_>> = (from..to)
+            .map(|n| Outgoing {
+                key: None,
+                value: json!({ "n": n }).to_string().into_bytes(),
+                headers: vec![],
+            })
+            .collect();
+        produce(&broker.bootstrap(), topic, &records)
+    };
+    send(0, 40)?;
+    let settings = KafkaConfig {
+        brokers: broker.bootstrap(),
+        group_id: GROUP.into(),
+        client: BTreeMap::new(),
+    };
+    // Read a part, commit it; a fresh consumer of the group (no state)
+    // reads exactly the rest.
+    let mut a = KafkaSource::open(&settings, topic)?;
+    let mut first = drain(&mut a, 15)?;
+    let read = parse_position(&a.position())?;
+    a.commit()?;
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&broker, topic, &read)? != read {
+        if Instant::now() > deadline {
+            bail!("offsets {read:?} not committed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut b = KafkaSource::open(&settings, topic)?;
+    let rest = drain(&mut b, 25)?;
+    assert!(b.poll(100)?.is_empty(), "read again what was committed");
+    first.extend(rest);
+    first.sort_unstable();
+    assert_eq!(first, (0..40).collect::<Vec<_>>());
+    // Nothing is committed without `commit`: b read everything but only
+    // its predecessor's offsets are in the group.
+    let all = b.position();
+    assert_eq!(committed(&broker, topic, &read)?, read);
+    drop(b);
+    // A consumer sought to a position (the state file's) starts there,
+    // ahead of the group's offsets.
+    send(40, 45)?;
+    let mut c = KafkaSource::open(&settings, topic)?;
+    c.seek(&all)?;
+    assert_eq!(drain(&mut c, 5)?, (40..45).collect::<Vec<_>>());
+    assert!(
+        c.poll(100)?.is_empty(),
+        "read again before the sought position"
+    );
+    assert!(c.seek("0:12").is_err());
     Ok(())
 }

@@ -251,3 +251,17 @@ impl ModelConfig {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_loads_with_the_local_log() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/trainer.toml");
+        let config = Config::load(&path).unwrap();
+        let kafka = config.kafka.unwrap();
+        assert!(kafka.brokers.is_empty());
+        assert_eq!(kafka.group_id, "quiver-trainer");
+    }
+}

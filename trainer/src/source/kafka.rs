@@ -28,9 +28,10 @@ use crate::config::KafkaConfig;
 
 /// How long a poll waits for the first record when none is buffered.
 const FIRST_RECORD_WAIT: Duration = Duration::from_millis(100);
-/// How often the topic's partitions are looked up again (it may not exist
-/// yet when the trainer starts, or may grow).
+/// How often the topic's partitions are looked up again: it may grow, or
+/// not exist yet when the trainer starts (then sooner).
 const METADATA_INTERVAL: Duration = Duration::from_secs(5);
+const NO_TOPIC_INTERVAL: Duration = Duration::from_millis(500);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct KafkaSource {
@@ -73,10 +74,12 @@ impl KafkaSource {
     /// with a known position start there, others at the group's committed
     /// offset (or the beginning).
     fn assign(&mut self) -> Result<(), SourceError> {
-        if self
-            .looked_up
-            .is_some_and(|t| t.elapsed() < METADATA_INTERVAL)
-        {
+        let interval = if self.partitions == 0 {
+            NO_TOPIC_INTERVAL
+        } else {
+            METADATA_INTERVAL
+        };
+        if self.looked_up.is_some_and(|t| t.elapsed() < interval) {
             return Ok(());
         }
         self.looked_up = Some(Instant::now());
