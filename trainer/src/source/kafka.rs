@@ -19,9 +19,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::{Polled, RecordSource, SourceError};
 use crate::config::KafkaConfig;
@@ -34,9 +35,24 @@ const METADATA_INTERVAL: Duration = Duration::from_secs(5);
 const NO_TOPIC_INTERVAL: Duration = Duration::from_millis(500);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Logs the outcome of asynchronous commits (served by `poll`).
+struct Commits;
+
+impl ClientContext for Commits {}
+
+impl ConsumerContext for Commits {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        // A failed commit is superseded by the next one; a restart without
+        // state would re-read from the previous commit, losing nothing.
+        if let Err(e) = result {
+            tracing::warn!(error = %e, offsets = ?offsets, "offset commit failed");
+        }
+    }
+}
+
 pub struct KafkaSource {
     topic: String,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Commits>,
     /// Next offset per partition: what has been read, the position token.
     next: BTreeMap<i32, i64>,
     committed: BTreeMap<i32, i64>,
@@ -59,7 +75,7 @@ impl KafkaSource {
         client
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
-        let consumer: BaseConsumer = client.create().map_err(kafka)?;
+        let consumer: BaseConsumer<Commits> = client.create_with_context(Commits).map_err(kafka)?;
         Ok(KafkaSource {
             topic: topic.to_string(),
             consumer,
