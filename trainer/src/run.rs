@@ -6,7 +6,8 @@
 //! Everything the loop knows (consumer positions, pending joins, windows,
 //! rollouts in progress, versions published) is one state file written by
 //! atomic rename after each batch is processed: a restart resumes from the
-//! last write, and re-reads at most one batch.
+//! last write, and re-reads at most one batch. Positions are committed to
+//! the source (Kafka's consumer group) only after that write.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
