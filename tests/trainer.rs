@@ -1,12 +1,21 @@
-//! The closed loop end to end, on loopback, no broker: the real gateway
-//! serves, this test plays the clients (requests, then labels) and writes
-//! the prediction and label records to the local log the way the gateway's
-//! embedded logging does; the real `quiver-trainer` joins them, retrains on
-//! a drifted concept, publishes with lineage and parity, and drives the
-//! canary through the admin API to stable. Then: killed right after it
-//! publishes, it resumes without publishing twice; a deliberately worse
-//! candidate (an untrained net, published regardless) is rolled back.
+//! The closed loop end to end, on loopback.
+//!
+//! Without a broker: the real gateway serves, this test plays the clients
+//! (requests, then labels) and writes the prediction and label records to
+//! the local log the way the gateway's embedded logging does; the real
+//! `quiver-trainer` joins them, retrains on a drifted concept, publishes
+//! with lineage and parity, and drives the canary through the admin API to
+//! stable. Then: killed right after it publishes, it resumes without
+//! publishing twice; a deliberately worse candidate (an untrained net,
+//! published regardless) is rolled back.
+//!
+//! With a broker (nisshi): the gateway logs predictions to Kafka itself,
+//! labels go through its feedback endpoint, and the trainer consumes both
+//! topics with committed offsets; killed after publishing, it resumes from
+//! its persisted offsets, and the group's committed offsets never run ahead
+//! of its state file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,14 +26,23 @@ use quiver_contract::records::{
     self, Label, LabelRecord, PredictionRecord, RecordTensor, TensorValues,
 };
 use quiver_contract::segments::SegmentWriter;
+use quiver_tests::kafka::Broker;
+use quiver_tests::kafka::{Outgoing, produce};
 use quiver_tests::{Gateway, binary};
+use quiver_trainer::config::KafkaConfig;
+use quiver_trainer::source::RecordSource;
+use quiver_trainer::source::kafka::{KafkaSource, parse_position};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
 const TOKEN: &str = "trainer-test-token";
 const FEATURES: usize = 4;
+const GROUP: &str = "trainer-e2e";
 
-fn scratch() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("quiver-trainer-e2e-{}", std::process::id()));
+fn scratch(name: &str) -> Result<PathBuf> {
+    let dir =
+        std::env::temp_dir().join(format!("quiver-trainer-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -48,7 +66,7 @@ impl Stream {
     }
 }
 
-fn config(dir: &Path, gateway: &str, worse: bool) -> Result<PathBuf> {
+fn config(dir: &Path, gateway: &str, worse: bool, kafka: Option<&str>) -> Result<PathBuf> {
     let (epochs, margin) = if worse { (0, -1e9) } else { (30, 0.0) };
     let text = format!(
         r#"model_repository = "{repo}"
@@ -78,10 +96,13 @@ quality_drop = 1.0
 [models.canary]
 min_samples = 150
 alpha = 0.01
-"#,
+{kafka}"#,
         repo = dir.join("repo").display(),
         log = dir.join("log").display(),
         state = dir.join("state").display(),
+        kafka = kafka.map_or(String::new(), |b| format!(
+            "[kafka]\nbrokers = \"{b}\"\ngroup_id = \"{GROUP}\"\n[kafka.client]\n\"fetch.wait.max.ms\" = \"50\"\n"
+        )),
     );
     let path = dir.join(if worse { "worse.toml" } else { "trainer.toml" });
     std::fs::write(&path, text)?;
@@ -116,16 +137,26 @@ fn has_event(dir: &Path, event: &str, version: u64) -> bool {
         .any(|e| e["event"] == event && e["version"] == version)
 }
 
-/// Sends `n` single-row requests and their labels, logging both.
+/// Where the test's records go: written to the local log by the test, or
+/// logged by the gateway itself (to Kafka) with labels sent as feedback.
+enum Sink {
+    Local {
+        preds: SegmentWriter,
+        labels: SegmentWriter,
+    },
+    Gateway,
+}
+
+/// Sends `n` single-row requests and their labels.
 struct Traffic {
     stream: Stream,
-    preds: SegmentWriter,
-    labels: SegmentWriter,
+    sink: Sink,
     next_id: u64,
 }
 
 impl Traffic {
     async fn send(&mut self, gw: &Gateway, n: usize, drifted: bool) -> Result<()> {
+        let mut feedback = Vec::new();
         for _ in 0..n {
             let (x, y) = self.stream.row(drifted);
             self.next_id += 1;
@@ -136,6 +167,13 @@ impl Traffic {
             if r.status != 200 {
                 bail!("infer: {} {}", r.status, r.text());
             }
+            let (preds, labels) = match &mut self.sink {
+                Sink::Local { preds, labels } => (preds, labels),
+                Sink::Gateway => {
+                    feedback.push(json!({"id": id, "label": y}));
+                    continue;
+                }
+            };
             let v = r.json();
             let version: u64 = v["model_version"]
                 .as_str()
@@ -176,7 +214,7 @@ impl Traffic {
                     data: TensorValues::Numbers(probs),
                 }],
             };
-            self.preds.append(&serde_json::to_vec(&rec)?)?;
+            preds.append(&serde_json::to_vec(&rec)?)?;
             let label = LabelRecord {
                 schema: 1,
                 id,
@@ -184,10 +222,22 @@ impl Traffic {
                 label: Label::One(f64::from(y)),
                 timestamp_ms: now,
             };
-            self.labels.append(&serde_json::to_vec(&label)?)?;
+            labels.append(&serde_json::to_vec(&label)?)?;
         }
-        self.preds.flush()?;
-        self.labels.flush()?;
+        match &mut self.sink {
+            Sink::Local { preds, labels } => {
+                preds.flush()?;
+                labels.flush()?;
+            }
+            Sink::Gateway => {
+                let r = gw
+                    .post_json("/v2/models/m/feedback", &json!({ "labels": feedback }))
+                    .await?;
+                if r.status != 200 {
+                    bail!("feedback: {} {}", r.status, r.text());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -199,7 +249,7 @@ impl Traffic {
         what: &str,
         done: impl Fn() -> bool,
     ) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(240);
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !done() {
             if Instant::now() > deadline {
                 bail!(
@@ -227,36 +277,8 @@ fn versions(dir: &Path) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
-    std::env::var("QUIVER_PYTHON").context("QUIVER_PYTHON (eval \"$(scripts/setup.sh)\")")?;
-    let dir = scratch()?;
-    // Version 1 from a CSV of concept A.
-    let mut stream = Stream(11);
-    let mut csv = String::from("a,b,c,d,y\n");
-    for _ in 0..2000 {
-        let (x, y) = stream.row(false);
-        let cells: Vec<String> = x.iter().map(f32::to_string).collect();
-        csv.push_str(&format!("{},{y}\n", cells.join(",")));
-    }
-    std::fs::write(dir.join("a.csv"), csv)?;
-    let cfg = config(&dir, "http://127.0.0.1:1", false)?;
-    let status = Command::new(binary("quiver-trainer")?)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["bootstrap", "--model", "m", "--data"])
-        .arg(dir.join("a.csv"))
-        .status()?;
-    assert!(status.success());
-    let v1 = Manifest::read(&dir.join("repo/m/1/manifest.json"), Some(("m", 1)))?;
-    assert!(v1.parity_max_abs.context("parity")? <= 1e-4);
-    assert!(v1.metrics["offline"]["accuracy"] > 0.9, "{:?}", v1.metrics);
-    std::fs::write(
-        dir.join("repo/m/config.toml"),
-        "version_policy = \"all\"\n[rollout]\nsteps = [0.5, 1.0]\nmin_requests = 1000000\nauto_advance = false\n",
-    )?;
-    std::fs::write(
-        dir.join("repo/m/routing.json"),
-        r#"{"schema": 1, "stable": 1}"#,
-    )?;
+    let dir = scratch("local")?;
+    bootstrap(&dir)?;
 
     let env = [
         ("QUIVER_ADMIN_TOKEN", TOKEN),
@@ -265,11 +287,13 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     ];
     let gw = Gateway::start_ready(&dir.join("repo"), &[], &env).await?;
     let url = format!("http://{}", gw.addr);
-    let cfg = config(&dir, &url, false)?;
+    let cfg = config(&dir, &url, false, None)?;
     let mut traffic = Traffic {
         stream: Stream(99),
-        preds: SegmentWriter::open(&dir.join("log/quiver.predictions"), 1 << 20)?,
-        labels: SegmentWriter::open(&dir.join("log/quiver.labels"), 1 << 20)?,
+        sink: Sink::Local {
+            preds: SegmentWriter::open(&dir.join("log/quiver.predictions"), 1 << 20)?,
+            labels: SegmentWriter::open(&dir.join("log/quiver.labels"), 1 << 20)?,
+        },
         next_id: 0,
     };
     let mut t = trainer(&cfg, &dir, "a")?;
@@ -288,40 +312,17 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     traffic
         .until(&gw, &dir, "v2 promoted", || has_event(&dir, "promoted", 2))
         .await?;
-    assert_eq!(
-        versions(&dir),
-        vec![1, 2],
-        "a duplicate version was published"
-    );
-    let v2 = Manifest::read(&dir.join("repo/m/2/manifest.json"), Some(("m", 2)))?;
-    let lineage = v2.lineage.clone().context("lineage")?;
-    assert_eq!(lineage.parent, Some(1));
+    let lineage = check_v2(&dir, &gw).await?;
     assert!(
         lineage.data["predictions"].starts_with("quiver.predictions "),
         "{lineage:?}"
     );
-    assert!(lineage.rows > 0 && lineage.seed == Some(7) && lineage.config_sha256.is_some());
-    assert!(
-        lineage
-            .code
-            .as_deref()
-            .is_some_and(|c| c.starts_with("quiver-trainer"))
-    );
-    assert!(v2.parity_max_abs.context("parity")? <= 1e-4);
-    assert!(v2.metrics["offline"]["log_loss"] < v2.metrics["offline_parent"]["log_loss"]);
-    assert!(
-        events(&dir)
-            .iter()
-            .any(|e| e["event"] == "canary_step" && e["version"] == 2)
-    );
-    let routing = gw.get("/v2/models/m/routing").await?.json();
-    assert_eq!(routing["routing"]["stable"], 2);
     t.kill()?;
     t.wait()?;
 
     // An untrained candidate, published regardless of offline quality,
     // loses on canary traffic and is rolled back.
-    let worse = config(&dir, &url, true)?;
+    let worse = config(&dir, &url, true, None)?;
     let mut t = trainer(&worse, &dir, "c")?;
     traffic
         .until(&gw, &dir, "v3 rolled back", || {
@@ -339,5 +340,293 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     t.wait()?;
     eprintln!("events:\n{:#?}", events(&dir));
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Version 1 from a CSV of concept A, stable, with a two-step manual
+/// rollout policy (the trainer advances it).
+fn bootstrap(dir: &Path) -> Result<()> {
+    std::env::var("QUIVER_PYTHON").context("QUIVER_PYTHON (eval \"$(scripts/setup.sh)\")")?;
+    let mut stream = Stream(11);
+    let mut csv = String::from("a,b,c,d,y\n");
+    for _ in 0..2000 {
+        let (x, y) = stream.row(false);
+        let cells: Vec<String> = x.iter().map(f32::to_string).collect();
+        csv.push_str(&format!("{},{y}\n", cells.join(",")));
+    }
+    std::fs::write(dir.join("a.csv"), csv)?;
+    let cfg = config(dir, "http://127.0.0.1:1", false, None)?;
+    let status = Command::new(binary("quiver-trainer")?)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["bootstrap", "--model", "m", "--data"])
+        .arg(dir.join("a.csv"))
+        .status()?;
+    assert!(status.success());
+    let v1 = Manifest::read(&dir.join("repo/m/1/manifest.json"), Some(("m", 1)))?;
+    assert!(v1.parity_max_abs.context("parity")? <= 1e-4);
+    assert!(v1.metrics["offline"]["accuracy"] > 0.9, "{:?}", v1.metrics);
+    std::fs::write(
+        dir.join("repo/m/config.toml"),
+        "version_policy = \"all\"\n[rollout]\nsteps = [0.5, 1.0]\nmin_requests = 1000000\nauto_advance = false\n",
+    )?;
+    std::fs::write(
+        dir.join("repo/m/routing.json"),
+        r#"{"schema": 1, "stable": 1}"#,
+    )?;
+    Ok(())
+}
+
+/// Version 2 is stable, the only new version, trained from drifted data
+/// with parity and a full lineage; returns the lineage.
+async fn check_v2(dir: &Path, gw: &Gateway) -> Result<quiver_contract::manifest::Lineage> {
+    assert_eq!(
+        versions(dir),
+        vec![1, 2],
+        "a duplicate version was published"
+    );
+    let v2 = Manifest::read(&dir.join("repo/m/2/manifest.json"), Some(("m", 2)))?;
+    let lineage = v2.lineage.clone().context("lineage")?;
+    assert_eq!(lineage.parent, Some(1));
+    assert!(lineage.rows > 0 && lineage.seed == Some(7) && lineage.config_sha256.is_some());
+    assert!(
+        lineage
+            .code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("quiver-trainer"))
+    );
+    assert!(v2.parity_max_abs.context("parity")? <= 1e-4);
+    assert!(v2.metrics["offline"]["log_loss"] < v2.metrics["offline_parent"]["log_loss"]);
+    assert!(
+        events(dir)
+            .iter()
+            .any(|e| e["event"] == "canary_step" && e["version"] == 2)
+    );
+    let routing = gw.get("/v2/models/m/routing").await?.json();
+    assert_eq!(routing["routing"]["stable"], 2);
+    Ok(lineage)
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The trainer's persisted positions, per topic, as `partition → next offset`.
+fn state_positions(dir: &Path) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/state.json"))?)?;
+    let mut out = BTreeMap::new();
+    for (topic, token) in state["positions"].as_object().context("positions")? {
+        let parts = parse_position(token.as_str().context("token")?)?;
+        out.insert(topic.clone(), parts);
+    }
+    Ok(out)
+}
+
+/// The group's committed offsets for `positions`' partitions.
+fn committed(
+    broker: &Broker,
+    topic: &str,
+    partitions: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_retrains_promotes_and_resumes_from_committed_offsets() -> Result<()> {
+    let broker = Broker::start()?;
+    let dir = scratch("kafka")?;
+    bootstrap(&dir)?;
+    let bootstrap_servers = broker.bootstrap();
+    let spool = dir.join("spool");
+    let env = [
+        ("QUIVER_ADMIN_TOKEN", TOKEN),
+        ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
+        ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
+        ("QUIVER_KAFKA__BROKERS", bootstrap_servers.as_str()),
+        ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("spool")?),
+        ("QUIVER_KAFKA__RETRY_INTERVAL_MS", "200"),
+    ];
+    let gw = Gateway::start_ready(&dir.join("repo"), &[], &env).await?;
+    let url = format!("http://{}", gw.addr);
+    let cfg = config(&dir, &url, false, Some(&bootstrap_servers))?;
+    let mut traffic = Traffic {
+        stream: Stream(99),
+        sink: Sink::Gateway,
+        next_id: 0,
+    };
+    let mut t = trainer(&cfg, &dir, "a")?;
+    traffic
+        .until(&gw, &dir, "v2 published", || {
+            has_event(&dir, "published", 2)
+        })
+        .await?;
+    // SIGKILL mid-run, right after publishing; the restart must resume from
+    // the persisted offsets and take up version 2, not publish it again.
+    t.kill()?;
+    t.wait()?;
+    let at_kill = state_positions(&dir)?;
+    for (topic, parts) in &at_kill {
+        let c = committed(&broker, topic, parts)?;
+        for (p, o) in &c {
+            assert!(
+                *o <= parts[p],
+                "{topic}/{p}: committed {o} ahead of the state's {}",
+                parts[p]
+            );
+        }
+    }
+    let mut t = trainer(&cfg, &dir, "b")?;
+    traffic
+        .until(&gw, &dir, "v2 promoted", || has_event(&dir, "promoted", 2))
+        .await?;
+    let lineage = check_v2(&dir, &gw).await?;
+    // `<topic> partition=first..=last,…` for the window's predictions,
+    // `<topic> ..partition=next,…` for the labels read.
+    let preds = lineage.data["predictions"]
+        .strip_prefix("quiver.predictions ")
+        .context("predictions lineage")?;
+    for range in preds.split(',') {
+        let (p, r) = range.split_once('=').context("partition=range")?;
+        let (first, last) = r.split_once("..=").context("first..=last")?;
+        assert!(p.parse::<i32>().is_ok() && first.parse::<i64>()? <= last.parse::<i64>()?);
+    }
+    let labels = lineage.data["labels"]
+        .strip_prefix("quiver.labels ..")
+        .context("labels lineage")?;
+    assert!(labels.split(',').all(|r| r.contains('=')), "{lineage:?}");
+    t.kill()?;
+    t.wait()?;
+    let log = strip_ansi(&std::fs::read_to_string(dir.join("trainer-b.log"))?);
+    assert!(
+        log.lines().any(|l| l.contains("assigned")
+            && l.split_once("from=")
+                .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()))),
+        "the restart did not resume from a position:\n{log}"
+    );
+    // Offsets were committed, and never ahead of the state file.
+    let end = state_positions(&dir)?;
+    for topic in ["quiver.predictions", "quiver.labels"] {
+        let parts = end.get(topic).context("no position")?;
+        let c = committed(&broker, topic, parts)?;
+        assert!(!c.is_empty(), "{topic}: nothing committed");
+        for (p, o) in &c {
+            assert!(
+                *o > 0 && *o <= parts[p],
+                "{topic}/{p}: committed {o}, state {}",
+                parts[p]
+            );
+            assert!(
+                at_kill
+                    .get(topic)
+                    .and_then(|a| a.get(p))
+                    .is_some_and(|a| o > a)
+            );
+        }
+    }
+    eprintln!("events:\n{:#?}", events(&dir));
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Polls until `want` records came (sorted values of `n`).
+fn drain(source: &mut KafkaSource, want: usize) -> Result<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < want {
+        if Instant::now() > deadline {
+            bail!("{} of {want} records", got.len());
+        }
+        for p in source.poll(want - got.len())? {
+            let v: serde_json::Value = serde_json::from_slice(&p.bytes)?;
+            got.push(v["n"].as_u64().context("n")?);
+        }
+    }
+    got.sort_unstable();
+    Ok(got)
+}
+
+#[test]
+fn kafka_source_resumes_from_committed_offsets_or_a_sought_position() -> Result<()> {
+    let broker = Broker::start()?;
+    let topic = "source-test";
+    let send = |from: u64, to: u64| -> Result<()> {
+        let records: Vec<Outgoing<'_>> = (from..to)
+            .map(|n| Outgoing {
+                key: None,
+                value: json!({ "n": n }).to_string().into_bytes(),
+                headers: vec![],
+            })
+            .collect();
+        produce(&broker.bootstrap(), topic, &records)
+    };
+    send(0, 40)?;
+    let settings = KafkaConfig {
+        brokers: broker.bootstrap(),
+        group_id: GROUP.into(),
+        client: BTreeMap::new(),
+    };
+    // Read a part, commit it; a fresh consumer of the group (no state)
+    // reads exactly the rest.
+    let mut a = KafkaSource::open(&settings, topic)?;
+    let mut first = drain(&mut a, 15)?;
+    let read = parse_position(&a.position())?;
+    a.commit()?;
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&broker, topic, &read)? != read {
+        if Instant::now() > deadline {
+            bail!("offsets {read:?} not committed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut b = KafkaSource::open(&settings, topic)?;
+    let rest = drain(&mut b, 25)?;
+    assert!(b.poll(100)?.is_empty(), "read again what was committed");
+    first.extend(rest);
+    first.sort_unstable();
+    assert_eq!(first, (0..40).collect::<Vec<_>>());
+    // Nothing is committed without `commit`: b read everything but only
+    // its predecessor's offsets are in the group.
+    let all = b.position();
+    assert_eq!(committed(&broker, topic, &read)?, read);
+    drop(b);
+    // A consumer sought to a position (the state file's) starts there,
+    // ahead of the group's offsets.
+    send(40, 45)?;
+    let mut c = KafkaSource::open(&settings, topic)?;
+    c.seek(&all)?;
+    assert_eq!(drain(&mut c, 5)?, (40..45).collect::<Vec<_>>());
+    assert!(
+        c.poll(100)?.is_empty(),
+        "read again before the sought position"
+    );
+    assert!(c.seek("0:12").is_err());
     Ok(())
 }

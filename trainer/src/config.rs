@@ -41,8 +41,42 @@ pub struct Config {
     pub join_window_ms: u64,
     #[serde(default)]
     pub metrics_addr: Option<String>,
+    /// Consume from Kafka instead of the local log (when `brokers` is set).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+}
+
+/// `[kafka]`: the topics `predictions_topic` and `labels_topic` are read
+/// with one consumer each, sharing the group.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`; empty keeps the local log.
+    #[serde(default)]
+    pub brokers: String,
+    /// The consumer group that holds the committed offsets.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// librdkafka consumer properties passed through as they are (except
+    /// `enable.auto.commit`, which stays off).
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "quiver-trainer".into()
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            group_id: default_group(),
+            client: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -215,5 +249,19 @@ impl ModelConfig {
             .find(|o| matches!(o.kind, OutputKind::Probabilities | OutputKind::Value))
             .map(|o| o.name.clone())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_loads_with_the_local_log() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/trainer.toml");
+        let config = Config::load(&path).unwrap();
+        let kafka = config.kafka.unwrap();
+        assert!(kafka.brokers.is_empty());
+        assert_eq!(kafka.group_id, "quiver-trainer");
     }
 }

@@ -4,9 +4,10 @@
 //! - [`train`]: data set, MLP and gradient-boosted trees, offline metrics.
 //! - [`parity`]: runs an exported graph in ONNX Runtime and compares it
 //!   with the trainer's own forward pass.
-//! - [`source`]: where records come from (the local log; a Kafka consumer
-//!   slots in behind the same trait), [`join`]: predictions with labels,
-//!   [`window`]: the bounded training window.
+//! - [`source`]: where records come from (the local log, or a Kafka
+//!   consumer with offsets committed after the state write),
+//!   [`join`]: predictions with labels, [`window`]: the bounded training
+//!   window.
 //! - [`monitor`]: online quality, PSI drift, the candidate-vs-stable tests.
 //! - [`publish`]: train → evaluate → parity → write the version.
 //! - [`admin`]: the gateway's rollout admin API; [`run`]: the loop;

@@ -34,6 +34,9 @@ struct Cli {
     /// Overrides `gateway_url`.
     #[arg(long, global = true, env = "QUIVER_TRAINER_GATEWAY_URL")]
     gateway_url: Option<String>,
+    /// Overrides `[kafka] brokers` (an empty value selects the local log).
+    #[arg(long, global = true, env = "QUIVER_TRAINER_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +76,10 @@ fn main() -> Result<()> {
     }
     if let Some(g) = cli.gateway_url {
         config.gateway_url = g;
+    }
+    if let Some(b) = cli.kafka_brokers {
+        let kafka = config.kafka.get_or_insert_with(Default::default);
+        kafka.brokers = b;
     }
     config.validate()?;
     match cli.command {

@@ -6,7 +6,8 @@
 //! Everything the loop knows (consumer positions, pending joins, windows,
 //! rollouts in progress, versions published) is one state file written by
 //! atomic rename after each batch is processed: a restart resumes from the
-//! last write, and re-reads at most one batch.
+//! last write, and re-reads at most one batch. Positions are committed to
+//! the source (Kafka's consumer group) only after that write.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use crate::monitor::psi::Reference;
 use crate::monitor::quality::Quality;
 use crate::monitor::stats::{ArmQuality, Verdict, compare};
 use crate::publish::{self, REFERENCE_FILE};
-use crate::source::{LocalLog, RecordSource, SourceError};
+use crate::source::{self, RecordSource, SourceError};
 use crate::train::Task;
 use crate::window::Window;
 
@@ -105,8 +106,8 @@ impl Trainer {
         if state.schema != STATE_SCHEMA {
             return Err(RunError::State(shown, format!("schema {}", state.schema)));
         }
-        let mut predictions = LocalLog::open(&config.log_dir, &config.predictions_topic);
-        let mut labels = LocalLog::open(&config.log_dir, &config.labels_topic);
+        let mut predictions = source::open(&config, &config.predictions_topic)?;
+        let mut labels = source::open(&config, &config.labels_topic)?;
         if let Some(p) = state.positions.get(&config.predictions_topic) {
             predictions.seek(p)?;
         }
@@ -128,8 +129,8 @@ impl Trainer {
         let mut trainer = Trainer {
             config,
             state,
-            predictions: Box::new(predictions),
-            labels: Box::new(labels),
+            predictions,
+            labels,
             gateway,
             events,
         };
@@ -183,6 +184,12 @@ impl Trainer {
                 self.step(&model);
             }
             self.save()?;
+            // Only now is everything read so far persisted.
+            for s in [&mut self.predictions, &mut self.labels] {
+                if let Err(e) = s.commit() {
+                    tracing::warn!(topic = s.name(), error = %e, "cannot commit offsets");
+                }
+            }
             if !busy {
                 std::thread::sleep(self.config.poll_interval());
             }
@@ -411,7 +418,13 @@ impl Trainer {
         let features = ms.window.examples().last().map_or(0, |e| e.features.len());
         let data = ms.window.dataset(features);
         let mut ranges = BTreeMap::new();
-        if let Some((first, last)) = ms.window.range() {
+        let offsets = source::kafka::offset_ranges(ms.window.examples().map(|e| e.at.as_str()));
+        if let Some(offsets) = offsets {
+            ranges.insert(
+                "predictions".to_string(),
+                format!("{} {offsets}", self.config.predictions_topic),
+            );
+        } else if let Some((first, last)) = ms.window.range() {
             ranges.insert(
                 "predictions".to_string(),
                 format!("{} {first}..={last}", self.config.predictions_topic),

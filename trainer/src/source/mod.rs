@@ -1,15 +1,20 @@
-//! Where records come from. [`RecordSource`] is the seam a Kafka consumer
-//! slots into; [`LocalLog`] reads the gateway's local log directories
-//! (`<log_dir>/<topic>/`) through `quiver_contract::segments`.
+//! Where records come from, behind [`RecordSource`]: [`LocalLog`] reads the
+//! gateway's local log directories (`<log_dir>/<topic>/`) through
+//! `quiver_contract::segments`; [`kafka::KafkaSource`] consumes a topic
+//! when `[kafka] brokers` is set.
 //!
-//! A source's position is an opaque token (`segment:offset` here; a Kafka
-//! consumer would write `partition=offset,…`). The loop persists it with
-//! the state it produced and seeks back to it on start, which is the
-//! commit-after-processing contract.
+//! A source's position is an opaque token (`segment:offset` for the local
+//! log, `partition=offset,…` for Kafka). The loop persists it with the
+//! state it produced and seeks back to it on start, and only then commits
+//! it to the source: the commit-after-processing contract.
+
+pub mod kafka;
 
 use std::path::{Path, PathBuf};
 
 use quiver_contract::segments::{self, LogPosition};
+
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -18,8 +23,10 @@ pub enum SourceError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid position '{0}' (want segment:offset)")]
+    #[error("invalid position '{0}' (want segment:offset or partition=offset,…)")]
     Position(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 /// One record and the position it starts at.
@@ -37,6 +44,21 @@ pub trait RecordSource: Send {
     /// Where the next poll starts, as a token for [`seek`](Self::seek).
     fn position(&self) -> String;
     fn seek(&mut self, token: &str) -> Result<(), SourceError>;
+    /// Tells the source the current position is persisted (the state file
+    /// holding everything before it has been written). Kafka commits the
+    /// consumer group's offsets here; the local log has nothing to do.
+    fn commit(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// The source for `topic`: Kafka when brokers are configured, else the
+/// local log.
+pub fn open(config: &Config, topic: &str) -> Result<Box<dyn RecordSource>, SourceError> {
+    match config.kafka.as_ref().filter(|k| !k.brokers.is_empty()) {
+        Some(k) => Ok(Box::new(kafka::KafkaSource::open(k, topic)?)),
+        None => Ok(Box::new(LocalLog::open(&config.log_dir, topic))),
+    }
 }
 
 /// One topic of the local log.
