@@ -12,7 +12,8 @@
 //! - [`swap`]: the hot-swap scenario (publish versions during a run);
 //! - [`inprocess`] and [`bare`]: the compute and transport ceilings;
 //! - [`result`]: the JSON result files; [`report`]: Markdown and SVG plots;
-//! - [`progress`]: the progress bar; [`cli`]: the command line.
+//! - [`progress`]: the progress bar; [`cli`]: the command line;
+//! - [`streams`]: labelled streams with concept drift (synthetic and real).
 
 pub mod analysis;
 pub mod bare;
@@ -26,5 +27,6 @@ pub mod progress;
 pub mod report;
 pub mod result;
 pub mod schedule;
+pub mod streams;
 pub mod swap;
 pub mod workload;
