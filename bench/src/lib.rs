@@ -13,7 +13,9 @@
 //! - [`inprocess`] and [`bare`]: the compute and transport ceilings;
 //! - [`result`]: the JSON result files; [`report`]: Markdown and SVG plots;
 //! - [`progress`]: the progress bar; [`cli`]: the command line;
-//! - [`streams`]: labelled streams with concept drift (synthetic and real).
+//! - [`streams`]: labelled streams with concept drift (synthetic and real);
+//! - [`online`]: the closed-loop demo's traffic generator, prequential
+//!   scoring and accuracy plot.
 
 pub mod analysis;
 pub mod bare;
@@ -23,6 +25,7 @@ pub mod endpoint;
 pub mod histogram;
 pub mod http;
 pub mod inprocess;
+pub mod online;
 pub mod progress;
 pub mod report;
 pub mod result;
