@@ -18,7 +18,7 @@ use crate::report::plot::{COLORS, err};
 /// full height (important) or only along the bottom band.
 fn mark(kind: Kind) -> (RGBColor, bool) {
     match kind {
-        Kind::DriftOnset => (RGBColor(200, 0, 0), true),
+        Kind::DriftOnset => (RGBColor(230, 0, 140), true),
         Kind::DriftDetected => (RGBColor(255, 140, 0), false),
         Kind::RetrainStarted | Kind::RetrainFinished => (RGBColor(120, 120, 120), false),
         Kind::Published => (RGBColor(128, 0, 160), false),
