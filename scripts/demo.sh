@@ -24,7 +24,8 @@
 # --label-delay natural|N|Ns, --rows N (rows streamed after the bootstrap
 # slice), --family mlp|gbt, --port PORT, --dir DIR (scratch directory,
 # default .quiver/demo/STREAM; emptied first), --window N (accuracy window).
-# Environment: CARGO_TARGET_DIR, CARGO_BUILD_JOBS (default 2).
+# Environment: CARGO_TARGET_DIR, CARGO_BUILD_JOBS (default 2),
+# QUIVER_DEMO_PROFILE (release, or debug for a quicker build when hacking).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -63,10 +64,11 @@ if [[ "$stream" == rainfall || "$stream" == flights ]]; then
 fi
 
 # --- 2. build -----------------------------------------------------------------
-log "building quiver-gateway, quiver-trainer and quiver-bench (release)"
-cargo build -j"${CARGO_BUILD_JOBS:-2}" --locked --release \
+profile="${QUIVER_DEMO_PROFILE:-release}"
+log "building quiver-gateway, quiver-trainer and quiver-bench ($profile)"
+cargo build -j"${CARGO_BUILD_JOBS:-2}" --locked --profile "${profile/debug/dev}" \
     -p quiver-gateway -p quiver-trainer -p quiver-bench
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 
 # --- scratch directory and configs ------------------------------------------
 rm -rf "$dir"
