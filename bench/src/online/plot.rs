@@ -69,9 +69,39 @@ fn rolling(s: &Summary, window: usize) -> Vec<(f64, f64)> {
     out
 }
 
+/// One legend entry: a horizontal line (series) or a vertical tick (event).
+struct Entry {
+    label: String,
+    color: RGBColor,
+    tick: bool,
+}
+
+/// The legend in its own column right of the chart, so it never hides
+/// data or marks.
+fn legend(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    entries: &[Entry],
+) -> Result<()> {
+    for (i, e) in entries.iter().enumerate() {
+        let y = 50 + 20 * i as i32;
+        let shape = if e.tick {
+            vec![(20, y - 7), (20, y + 7)]
+        } else {
+            vec![(10, y), (30, y)]
+        };
+        area.draw(&PathElement::new(shape, e.color.stroke_width(2)))
+            .map_err(err)?;
+        area.draw(&Text::new(e.label.clone(), (38, y - 7), ("sans-serif", 13)))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 pub fn accuracy_over_time(path: &Path, s: &Summary, window: usize) -> Result<()> {
-    let root = SVGBackend::new(path, (1100, 550)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 550)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
+    let (root, side) = root.split_horizontally(1000);
+    let mut entries = Vec::new();
     let tmax = s
         .predictions
         .iter()
@@ -105,6 +135,7 @@ pub fn accuracy_over_time(path: &Path, s: &Summary, window: usize) -> Result<()>
     chart
         .configure_mesh()
         .x_desc("seconds since the stream started")
+        .x_label_formatter(&|v: &f64| format!("{v:.0}"))
         .y_desc("accuracy")
         .light_line_style(WHITE)
         .draw()
@@ -112,52 +143,52 @@ pub fn accuracy_over_time(path: &Path, s: &Summary, window: usize) -> Result<()>
     let black = RGBColor(40, 40, 40);
     chart
         .draw_series(LineSeries::new(overall, black.stroke_width(1)))
-        .map_err(err)?
-        .label(format!("all traffic, last {window}"))
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], black));
+        .map_err(err)?;
+    entries.push(Entry {
+        label: format!("all traffic, last {window}"),
+        color: black,
+        tick: false,
+    });
     for (i, (v, pts)) in per_version.into_iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(format!("v{v}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .map_err(err)?;
+        entries.push(Entry {
+            label: format!("v{v} (bucketed)"),
+            color,
+            tick: false,
+        });
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 2, color.filled())))
             .map_err(err)?;
     }
     let y0 = lo.max(0.0);
     let band = y0 + (1.0 - y0) * 0.12;
-    let mut legended = Vec::new();
+    let mut kinds = Vec::new();
     for (t, e) in &s.timeline {
         if *t < 0.0 || *t > tmax {
             continue;
         }
         let (color, full) = mark(e.kind);
         let top = if full { 1.0 } else { band };
-        let series = chart
+        chart
             .draw_series(LineSeries::new(
                 [(*t, y0), (*t, top)],
                 color.stroke_width(2),
             ))
             .map_err(err)?;
-        if !legended.contains(&e.kind) {
-            legended.push(e.kind);
-            series.label(e.kind.label()).legend(move |(x, y)| {
-                PathElement::new(
-                    vec![(x + 10, y - 6), (x + 10, y + 6)],
-                    color.stroke_width(2),
-                )
-            });
+        if !kinds.contains(&e.kind) {
+            kinds.push(e.kind);
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    kinds.sort();
+    entries.extend(kinds.into_iter().map(|k| Entry {
+        label: k.label().into(),
+        color: mark(k).0,
+        tick: true,
+    }));
+    legend(&side, &entries)?;
     root.present().map_err(err)?;
     Ok(())
 }
