@@ -102,7 +102,7 @@ pub struct StreamArgs {
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
     /// Where the run's files go.
-    #[arg(long, default_value = "bench/results/stream")]
+    #[arg(long, default_value = ".quiver/stream")]
     out_dir: PathBuf,
     /// The trainer's events log(s), marked on the plot.
     #[arg(long)]
