@@ -103,7 +103,7 @@ min_dwell_ms = 5000
 min_requests = 100
 # Trainer, generator and gateway share this machine's cores: a retrain
 # makes p99 jump for a moment, which is not the candidate's fault.
-p99_slack_ms = 25.0
+p99_slack_ms = 100.0
 EOF
 
 cat >"$dir/trainer.toml" <<EOF

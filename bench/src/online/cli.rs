@@ -207,8 +207,8 @@ async fn run_stream(a: StreamArgs) -> Result<()> {
     })
 }
 
-/// Writes `summary.md`, `summary.json` and `accuracy.svg` into the run's
-/// directory and prints the summary on stdout.
+/// Writes `summary.md`, `summary.json`, `series.csv` and `accuracy.svg`
+/// into the run's directory and prints the summary on stdout.
 fn write_report(opts: &report::Options) -> Result<()> {
     let s = report::summarize(opts)?;
     let svg = opts.dir.join("accuracy.svg");
@@ -219,10 +219,27 @@ fn write_report(opts: &report::Options) -> Result<()> {
         opts.dir.join("summary.json"),
         serde_json::to_vec_pretty(&s)?,
     )?;
+    std::fs::write(opts.dir.join("series.csv"), series_csv(&s))?;
     let mut out = std::io::stdout().lock();
     out.write_all(md.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// Accuracy per serving version per time bucket (the plot's lines):
+/// `t_s,version,accuracy`, `t_s` the bucket's middle.
+fn series_csv(s: &report::Summary) -> String {
+    let width = plot::bucket_width(plot::duration(s));
+    let mut rows: Vec<(f64, u64, f64)> = plot::buckets(s, width, 1)
+        .into_iter()
+        .flat_map(|(v, pts)| pts.into_iter().map(move |(t, a)| (t, v, a)))
+        .collect();
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut out = String::from("t_s,version,accuracy\n");
+    for (t, v, a) in rows {
+        out.push_str(&format!("{t:.2},{v},{a:.4}\n"));
+    }
+    out
 }
 
 pub fn stream_report(a: ReportArgs) -> Result<()> {

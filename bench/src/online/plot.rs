@@ -30,7 +30,7 @@ fn mark(kind: Kind) -> (RGBColor, bool) {
 
 /// Per version, (bucket middle, accuracy) for buckets with at least
 /// `min_n` labelled predictions of that version.
-fn buckets(s: &Summary, width: f64, min_n: u64) -> BTreeMap<u64, Vec<(f64, f64)>> {
+pub fn buckets(s: &Summary, width: f64, min_n: u64) -> BTreeMap<u64, Vec<(f64, f64)>> {
     let mut counts: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
     for p in &s.predictions {
         let b = (p.answered_s / width) as u64;
@@ -47,6 +47,20 @@ fn buckets(s: &Summary, width: f64, min_n: u64) -> BTreeMap<u64, Vec<(f64, f64)>
         }
     }
     out
+}
+
+/// Seconds from the start to the last answer (at least 1).
+pub fn duration(s: &Summary) -> f64 {
+    s.predictions
+        .iter()
+        .map(|p| p.answered_s)
+        .fold(s.run.seconds, f64::max)
+        .max(1.0)
+}
+
+/// About 60 buckets over the run, at least a second each.
+pub fn bucket_width(tmax: f64) -> f64 {
+    (tmax / 60.0).max(1.0)
 }
 
 /// Accuracy of all traffic over the last `window` predictions, one point
@@ -102,13 +116,8 @@ pub fn accuracy_over_time(path: &Path, s: &Summary, window: usize) -> Result<()>
     root.fill(&WHITE).map_err(err)?;
     let (root, side) = root.split_horizontally(1000);
     let mut entries = Vec::new();
-    let tmax = s
-        .predictions
-        .iter()
-        .map(|p| p.answered_s)
-        .fold(s.run.seconds, f64::max)
-        .max(1.0);
-    let width = (tmax / 60.0).max(1.0);
+    let tmax = duration(s);
+    let width = bucket_width(tmax);
     let per_version = buckets(s, width, 20);
     let overall = rolling(s, window);
     let lo = per_version
