@@ -236,6 +236,19 @@ mod tests {
             (2000, Kind::DriftDetected, "psi 0.4")
         );
         assert_eq!(from_trainer(r#"{"ts_ms": 1, "event": "heartbeat"}"#), None);
+        assert_eq!(
+            from_trainer(r#"{"ts_ms": 1, "event": "publish_failed", "version": 2}"#),
+            None
+        );
+        assert_eq!(
+            from_trainer(r#"{"ts_ms": 1, "event": "retrain_failed"}"#),
+            None
+        );
+        assert_eq!(from_trainer(r#"{"ts_ms": 1, "event": "rejected"}"#), None);
+        let e = from_trainer(r#"{"ts_ms": 1, "event": "canary_started", "version": 4}"#).unwrap();
+        assert_eq!((e.kind, e.version), (Kind::CanaryStep, Some(4)));
+        let e = from_trainer(r#"{"ts_ms": 1, "event": "quality_drop", "version": 1}"#).unwrap();
+        assert_eq!(e.kind, Kind::DriftDetected);
         assert_eq!(from_trainer(r#"{"event": "published"}"#), None);
         assert_eq!(from_trainer("not json"), None);
     }
