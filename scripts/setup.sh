@@ -4,7 +4,10 @@
 #     so no download outside the package registry is needed), and
 #   - a Python virtualenv with numpy, onnx, onnxruntime and tritonclient, used
 #     to regenerate the example models and to run the tritonclient
-#     compatibility check.
+#     compatibility check;
+#   - with --broker: nisshi, a Kafka-protocol broker from crates.io, which the
+#     Kafka tests start on a free port (built once, ~20 minutes on 2 cores,
+#     then reused from the cache).
 #
 # Idempotent: a second run only checks two files and returns.
 # Progress goes to stderr; stdout carries exactly two lines meant for
@@ -13,6 +16,7 @@
 #
 #   ORT_DYLIB_PATH=<path to libonnxruntime.so.1.31.1>
 #   QUIVER_PYTHON=<path to the virtualenv's python>
+#   QUIVER_NISSHI=<path to the broker binary>          (with --broker)
 #
 # Environment:
 #   QUIVER_CACHE_DIR  where everything is installed (default $HOME/.cache/quiver)
@@ -20,6 +24,14 @@
 set -euo pipefail
 
 ORT_VERSION=1.31.1
+NISSHI_VERSION=0.8.1
+WITH_BROKER=0
+for arg in "$@"; do
+    case "$arg" in
+        --broker) WITH_BROKER=1 ;;
+        *) echo "usage: scripts/setup.sh [--broker]" >&2; exit 2 ;;
+    esac
+done
 CACHE="${QUIVER_CACHE_DIR:-${HOME}/.cache/quiver}"
 BOOTSTRAP_PYTHON="${PYTHON:-python3}"
 
@@ -73,5 +85,28 @@ else
     printf '%s' "$REQUIREMENTS" >"$STAMP"
 fi
 
+# --- Kafka-protocol broker (tests) ------------------------------------------
+NISSHI_DIR="$CACHE/nisshi-${NISSHI_VERSION}"
+NISSHI="$NISSHI_DIR/bin/nisshi"
+if [[ "$WITH_BROKER" == 1 ]]; then
+    if [[ -x "$NISSHI" ]]; then
+        log "nisshi ${NISSHI_VERSION} already in $NISSHI_DIR"
+    else
+        log "building the nisshi ${NISSHI_VERSION} broker from crates.io into $NISSHI_DIR (about 20 minutes on 2 cores, once)"
+        tmp="$NISSHI_DIR.tmp"
+        rm -rf "$tmp"
+        # Its own target dir, so the build never touches the workspace's.
+        CARGO_TARGET_DIR="$CACHE/nisshi-build" cargo install nisshi \
+            --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+            --no-default-features --features dynostore \
+            -j "${CARGO_BUILD_JOBS:-2}" --root "$tmp" >&2
+        rm -rf "$NISSHI_DIR" "$CACHE/nisshi-build"
+        mv "$tmp" "$NISSHI_DIR"
+    fi
+fi
+
 echo "ORT_DYLIB_PATH=$ORT_LIB"
 echo "QUIVER_PYTHON=$VENV_PYTHON"
+if [[ "$WITH_BROKER" == 1 ]]; then
+    echo "QUIVER_NISSHI=$NISSHI"
+fi

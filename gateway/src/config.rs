@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::prediction_log::settings::{IngressSettings, KafkaConfig};
+use crate::prediction_log::{LogConfig, LogSettings};
 use crate::rollout::RolloutPolicy;
 
 /// The prefix of environment overrides.
@@ -47,6 +49,12 @@ pub struct GatewayConfig {
     pub routing: RoutingConfig,
     /// The mutating API (repository load/unload, routing, rollout verdicts).
     pub admin: AdminConfig,
+    /// The prediction log: what is logged, and the local log used without
+    /// a broker.
+    pub log: LogConfig,
+    /// Kafka: the brokers the prediction log goes to, its disk spool, and
+    /// the ingress consumer for Kafka producers.
+    pub kafka: KafkaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +278,9 @@ pub struct Settings {
     pub ort_library: Option<PathBuf>,
     pub routing: RoutingSettings,
     pub admin: AdminSettings,
+    pub log: LogSettings,
+    /// `None`: no Kafka ingress.
+    pub ingress: Option<IngressSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -376,6 +387,7 @@ impl GatewayConfig {
             });
         }
         let token = env(&self.admin.token_env).filter(|t| !t.is_empty());
+        let (log, ingress) = crate::prediction_log::settings::validate(self.log, self.kafka)?;
         Ok(Settings {
             http_addr,
             max_body_bytes: self.http.max_body_bytes,
@@ -400,6 +412,8 @@ impl GatewayConfig {
                 open_without_token: self.admin.open_without_token,
                 protect_reads: self.admin.protect_reads,
             },
+            log,
+            ingress,
         })
     }
 }

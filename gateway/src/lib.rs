@@ -1,6 +1,10 @@
 //! Quiver's gateway. A request, in the order it travels:
 //!
 //! - [`http`]: hyper server, routes of the Open Inference Protocol v2;
+//! - [`ingress`]: the same for Kafka producers: a consumer group on the
+//!   requests topic, answers to the responses topic;
+//! - [`inference`]: one request through routing, admission and the
+//!   batcher, shared by HTTP and the Kafka ingress;
 //! - [`protocol`]: request and response bodies (JSON and binary tensors);
 //! - [`routing`]: which version (stable, canary) a request goes to, by a
 //!   stable hash of its key; [`shadow`] sends copies to shadow versions;
@@ -9,6 +13,10 @@
 //! - [`batcher`]: per model version, a bounded queue and the batch policy,
 //!   feeding one OS thread per model instance;
 //! - [`backend`]: the engine (ONNX Runtime) that runs a batch.
+//!
+//! After the answer: [`prediction_log`] logs each prediction (and the
+//! labels of the feedback endpoint) to Kafka, spooling to disk while the
+//! broker is away, or to a local directory without a broker.
 //!
 //! Around them: [`config`] (the gateway's TOML file), [`repository`] (the
 //! model folders on disk), [`manager`] (the one owner of what is loaded
@@ -25,11 +33,14 @@ pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod inference;
+pub mod ingress;
 pub mod live;
 pub mod loader;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod prediction_log;
 pub mod protocol;
 pub mod repository;
 pub mod rollout;

@@ -34,6 +34,16 @@ pub const ROLLOUT_DECISIONS_TOTAL: &str = "quiver_rollout_decisions_total";
 pub const ROLLOUT_STABLE_VERSION: &str = "quiver_rollout_stable_version";
 pub const ROLLOUT_CANARY_WEIGHT: &str = "quiver_rollout_canary_weight";
 pub const ROLLOUT_STEP: &str = "quiver_rollout_step";
+pub const LOG_RECORDS_TOTAL: &str = "quiver_log_records_total";
+pub const LOG_SPOOL_BYTES: &str = "quiver_log_spool_bytes";
+pub const LOG_SPOOL_FULL: &str = "quiver_log_spool_full";
+pub const LOG_SPOOLING: &str = "quiver_log_spooling";
+pub const LOG_SEGMENTS_DELETED_TOTAL: &str = "quiver_log_segments_deleted_total";
+pub const FEEDBACK_LABELS_TOTAL: &str = "quiver_feedback_labels_total";
+pub const INGRESS_RECORDS_TOTAL: &str = "quiver_ingress_records_total";
+pub const INGRESS_IN_FLIGHT: &str = "quiver_ingress_in_flight";
+pub const INGRESS_PAUSED: &str = "quiver_ingress_paused";
+pub const INGRESS_PAUSES_TOTAL: &str = "quiver_ingress_pauses_total";
 
 /// Every outcome a request can have; the `outcome` label's closed set.
 pub const OUTCOMES: [&str; 9] = [
@@ -167,6 +177,87 @@ fn describe() {
         Unit::Count,
         "Index of the running canary's rollout step."
     );
+    describe_counter!(
+        LOG_RECORDS_TOTAL,
+        "Prediction and label records by stream and outcome: produced (confirmed by the broker), \
+         written (local log), spooled, replayed (confirmed from the spool), resent (sent again \
+         after a failed replay batch), dropped (queue or spool full; should stay 0)."
+    );
+    describe_gauge!(
+        LOG_SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes in the disk spool, by stream."
+    );
+    describe_gauge!(
+        LOG_SPOOL_FULL,
+        Unit::Count,
+        "1 while the spool is at its cap and new records are dropped."
+    );
+    describe_gauge!(
+        LOG_SPOOLING,
+        Unit::Count,
+        "1 while records go to the disk spool instead of the broker."
+    );
+    describe_counter!(
+        LOG_SEGMENTS_DELETED_TOTAL,
+        "Local log segments deleted by retention, by stream."
+    );
+    describe_counter!(
+        FEEDBACK_LABELS_TOTAL,
+        "Labels received by the feedback endpoint, by outcome (accepted, rejected, busy)."
+    );
+    describe_counter!(
+        INGRESS_RECORDS_TOTAL,
+        "Kafka ingress records by outcome: answered, failed (answered with an error), \
+         dead_lettered."
+    );
+    describe_gauge!(
+        INGRESS_IN_FLIGHT,
+        Unit::Count,
+        "Kafka ingress requests read and not yet answered."
+    );
+    describe_counter!(
+        INGRESS_PAUSES_TOTAL,
+        "Times the ingress consumer paused its partitions."
+    );
+    describe_gauge!(
+        INGRESS_PAUSED,
+        Unit::Count,
+        "1 while the ingress consumer has paused its partitions (in-flight cap or full queue)."
+    );
+}
+
+/// Counts prediction log records by stream and outcome.
+pub fn log_records(stream: crate::prediction_log::Stream, outcome: &'static str, n: u64) {
+    counter!(LOG_RECORDS_TOTAL, "stream" => stream.as_str(), "outcome" => outcome).increment(n);
+}
+
+pub fn log_segments_deleted(stream: crate::prediction_log::Stream, n: u64) {
+    counter!(LOG_SEGMENTS_DELETED_TOTAL, "stream" => stream.as_str()).increment(n);
+}
+
+pub fn log_spool(stream: crate::prediction_log::Stream, bytes: u64, full: bool) {
+    gauge!(LOG_SPOOL_BYTES, "stream" => stream.as_str()).set(bytes as f64);
+    gauge!(LOG_SPOOL_FULL, "stream" => stream.as_str()).set(f64::from(u8::from(full)));
+}
+
+pub fn ingress_record(outcome: &'static str) {
+    counter!(INGRESS_RECORDS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+pub fn ingress_in_flight(n: usize) {
+    gauge!(INGRESS_IN_FLIGHT).set(n as f64);
+}
+
+pub fn ingress_paused(paused: bool) {
+    gauge!(INGRESS_PAUSED).set(f64::from(u8::from(paused)));
+    if paused {
+        counter!(INGRESS_PAUSES_TOTAL).increment(1);
+    }
+}
+
+pub fn log_spooling(on: bool) {
+    gauge!(LOG_SPOOLING).set(f64::from(u8::from(on)));
 }
 
 /// Handles for one model version, registered once so the hot path does

@@ -3,7 +3,8 @@
 //! repository off the serving threads and keeps watching it), serves HTTP
 //! at once (ready once the first load ends), and on shutdown stops
 //! accepting, drains connections, stops the manager, lets every batcher
-//! finish its queue and joins the engine threads.
+//! finish its queue, joins the engine threads and flushes the prediction
+//! log (to the broker, else the spool).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -20,6 +21,7 @@ use crate::backend::onnx;
 use crate::config::Settings;
 use crate::live::LiveModels;
 use crate::manager::ManagerHandle;
+use crate::prediction_log::{LogError, TrafficLog};
 use crate::shadow::Shadows;
 
 /// State shared by every connection.
@@ -30,6 +32,8 @@ pub struct Gateway {
     /// Set once at start; the admin API sends it commands.
     pub manager: OnceLock<ManagerHandle>,
     pub shadows: Shadows,
+    /// Predictions and labels on their way to Kafka or the local log.
+    pub traffic: TrafficLog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,10 @@ pub enum ServeError {
     Metrics(String),
     #[error("cannot start the loader thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Ingress(crate::ingress::IngressError),
 }
 
 /// Serves until `shutdown` resolves, then shuts down in order.
@@ -57,7 +65,9 @@ pub async fn run(
             settings.repository.display().to_string(),
         ));
     }
+    let traffic = TrafficLog::start(settings.log.clone())?;
     let gw = Arc::new(Gateway {
+        traffic,
         live: ArcSwap::from_pointee(LiveModels::default()),
         shadows: Shadows::new(
             settings.routing.shadow_max_in_flight,
@@ -74,6 +84,15 @@ pub async fn run(
     if gw.manager.set(manager).is_err() {
         tracing::error!("model manager started twice");
     }
+
+    let stop_ingress = Arc::new(tokio::sync::Notify::new());
+    let ingress = match gw.settings.ingress.clone() {
+        Some(settings) => Some(
+            crate::ingress::start(Arc::clone(&gw), settings, Arc::clone(&stop_ingress))
+                .map_err(ServeError::Ingress)?,
+        ),
+        None => None,
+    };
 
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "quiver-gateway listening on http://{addr}");
@@ -109,6 +128,9 @@ pub async fn run(
     }
     tracing::info!("shutting down: no longer accepting connections");
     drop(listener);
+    // Kafka ingress stops reading and finishes what it read, while HTTP
+    // connections drain; both need the batchers, which close after.
+    stop_ingress.notify_one();
     let grace = gw.settings.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -117,6 +139,14 @@ pub async fn run(
         tracing::warn!(
             ?grace,
             "connections still open after the grace period; closing them"
+        );
+    }
+    if let Some(task) = ingress
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "Kafka ingress still answering after the grace period"
         );
     }
     // Queued requests have all been answered or abandoned by now; let each
@@ -133,6 +163,8 @@ pub async fn run(
         for v in live.served() {
             v.batcher.join();
         }
+        // Every answer has been logged by now: flush the log last.
+        gw2.traffic.shutdown();
     })
     .await;
     if joined.is_err() {

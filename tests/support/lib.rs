@@ -1,5 +1,8 @@
 //! Support for end-to-end tests: start the real `quiver-gateway` binary on
-//! port 0, talk to it over real HTTP on loopback, read its metrics.
+//! port 0, talk to it over real HTTP on loopback, read its metrics; start
+//! a real Kafka-protocol broker ([`kafka`]).
+
+pub mod kafka;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -58,6 +61,11 @@ impl Gateway {
             .args(["--http-addr", "127.0.0.1:0"])
             .args(args);
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        // The prediction log goes to a scratch directory unless the test
+        // names one, never into the working directory.
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cmd.env("QUIVER_LOG__DIR", scratch(&format!("prediction-log-{n}"))?);
         for (k, v) in env {
             cmd.env(k, v);
         }

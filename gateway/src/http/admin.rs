@@ -115,7 +115,7 @@ pub async fn load_or_unload(
     authorize(gw, &req, Access::Write)?;
     // Triton clients may send parameters; Quiver loads from the repository
     // only, so a body is read (bounded) and otherwise ignored.
-    let _ = read_body(req).await?;
+    let _ = read_body(req, MAX_ADMIN_BODY).await?;
     let cmd = if load {
         Command::Load(model.to_string())
     } else {
@@ -159,7 +159,7 @@ pub async fn put_routing(
     model: &str,
 ) -> Result<hyper::Response<Body>, ApiError> {
     authorize(gw, &req, Access::Write)?;
-    let bytes = read_body(req).await?;
+    let bytes = read_body(req, MAX_ADMIN_BODY).await?;
     let state = RoutingState::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     send(gw, Command::SetRouting(model.to_string(), state)).await
 }
@@ -190,28 +190,36 @@ async fn send(gw: &Gateway, cmd: Command) -> Result<hyper::Response<Body>, ApiEr
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
-    Limited::new(req.into_body(), MAX_ADMIN_BODY)
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map(|b| b.to_bytes())
         .map_err(|e| {
             ApiError::BadRequest(format!(
-                "cannot read request body (at most {MAX_ADMIN_BODY} bytes): {e}"
+                "cannot read request body (at most {limit} bytes): {e}"
             ))
         })
 }
 
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = read_body(req).await?;
+/// Reads a JSON body of at most `limit` bytes.
+pub async fn read_json_limited<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req, limit).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    read_json_limited(req, MAX_ADMIN_BODY).await
 }
 
 async fn read_json_or_default<T: DeserializeOwned + Default>(
     req: Request<Incoming>,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(req).await?;
+    let bytes = read_body(req, MAX_ADMIN_BODY).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

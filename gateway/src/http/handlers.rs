@@ -1,7 +1,5 @@
 //! The handlers: health, metadata, metrics and inference.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
@@ -9,18 +7,14 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use serde::Serialize;
-use tokio::sync::oneshot;
 
 use super::{Body, reply};
-use crate::admission;
-use crate::batcher::{Job, JobOutput, Rejected};
 use crate::error::ApiError;
-use crate::live::ServedVersion;
+use crate::inference::{self, Answer, Route};
 use crate::model::TensorSpec;
+use crate::prediction_log::Source;
 use crate::protocol::{self, HEADER_CONTENT_LENGTH, InferRequest};
-use crate::routing::{Arm, key_hash};
 use crate::server::Gateway;
-use crate::tensor::Tensor;
 
 /// Response headers that split server time by stage, in microseconds.
 pub const HEADER_QUEUE_US: &str = "x-quiver-queue-us";
@@ -28,6 +22,9 @@ pub const HEADER_COMPUTE_US: &str = "x-quiver-compute-us";
 pub const HEADER_TOTAL_US: &str = "x-quiver-total-us";
 pub const HEADER_BATCH_SIZE: &str = "x-quiver-batch-size";
 pub const HEADER_MODEL_VERSION: &str = "x-quiver-model-version";
+/// The request id the prediction was logged under (the client's `id`, or
+/// one the gateway made up); labels refer to it.
+pub const HEADER_REQUEST_ID: &str = "x-quiver-request-id";
 
 pub fn server_ready(gw: &Gateway) -> Response<Body> {
     let live = gw.live.load();
@@ -124,10 +121,10 @@ pub async fn infer(
     version: Option<u64>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let key = req
+    let header_key = req
         .headers()
         .get(gw.settings.routing.key_header.as_str())
-        .map(|v| key_hash(v.as_bytes()));
+        .map(|v| v.as_bytes().to_vec());
     let request = match read_request(gw, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -135,54 +132,38 @@ pub async fn infer(
             return reply::error(&e);
         }
     };
-    let key = key
-        .or_else(|| request.id.as_deref().map(|id| key_hash(id.as_bytes())))
-        .unwrap_or_else(unkeyed);
-    let live = gw.live.load();
-    let (served, arm, shadows) = match live.route(model, version, key) {
-        Ok(r) => (
-            Arc::clone(r.served),
-            r.arm,
-            r.shadows.into_iter().map(Arc::clone).collect::<Vec<_>>(),
-        ),
+    let key = inference::key(header_key.as_deref(), request.id.as_deref());
+    let route = match inference::route(gw, model, version, key) {
+        Ok(r) => r,
         Err(e) => {
             crate::metrics::unrouted(e.status_and_outcome().1);
             return reply::error(&e);
         }
     };
-    drop(live);
-    let result = run_infer(gw, &served, request, &shadows, started).await;
-    let (response, outcome) = match result {
-        Ok(resp) => (resp, "success"),
+    let version = route.served.spec.version;
+    let result = match inference::predict(gw, &route, request, started).await {
+        Ok(answer) => encode(&route, &answer, started).map(|resp| (resp, answer)),
+        Err(e) => Err(e),
+    };
+    let elapsed = started.elapsed();
+    match result {
+        Ok((response, answer)) => {
+            inference::account(&route, "success", elapsed, false);
+            inference::log(gw, &route, answer, Source::Http, elapsed);
+            response
+        }
         Err(e) => {
             // Which version failed matters to whoever watches a rollout.
             let mut resp = reply::error(&e);
             resp.headers_mut().insert(
                 HeaderName::from_static(HEADER_MODEL_VERSION),
-                HeaderValue::from(served.spec.version),
+                HeaderValue::from(version),
             );
-            (resp, e.status_and_outcome().1)
+            let server_error = resp.status().is_server_error();
+            inference::account(&route, e.status_and_outcome().1, elapsed, server_error);
+            resp
         }
-    };
-    let elapsed = started.elapsed();
-    served.metrics.outcome(outcome);
-    served
-        .metrics
-        .request_duration
-        .record(elapsed.as_secs_f64());
-    served.metrics.routed(arm, outcome, elapsed.as_secs_f64());
-    if arm != Arm::Pinned {
-        let server_error = response.status().is_server_error();
-        served.stats.record(elapsed, server_error);
     }
-    response
-}
-
-/// A request with neither key header nor `id` lands anywhere: a counter
-/// through the key hash spreads such requests evenly over the arms.
-fn unkeyed() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    key_hash(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes())
 }
 
 async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferRequest, ApiError> {
@@ -207,88 +188,10 @@ async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferReque
     protocol::parse_infer_request(&body, header_len).map_err(|e| ApiError::BadRequest(e.0))
 }
 
-async fn run_infer(
-    gw: &Gateway,
-    served: &ServedVersion,
-    request: InferRequest,
-    shadows: &[Arc<ServedVersion>],
-    started: Instant,
-) -> Result<Response<Body>, ApiError> {
-    let InferRequest {
-        id,
-        inputs,
-        outputs: wanted,
-        binary_output,
-        timeout,
-    } = request;
-    let spec = &served.spec;
-    admission::check_outputs(spec, &wanted)?;
-    // Shadows need the inputs after the served answer; copy only then.
-    let shadow_inputs = (!shadows.is_empty()).then(|| inputs.clone());
-    let admitted = admission::admit(spec, inputs)?;
-    let deadline = timeout.or(served.default_timeout).map(|t| started + t);
-    let (tx, rx) = oneshot::channel();
-    let job = Job {
-        inputs: admitted.inputs,
-        rows: admitted.rows,
-        enqueued_at: Instant::now(),
-        deadline,
-        reply: tx,
-    };
-    match served.batcher.submit(job) {
-        Ok(()) => {}
-        Err(Rejected::Full(_)) => {
-            return Err(ApiError::QueueFull {
-                model: spec.name.clone(),
-                version: spec.version,
-                capacity: served.batcher.capacity(),
-            });
-        }
-        Err(Rejected::Closed(_)) => {
-            return Err(ApiError::NotReady(format!(
-                "model '{}' is shutting down",
-                spec.name
-            )));
-        }
-    }
-    let answer = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), rx)
-            .await
-            .map_err(|_| ApiError::DeadlineExceeded)?,
-        None => rx.await,
-    };
-    let JobOutput {
-        outputs,
-        queue_time,
-        compute_time,
-        batch_rows,
-    } = answer
-        .map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
-    let outputs = match shadow_inputs {
-        Some(inputs) => {
-            let outputs = Arc::new(outputs);
-            gw.shadows.send(shadows, &inputs, &outputs);
-            Arc::unwrap_or_clone(outputs)
-        }
-        None => outputs,
-    };
-
-    let selected: Vec<(&Tensor, bool)> = if wanted.is_empty() {
-        outputs.iter().map(|t| (t, binary_output)).collect()
-    } else {
-        wanted
-            .iter()
-            .filter_map(|w| {
-                outputs
-                    .iter()
-                    .find(|t| t.name == w.name)
-                    .map(|t| (t, w.binary.unwrap_or(binary_output)))
-            })
-            .collect()
-    };
-    let encoded =
-        protocol::encode_infer_response(&spec.name, spec.version, id.as_deref(), &selected)
-            .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
+/// The HTTP response for an answer: JSON, or JSON plus binary outputs.
+fn encode(route: &Route, answer: &Answer, started: Instant) -> Result<Response<Body>, ApiError> {
+    let spec = &route.served.spec;
+    let encoded = answer.encode(route)?;
     let content_type = if encoded.header_len.is_some() {
         "application/octet-stream"
     } else {
@@ -306,10 +209,15 @@ async fn run_infer(
         set(HEADER_CONTENT_LENGTH, n as u128);
     }
     set(HEADER_MODEL_VERSION, u128::from(spec.version));
-    set(HEADER_QUEUE_US, queue_time.as_micros());
-    set(HEADER_COMPUTE_US, compute_time.as_micros());
-    set(HEADER_BATCH_SIZE, batch_rows as u128);
+    set(HEADER_QUEUE_US, answer.queue_time.as_micros());
+    set(HEADER_COMPUTE_US, answer.compute_time.as_micros());
+    set(HEADER_BATCH_SIZE, answer.batch_rows as u128);
     set(HEADER_TOTAL_US, started.elapsed().as_micros());
+    if let Some(id) = &answer.id
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        headers.insert(HeaderName::from_static(HEADER_REQUEST_ID), v);
+    }
     Ok(resp)
 }
 

@@ -3,6 +3,7 @@
 //! `crate::server`.
 
 mod admin;
+mod feedback;
 mod handlers;
 mod reply;
 
@@ -53,7 +54,10 @@ pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<
         (&Method::POST, ["v2", "models", model, "rollout"]) => {
             admin::post_verdict(&gw, req, model).await
         }
-        (_, ["v2", "models", _, "routing" | "rollout"]) => {
+        (&Method::POST, ["v2", "models", model, "feedback"]) => {
+            feedback::feedback(&gw, req, model).await
+        }
+        (_, ["v2", "models", _, "routing" | "rollout" | "feedback"]) => {
             Err(ApiError::MethodNotAllowed(method.to_string()))
         }
         (_, ["v2", "models", model, rest @ ..]) => match split_version(rest) {

@@ -1,0 +1,219 @@
+//! One inference, whatever door it came through (HTTP or Kafka ingress):
+//! route → admission → batcher → answer, then the bookkeeping every
+//! answer gets (metrics, rollout statistics, the prediction log).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::admission;
+use crate::batcher::{Job, JobOutput, Rejected};
+use crate::error::ApiError;
+use crate::live::ServedVersion;
+use crate::prediction_log::{PredictionEvent, Source};
+use crate::protocol::{InferRequest, RequestedOutput};
+use crate::routing::{Arm, key_hash};
+use crate::server::Gateway;
+use crate::tensor::Tensor;
+
+/// Where routing sent a request.
+pub struct Route {
+    pub served: Arc<ServedVersion>,
+    pub arm: Arm,
+    pub shadows: Vec<Arc<ServedVersion>>,
+    /// The request is logged (sampling decided by its key).
+    pub logged: bool,
+}
+
+/// The routing key: the key header's hash if any, else the request id's,
+/// else a counter (which spreads unkeyed requests evenly over the arms).
+pub fn key(header: Option<&[u8]>, id: Option<&str>) -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    header
+        .map(key_hash)
+        .or_else(|| id.map(|id| key_hash(id.as_bytes())))
+        .unwrap_or_else(|| key_hash(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes()))
+}
+
+/// Reads the live set once and picks the version.
+pub fn route(gw: &Gateway, model: &str, version: Option<u64>, key: u64) -> Result<Route, ApiError> {
+    let live = gw.live.load();
+    let r = live.route(model, version, key)?;
+    Ok(Route {
+        served: Arc::clone(r.served),
+        arm: r.arm,
+        shadows: r.shadows.into_iter().map(Arc::clone).collect(),
+        logged: gw.traffic.sampled(key),
+    })
+}
+
+/// A model's answer, before it is encoded for the door it goes out of.
+pub struct Answer {
+    /// The request's id, or the one made up for the log.
+    pub id: Option<String>,
+    pub outputs: Vec<Tensor>,
+    pub wanted: Vec<RequestedOutput>,
+    pub binary_output: bool,
+    pub queue_time: Duration,
+    pub compute_time: Duration,
+    pub batch_rows: usize,
+    /// The inputs as received, kept for the prediction log.
+    logged_inputs: Option<Vec<Tensor>>,
+}
+
+impl Answer {
+    /// The outputs to return: all of them, or the ones asked for, each with
+    /// whether it goes binary.
+    pub fn selected(&self) -> Vec<(&Tensor, bool)> {
+        if self.wanted.is_empty() {
+            return self
+                .outputs
+                .iter()
+                .map(|t| (t, self.binary_output))
+                .collect();
+        }
+        self.wanted
+            .iter()
+            .filter_map(|w| {
+                self.outputs
+                    .iter()
+                    .find(|t| t.name == w.name)
+                    .map(|t| (t, w.binary.unwrap_or(self.binary_output)))
+            })
+            .collect()
+    }
+}
+
+impl Answer {
+    /// The protocol's response body for this answer.
+    pub fn encode(&self, route: &Route) -> Result<crate::protocol::EncodedResponse, ApiError> {
+        let spec = &route.served.spec;
+        crate::protocol::encode_infer_response(
+            &spec.name,
+            spec.version,
+            self.id.as_deref(),
+            &self.selected(),
+        )
+        .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))
+    }
+}
+
+/// Runs the request on the routed version (and copies it to the shadows).
+pub async fn predict(
+    gw: &Gateway,
+    route: &Route,
+    request: InferRequest,
+    started: Instant,
+) -> Result<Answer, ApiError> {
+    let InferRequest {
+        id,
+        inputs,
+        outputs: wanted,
+        binary_output,
+        timeout,
+    } = request;
+    let served = &route.served;
+    let spec = &served.spec;
+    admission::check_outputs(spec, &wanted)?;
+    // Shadows and the log need the inputs after the answer; copy only then.
+    let shadow_inputs = (!route.shadows.is_empty()).then(|| inputs.clone());
+    let logged_inputs = route.logged.then(|| inputs.clone());
+    let admitted = admission::admit(spec, inputs)?;
+    let deadline = timeout.or(served.default_timeout).map(|t| started + t);
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        inputs: admitted.inputs,
+        rows: admitted.rows,
+        enqueued_at: Instant::now(),
+        deadline,
+        reply: tx,
+    };
+    match served.batcher.submit(job) {
+        Ok(()) => {}
+        Err(Rejected::Full(_)) => {
+            return Err(ApiError::QueueFull {
+                model: spec.name.clone(),
+                version: spec.version,
+                capacity: served.batcher.capacity(),
+            });
+        }
+        Err(Rejected::Closed(_)) => {
+            return Err(ApiError::NotReady(format!(
+                "model '{}' is shutting down",
+                spec.name
+            )));
+        }
+    }
+    let answer = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), rx)
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)?,
+        None => rx.await,
+    };
+    let JobOutput {
+        outputs,
+        queue_time,
+        compute_time,
+        batch_rows,
+    } = answer
+        .map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
+    let outputs = match shadow_inputs {
+        Some(inputs) => {
+            let outputs = Arc::new(outputs);
+            gw.shadows.send(&route.shadows, &inputs, &outputs);
+            Arc::unwrap_or_clone(outputs)
+        }
+        None => outputs,
+    };
+    // A logged prediction needs an id for its labels to refer to.
+    let id = match id {
+        None if route.logged => Some(gw.traffic.new_request_id()),
+        id => id,
+    };
+    Ok(Answer {
+        id,
+        outputs,
+        wanted,
+        binary_output,
+        queue_time,
+        compute_time,
+        batch_rows,
+        logged_inputs,
+    })
+}
+
+/// Metrics and rollout statistics for a finished request.
+pub fn account(route: &Route, outcome: &str, elapsed: Duration, server_error: bool) {
+    let served = &route.served;
+    served.metrics.outcome(outcome);
+    served
+        .metrics
+        .request_duration
+        .record(elapsed.as_secs_f64());
+    served
+        .metrics
+        .routed(route.arm, outcome, elapsed.as_secs_f64());
+    if route.arm != Arm::Pinned {
+        served.stats.record(elapsed, server_error);
+    }
+}
+
+/// Hands a served prediction to the log (a no-op for unsampled requests).
+pub fn log(gw: &Gateway, route: &Route, answer: Answer, source: Source, elapsed: Duration) {
+    let (Some(inputs), Some(id)) = (answer.logged_inputs, answer.id) else {
+        return;
+    };
+    gw.traffic.log_prediction(PredictionEvent {
+        id,
+        model: route.served.spec.name.clone(),
+        version: route.served.spec.version,
+        arm: route.arm,
+        source,
+        timestamp_ms: quiver_contract::records::now_ms(),
+        latency_us: elapsed.as_micros() as u64,
+        inputs,
+        outputs: answer.outputs,
+    });
+}

@@ -1,0 +1,36 @@
+//! The Quiver sidecar trainer.
+//!
+//! - [`onnx`]: the ONNX writer (protobuf messages, graph builder).
+//! - [`train`]: data set, MLP and gradient-boosted trees, offline metrics.
+//! - [`parity`]: runs an exported graph in ONNX Runtime and compares it
+//!   with the trainer's own forward pass.
+//! - [`source`]: where records come from (the local log; a Kafka consumer
+//!   slots in behind the same trait), [`join`]: predictions with labels,
+//!   [`window`]: the bounded training window.
+//! - [`monitor`]: online quality, PSI drift, the candidate-vs-stable tests.
+//! - [`publish`]: train → evaluate → parity → write the version.
+//! - [`admin`]: the gateway's rollout admin API; [`run`]: the loop;
+//!   [`events`]: the events log; [`metrics`]: Prometheus names.
+//! - [`config`], [`csv`]: the config file and the bootstrap CSV.
+//!
+//! Training is hand-written over `ndarray` (MLP) and plain slices (GBT).
+//! Measured for a 16→64→4 MLP, 100k rows, 5 epochs: burn 0.22 trains in
+//! ~0.2 s but costs ~19 minutes of clean build on 2 cores, candle 0.11
+//! 0.5–0.9 s with a ~7-minute build; dense nets this small are a few
+//! matrix products per batch, which `ndarray` does at the same order of
+//! speed with no extra build time (numbers for this crate in the README).
+
+pub mod admin;
+pub mod config;
+pub mod csv;
+pub mod events;
+pub mod join;
+pub mod metrics;
+pub mod monitor;
+pub mod onnx;
+pub mod parity;
+pub mod publish;
+pub mod run;
+pub mod source;
+pub mod train;
+pub mod window;

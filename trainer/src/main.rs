@@ -1,0 +1,119 @@
+//! `quiver-trainer run --config configs/trainer.toml`: the closed loop.
+//! `quiver-trainer bootstrap --config … --model m --data d.csv`: train and
+//! publish a first version from a CSV, so a demo can start from nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use quiver_trainer::config::Config;
+use quiver_trainer::{csv, metrics, publish, run};
+
+#[derive(Parser)]
+#[command(name = "quiver-trainer", version, about = "The Quiver sidecar trainer")]
+struct Cli {
+    /// The trainer config file.
+    #[arg(
+        long,
+        global = true,
+        env = "QUIVER_TRAINER_CONFIG",
+        default_value = "configs/trainer.toml"
+    )]
+    config: PathBuf,
+    /// Overrides `model_repository`.
+    #[arg(long, global = true, env = "QUIVER_TRAINER_MODEL_REPOSITORY")]
+    repo: Option<PathBuf>,
+    /// Overrides `log_dir`.
+    #[arg(long, global = true, env = "QUIVER_TRAINER_LOG_DIR")]
+    log_dir: Option<PathBuf>,
+    /// Overrides `state_dir`.
+    #[arg(long, global = true, env = "QUIVER_TRAINER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Overrides `gateway_url`.
+    #[arg(long, global = true, env = "QUIVER_TRAINER_GATEWAY_URL")]
+    gateway_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume, join, monitor, retrain, publish and drive rollouts.
+    Run,
+    /// Train and publish the next version of `model` from a CSV (header
+    /// row; the last column is the label).
+    Bootstrap {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = Config::load(&cli.config)?;
+    if let Some(r) = cli.repo {
+        config.model_repository = r;
+    }
+    if let Some(l) = cli.log_dir {
+        config.log_dir = l;
+    }
+    if let Some(s) = cli.state_dir {
+        config.state_dir = s;
+    }
+    if let Some(g) = cli.gateway_url {
+        config.gateway_url = g;
+    }
+    config.validate()?;
+    match cli.command {
+        Command::Run => {
+            if let Some(addr) = &config.metrics_addr {
+                let bound = metrics::serve(addr).with_context(|| format!("metrics on {addr}"))?;
+                tracing::info!("metrics on http://{bound}/metrics");
+            }
+            let mut trainer = run::Trainer::open(config)?;
+            tracing::info!("trainer running");
+            trainer.run(&Arc::new(AtomicBool::new(false)))?;
+        }
+        Command::Bootstrap { model, data } => {
+            let Some(mc) = config.models.iter().find(|m| m.name == model) else {
+                bail!("model '{model}' is not in {}", cli.config.display());
+            };
+            let (_, dataset) = csv::read(&data)?;
+            let repo = &config.model_repository;
+            let version = publish::next_version(repo, &model);
+            let mut ranges = std::collections::BTreeMap::new();
+            ranges.insert(
+                "csv".to_string(),
+                format!(
+                    "{} sha256={}",
+                    data.display(),
+                    quiver_contract::manifest::sha256_file(&data)?
+                ),
+            );
+            let lineage = publish::lineage(mc, None, ranges, dataset.rows());
+            let meta = publish::metadata(&model, version, &lineage);
+            let candidate = publish::train_candidate(mc, &dataset, version, &meta, None)?;
+            let mut lineage = lineage;
+            lineage.rows = candidate.rows as u64;
+            let manifest = publish::publish(repo, mc, version, &candidate, lineage)?;
+            tracing::info!(
+                model, version, rows = candidate.rows, seconds = candidate.seconds,
+                examples_per_s = candidate.rows as f64 / candidate.seconds.max(1e-9),
+                parity_max_abs = candidate.parity_max_abs, offline = ?manifest.metrics.get("offline"),
+                "published"
+            );
+        }
+    }
+    Ok(())
+}

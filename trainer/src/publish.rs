@@ -1,0 +1,214 @@
+//! Training run to published version: train on the older part of the
+//! data, evaluate on the newest held-out part (against the stable version
+//! too, when there is one), export, check parity, then write the version
+//! into the repository: files first, `manifest.json` last, each by atomic
+//! rename.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use quiver_contract::layout::{self, MANIFEST_FILE, MODEL_FILE};
+use quiver_contract::manifest::{Lineage, Manifest, sha256_bytes};
+
+use crate::config::{Config, Family, ModelConfig};
+use crate::monitor::psi::Reference;
+use crate::parity::{self, ParityError};
+use crate::train::gbt::Gbt;
+use crate::train::metrics::{evaluate, primary_loss};
+use crate::train::mlp::Mlp;
+use crate::train::{Dataset, TrainError, Trained};
+
+/// The training reference saved with each version, for drift.
+pub const REFERENCE_FILE: &str = "reference.json";
+/// PSI bins per feature.
+const PSI_BINS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Parity(#[from] ParityError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read the repository: {0}")]
+    Repository(String),
+    #[error("invalid model settings: {0}")]
+    Settings(String),
+}
+
+/// A trained, exported, parity-checked candidate, not yet published.
+pub struct Candidate {
+    pub trained: Trained,
+    pub onnx: Vec<u8>,
+    pub reference: Reference,
+    pub offline: BTreeMap<String, f64>,
+    /// The stable version's metrics on the same held-out rows.
+    pub stable_offline: Option<BTreeMap<String, f64>>,
+    pub parity_max_abs: f64,
+    pub rows: usize,
+    pub seconds: f64,
+}
+
+impl Candidate {
+    /// Better than stable by the margin (or no stable to beat)?
+    pub fn beats_stable(&self, model: &ModelConfig) -> bool {
+        let task = self.trained.task();
+        self.stable_offline.as_ref().is_none_or(|s| {
+            primary_loss(task, &self.offline) < primary_loss(task, s) - model.min_improvement
+        })
+    }
+}
+
+/// Trains and checks a candidate on `data` (time-ordered). `stable` is the
+/// serving version's ONNX bytes, scored on the same held-out rows.
+pub fn train_candidate(
+    model: &ModelConfig,
+    data: &Dataset,
+    version: u64,
+    metadata: &[(String, String)],
+    stable: Option<&[u8]>,
+) -> Result<Candidate, PublishError> {
+    let interface = model.interface().map_err(PublishError::Settings)?;
+    let (train, held) = if model.holdout_fraction > 0.0 {
+        data.split_tail(model.holdout_fraction)
+    } else {
+        (data.clone(), data.clone())
+    };
+    let started = std::time::Instant::now();
+    let trained = match model.family {
+        Family::Mlp => Trained::Mlp(Mlp::train(model.task, &train, &model.mlp, model.seed)?),
+        Family::Gbt => Trained::Gbt(Gbt::train(model.task, &train, &model.gbt)?),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let ours = trained.predict(&held.x);
+    let offline = evaluate(model.task, &ours, &held.y);
+    let stable_offline = match stable {
+        Some(bytes) => parity::run_onnx(bytes, &held.x, data.features)
+            .ok()
+            .and_then(|outs| outs.into_iter().next())
+            .map(|out| evaluate(model.task, &out, &held.y)),
+        None => None,
+    };
+    let onnx = trained.to_onnx(&interface, version, metadata);
+    let check = parity::check(&trained, &onnx, &held.x, model.parity_bound)?;
+    let train_out = trained.predict(&train.x);
+    let first: Vec<f32> = train_out
+        .chunks(model.task.width())
+        .map(|r| *r.last().unwrap_or(&0.0))
+        .collect();
+    let reference = Reference::fit(&train.x, data.features, &first, PSI_BINS);
+    Ok(Candidate {
+        trained,
+        onnx,
+        reference,
+        offline,
+        stable_offline,
+        parity_max_abs: check.max_abs,
+        rows: train.rows(),
+        seconds,
+    })
+}
+
+/// The newest version with a manifest, and every version directory.
+pub fn versions(repo: &Path, model: &str) -> Vec<u64> {
+    let mut out: Vec<u64> = std::fs::read_dir(repo.join(model))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| layout::parse_version(&e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+/// The next free version number.
+pub fn next_version(repo: &Path, model: &str) -> u64 {
+    versions(repo, model).last().map_or(1, |v| v + 1)
+}
+
+/// The metadata written into the graph's `metadata_props`.
+pub fn metadata(model: &str, version: u64, lineage: &Lineage) -> Vec<(String, String)> {
+    vec![
+        ("quiver.model".into(), model.into()),
+        ("quiver.version".into(), version.to_string()),
+        (
+            "quiver.lineage".into(),
+            serde_json::to_string(lineage).unwrap_or_default(),
+        ),
+    ]
+}
+
+/// Writes the version: model and reference first, the manifest last.
+pub fn publish(
+    repo: &Path,
+    model: &ModelConfig,
+    version: u64,
+    candidate: &Candidate,
+    lineage: Lineage,
+) -> Result<Manifest, PublishError> {
+    let dir = layout::version_dir(repo, &model.name, version);
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        layout::write_atomic(&path, bytes).map_err(|source| PublishError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| PublishError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let reference = serde_json::to_vec(&candidate.reference).unwrap_or_default();
+    write(MODEL_FILE, &candidate.onnx)?;
+    write(REFERENCE_FILE, &reference)?;
+    let mut m = Manifest::new(&model.name, version);
+    m.sha256
+        .insert(MODEL_FILE.into(), sha256_bytes(&candidate.onnx));
+    m.sha256
+        .insert(REFERENCE_FILE.into(), sha256_bytes(&reference));
+    let interface = model.interface().map_err(PublishError::Settings)?;
+    let (inputs, outputs) =
+        interface.tensor_decls(candidate.trained.features(), model.task.width());
+    m.inputs = inputs;
+    m.outputs = outputs;
+    m.lineage = Some(lineage);
+    m.metrics
+        .insert("offline".into(), candidate.offline.clone());
+    if let Some(s) = &candidate.stable_offline {
+        m.metrics.insert("offline_parent".into(), s.clone());
+    }
+    m.parity_max_abs = Some(candidate.parity_max_abs);
+    write(MANIFEST_FILE, &m.to_json())?;
+    Ok(m)
+}
+
+/// The lineage of a training run; `data` names the exact records.
+pub fn lineage(
+    config_model: &ModelConfig,
+    parent: Option<u64>,
+    data: BTreeMap<String, String>,
+    rows: usize,
+) -> Lineage {
+    Lineage {
+        parent,
+        data,
+        rows: rows as u64,
+        config_sha256: Some(Config::model_sha256(config_model)),
+        code: Some(code_version()),
+        seed: Some(config_model.seed),
+    }
+}
+
+/// `quiver-trainer <version>[+<git sha>]`; the sha from `QUIVER_GIT_SHA`
+/// at build time.
+pub fn code_version() -> String {
+    match option_env!("QUIVER_GIT_SHA") {
+        Some(sha) => format!("quiver-trainer {}+{sha}", env!("CARGO_PKG_VERSION")),
+        None => format!("quiver-trainer {}", env!("CARGO_PKG_VERSION")),
+    }
+}

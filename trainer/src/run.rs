@@ -1,0 +1,647 @@
+//! The loop: poll predictions and labels → join → window and monitors →
+//! triggers → train, evaluate, check parity → publish → drive the canary
+//! through the gateway's admin API. One thread; a training run blocks
+//! polling while it runs, so one model never trains twice at once.
+//!
+//! Everything the loop knows (consumer positions, pending joins, windows,
+//! rollouts in progress, versions published) is one state file written by
+//! atomic rename after each batch is processed: a restart resumes from the
+//! last write, and re-reads at most one batch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use quiver_contract::layout::{self, MANIFEST_FILE, MODEL_FILE};
+use quiver_contract::manifest::Manifest;
+use quiver_contract::records::{self, LabelRecord, PredictionRecord, now_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::Gateway;
+use crate::config::{Config, ModelConfig};
+use crate::events::Events;
+use crate::join::{Columns, Example, Joiner};
+use crate::metrics as m;
+use crate::monitor::psi::Reference;
+use crate::monitor::quality::Quality;
+use crate::monitor::stats::{ArmQuality, Verdict, compare};
+use crate::publish::{self, REFERENCE_FILE};
+use crate::source::{LocalLog, RecordSource, SourceError};
+use crate::train::Task;
+use crate::window::Window;
+
+const STATE_FILE: &str = "state.json";
+const STATE_SCHEMA: u32 = 1;
+const POLL_RECORDS: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("state file {0}: {1}")]
+    State(String, String),
+    #[error("events log: {0}")]
+    Events(std::io::Error),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    schema: u32,
+    positions: BTreeMap<String, String>,
+    joiner: Joiner,
+    models: BTreeMap<String, ModelState>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ModelState {
+    window: Window,
+    /// Online quality per version, since the trainer started watching it.
+    online: BTreeMap<u64, Quality>,
+    /// Quality of served answers since the last training run.
+    since_training: Quality,
+    last_training_ms: u64,
+    rollout: Option<Rollout>,
+    published: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Rollout {
+    version: u64,
+    stable: Option<u64>,
+    started: bool,
+    step: usize,
+    candidate: ArmQuality,
+    stable_quality: ArmQuality,
+}
+
+pub struct Trainer {
+    config: Config,
+    state: State,
+    predictions: Box<dyn RecordSource>,
+    labels: Box<dyn RecordSource>,
+    gateway: Gateway,
+    events: Events,
+}
+
+fn state_path(config: &Config) -> PathBuf {
+    config.state_dir.join(STATE_FILE)
+}
+
+impl Trainer {
+    pub fn open(config: Config) -> Result<Trainer, RunError> {
+        let path = state_path(&config);
+        let shown = path.display().to_string();
+        let mut state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<State>(&bytes)
+                .map_err(|e| RunError::State(shown.clone(), e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+                schema: STATE_SCHEMA,
+                joiner: Joiner::new(config.join_window_ms),
+                ..State::default()
+            },
+            Err(e) => return Err(RunError::State(shown, e.to_string())),
+        };
+        if state.schema != STATE_SCHEMA {
+            return Err(RunError::State(shown, format!("schema {}", state.schema)));
+        }
+        let mut predictions = LocalLog::open(&config.log_dir, &config.predictions_topic);
+        let mut labels = LocalLog::open(&config.log_dir, &config.labels_topic);
+        if let Some(p) = state.positions.get(&config.predictions_topic) {
+            predictions.seek(p)?;
+        }
+        if let Some(p) = state.positions.get(&config.labels_topic) {
+            labels.seek(p)?;
+        }
+        for model in &config.models {
+            state
+                .models
+                .entry(model.name.clone())
+                .or_insert_with(|| ModelState {
+                    window: Window::new(model.window_rows),
+                    ..ModelState::default()
+                });
+        }
+        let token = std::env::var(&config.admin_token_env).ok();
+        let gateway = Gateway::new(&config.gateway_url, token);
+        let events = Events::open(&config.state_dir).map_err(RunError::Events)?;
+        let mut trainer = Trainer {
+            config,
+            state,
+            predictions: Box::new(predictions),
+            labels: Box::new(labels),
+            gateway,
+            events,
+        };
+        trainer.adopt_orphans();
+        Ok(trainer)
+    }
+
+    /// A version this trainer published but whose state write was lost
+    /// (killed in between) is taken up again, never published twice.
+    fn adopt_orphans(&mut self) {
+        for model in &self.config.models {
+            let Some(ms) = self.state.models.get_mut(&model.name) else {
+                continue;
+            };
+            let known = ms.published.iter().copied().max().unwrap_or(0);
+            for v in publish::versions(&self.config.model_repository, &model.name) {
+                if v <= known {
+                    continue;
+                }
+                let path = layout::version_dir(&self.config.model_repository, &model.name, v)
+                    .join(MANIFEST_FILE);
+                let ours = Manifest::read(&path, Some((&model.name, v))).is_ok_and(|m| {
+                    m.lineage
+                        .and_then(|l| l.code)
+                        .is_some_and(|c| c.starts_with("quiver-trainer"))
+                        && m.metrics.contains_key("offline_parent")
+                });
+                if ours && ms.rollout.is_none() {
+                    ms.published.push(v);
+                    ms.rollout = Some(Rollout {
+                        version: v,
+                        stable: None,
+                        started: false,
+                        step: 0,
+                        candidate: ArmQuality::default(),
+                        stable_quality: ArmQuality::default(),
+                    });
+                    self.events
+                        .emit(&model.name, "resumed", Some(v), serde_json::json!({}));
+                }
+            }
+        }
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(&mut self, stop: &Arc<AtomicBool>) -> Result<(), RunError> {
+        while !stop.load(Ordering::Relaxed) {
+            let busy = self.poll_once()?;
+            for i in 0..self.config.models.len() {
+                let model = self.config.models[i].clone();
+                self.step(&model);
+            }
+            self.save()?;
+            if !busy {
+                std::thread::sleep(self.config.poll_interval());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one batch from each source and processes it; true if any.
+    pub fn poll_once(&mut self) -> Result<bool, RunError> {
+        let preds = self.predictions.poll(POLL_RECORDS)?;
+        let labels = self.labels.poll(POLL_RECORDS)?;
+        let busy = !preds.is_empty() || !labels.is_empty();
+        let mut examples = Vec::new();
+        let before = self.state.joiner.counts.clone();
+        for p in &preds {
+            let Ok(rec) = records::parse::<PredictionRecord>(&p.bytes) else {
+                continue;
+            };
+            let Some(model) = self.config.models.iter().find(|m| m.name == rec.model) else {
+                continue;
+            };
+            let columns = Columns {
+                input: model.input.clone(),
+                output: model.scored_output(),
+            };
+            examples.extend(self.state.joiner.prediction(&rec, &columns, &p.at));
+        }
+        for l in &labels {
+            if let Ok(rec) = records::parse::<LabelRecord>(&l.bytes) {
+                examples.extend(self.state.joiner.label(&rec));
+            }
+        }
+        let after = &self.state.joiner.counts;
+        for (outcome, d) in [
+            ("joined", after.joined - before.joined),
+            (
+                "duplicate_label",
+                after.duplicate_labels - before.duplicate_labels,
+            ),
+            (
+                "expired_prediction",
+                after.expired_predictions - before.expired_predictions,
+            ),
+            (
+                "expired_label",
+                after.expired_labels - before.expired_labels,
+            ),
+            ("unusable", after.unusable - before.unusable),
+        ] {
+            metrics::counter!(m::JOIN_EVENTS, "outcome" => outcome).increment(d);
+        }
+        for e in examples {
+            self.take(e);
+        }
+        self.state.positions.insert(
+            self.predictions.name().to_string(),
+            self.predictions.position(),
+        );
+        self.state
+            .positions
+            .insert(self.labels.name().to_string(), self.labels.position());
+        Ok(busy)
+    }
+
+    fn take(&mut self, e: Example) {
+        let Some(model) = self.config.models.iter().find(|m| m.name == e.model) else {
+            return;
+        };
+        let Some(ms) = self.state.models.get_mut(&e.model) else {
+            return;
+        };
+        let task = model.task;
+        let q = ms.online.entry(e.version).or_default();
+        q.add(task, &e.served, e.label);
+        export_quality(&e.model, e.version, task, q);
+        ms.since_training.add(task, &e.served, e.label);
+        if let Some(r) = ms.rollout.as_mut().filter(|r| r.started) {
+            let mut one = Quality::default();
+            one.add(task, &e.served, e.label);
+            let target = if e.version == r.version {
+                Some(&mut r.candidate)
+            } else if Some(e.version) == r.stable {
+                Some(&mut r.stable_quality)
+            } else {
+                None
+            };
+            if let Some(t) = target
+                && one.n() == 1
+            {
+                t.correct += one.arm.correct;
+                t.loss.add(one.mean_loss());
+            }
+        }
+        ms.window.push(e);
+        metrics::gauge!(m::WINDOW_ROWS, "model" => model.name.clone()).set(ms.window.len() as f64);
+    }
+
+    fn save(&self) -> Result<(), RunError> {
+        let path = state_path(&self.config);
+        let shown = path.display().to_string();
+        let bytes = serde_json::to_vec(&self.state)
+            .map_err(|e| RunError::State(shown.clone(), e.to_string()))?;
+        std::fs::create_dir_all(&self.config.state_dir)
+            .and_then(|()| layout::write_atomic(&path, &bytes))
+            .map_err(|e| RunError::State(shown, e.to_string()))
+    }
+
+    fn stable_version(&self, model: &str) -> Option<u64> {
+        self.gateway
+            .routing(model)
+            .ok()
+            .and_then(|r| r.stable)
+            .or_else(|| {
+                publish::versions(&self.config.model_repository, model)
+                    .into_iter()
+                    .rev()
+                    .find(|&v| {
+                        layout::version_dir(&self.config.model_repository, model, v)
+                            .join(MODEL_FILE)
+                            .is_file()
+                    })
+            })
+    }
+
+    fn step(&mut self, model: &ModelConfig) {
+        let has_rollout = self
+            .state
+            .models
+            .get(&model.name)
+            .is_some_and(|s| s.rollout.is_some());
+        if has_rollout {
+            self.step_rollout(model);
+        } else if let Some(reason) = self.trigger(model) {
+            self.retrain(model, &reason);
+        }
+    }
+
+    fn trigger(&mut self, model: &ModelConfig) -> Option<String> {
+        let stable = self.stable_version(&model.name);
+        let ms = self.state.models.get(&model.name)?;
+        let t = &model.triggers;
+        if ms.window.len() < t.min_rows.max(2) || ms.window.new_rows == 0 {
+            return None;
+        }
+        if ms.window.new_rows >= t.new_rows {
+            return Some(format!("{} new labelled rows", ms.window.new_rows));
+        }
+        if t.schedule_ms > 0 && now_ms().saturating_sub(ms.last_training_ms) >= t.schedule_ms {
+            return Some("schedule".into());
+        }
+        let dir =
+            stable.map(|v| layout::version_dir(&self.config.model_repository, &model.name, v));
+        let recent = (ms.window.new_rows as usize).min(ms.window.len());
+        if let Some(dir) = &dir
+            && recent >= t.min_rows
+        {
+            if let Some(reference) = std::fs::read(dir.join(REFERENCE_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Reference>(&b).ok())
+            {
+                let rows: Vec<&[f32]> = ms
+                    .window
+                    .examples()
+                    .skip(ms.window.len() - recent)
+                    .map(|e| e.features.as_slice())
+                    .collect();
+                let psi = reference.feature_psi(rows.iter().copied());
+                let version = stable.unwrap_or(0).to_string();
+                for (j, p) in psi.iter().enumerate() {
+                    metrics::gauge!(m::FEATURE_PSI, "model" => model.name.clone(), "version" => version.clone(), "feature" => j.to_string()).set(*p);
+                }
+                if let Some(pred) = &reference.prediction {
+                    let served: Vec<f32> = ms
+                        .window
+                        .examples()
+                        .skip(ms.window.len() - recent)
+                        .filter_map(|e| e.served.last().copied())
+                        .collect();
+                    metrics::gauge!(m::PREDICTION_PSI, "model" => model.name.clone(), "version" => version).set(pred.psi(&served));
+                }
+                let worst = psi.iter().copied().fold(0.0, f64::max);
+                if worst > t.drift_psi {
+                    self.events.emit(
+                        &model.name,
+                        "drift_detected",
+                        stable,
+                        serde_json::json!({"max_feature_psi": worst}),
+                    );
+                    return Some(format!("feature drift (PSI {worst:.3})"));
+                }
+            }
+            let offline = Manifest::read(&dir.join(MANIFEST_FILE), None)
+                .ok()
+                .and_then(|m| m.metrics.get("offline").cloned());
+            let q = &ms.since_training;
+            if let Some(off) = offline
+                && q.n() >= t.min_rows as u64
+            {
+                let dropped = match model.task {
+                    Task::Classification { .. } => off
+                        .get("accuracy")
+                        .is_some_and(|a| a - q.accuracy() > t.quality_drop),
+                    Task::Regression => off
+                        .get("rmse")
+                        .is_some_and(|r| q.mean_loss().sqrt() > r * (1.0 + t.quality_drop)),
+                };
+                if dropped {
+                    self.events.emit(&model.name, "quality_drop", stable, serde_json::json!({"online_accuracy": q.accuracy(), "online_loss": q.mean_loss()}));
+                    return Some("quality drop".into());
+                }
+            }
+        }
+        None
+    }
+
+    fn retrain(&mut self, model: &ModelConfig, reason: &str) {
+        let stable = self.stable_version(&model.name);
+        let repo = self.config.model_repository.clone();
+        let version = publish::next_version(&repo, &model.name);
+        let Some(ms) = self.state.models.get_mut(&model.name) else {
+            return;
+        };
+        ms.window.new_rows = 0;
+        ms.since_training = Quality::default();
+        ms.last_training_ms = now_ms();
+        let features = ms.window.examples().last().map_or(0, |e| e.features.len());
+        let data = ms.window.dataset(features);
+        let mut ranges = BTreeMap::new();
+        if let Some((first, last)) = ms.window.range() {
+            ranges.insert(
+                "predictions".to_string(),
+                format!("{} {first}..={last}", self.config.predictions_topic),
+            );
+        }
+        ranges.insert(
+            "labels".to_string(),
+            format!("{} ..{}", self.config.labels_topic, self.labels.position()),
+        );
+        self.events.emit(
+            &model.name,
+            "retrain_started",
+            stable,
+            serde_json::json!({"reason": reason, "rows": data.rows()}),
+        );
+        let lineage = publish::lineage(model, stable, ranges, data.rows());
+        let meta = publish::metadata(&model.name, version, &lineage);
+        let stable_bytes = stable.and_then(|v| {
+            std::fs::read(layout::version_dir(&repo, &model.name, v).join(MODEL_FILE)).ok()
+        });
+        let candidate = match publish::train_candidate(
+            model,
+            &data,
+            version,
+            &meta,
+            stable_bytes.as_deref(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "failed").increment(1);
+                self.events.emit(
+                    &model.name,
+                    "retrain_failed",
+                    None,
+                    serde_json::json!({"error": e.to_string()}),
+                );
+                return;
+            }
+        };
+        metrics::gauge!(m::TRAINING_SECONDS, "model" => model.name.clone()).set(candidate.seconds);
+        self.events.emit(&model.name, "retrain_finished", None, serde_json::json!({
+            "seconds": candidate.seconds, "rows": candidate.rows, "offline": candidate.offline,
+            "stable_offline": candidate.stable_offline, "parity_max_abs": candidate.parity_max_abs}));
+        if !candidate.beats_stable(model) {
+            metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "rejected")
+                .increment(1);
+            self.events.emit(
+                &model.name,
+                "rejected",
+                None,
+                serde_json::json!({"why": "not better than stable by min_improvement"}),
+            );
+            return;
+        }
+        let mut lineage = lineage;
+        lineage.rows = candidate.rows as u64;
+        match publish::publish(&repo, model, version, &candidate, lineage) {
+            Ok(manifest) => {
+                metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "published").increment(1);
+                if let Some(ms) = self.state.models.get_mut(&model.name) {
+                    ms.published.push(version);
+                    ms.rollout = Some(Rollout {
+                        version,
+                        stable,
+                        started: false,
+                        step: 0,
+                        candidate: ArmQuality::default(),
+                        stable_quality: ArmQuality::default(),
+                    });
+                }
+                self.events.emit(&model.name, "published", Some(version), serde_json::json!({
+                    "parent": stable, "lineage": manifest.lineage, "parity_max_abs": manifest.parity_max_abs}));
+                // Recorded before any traffic moves, so a restart never publishes it again.
+                if let Err(e) = self.save() {
+                    tracing::error!(error = %e, "cannot save state after publishing");
+                }
+            }
+            Err(e) => {
+                self.events.emit(
+                    &model.name,
+                    "publish_failed",
+                    Some(version),
+                    serde_json::json!({"error": e.to_string()}),
+                );
+            }
+        }
+    }
+
+    fn step_rollout(&mut self, model: &ModelConfig) {
+        let Some(mut r) = self
+            .state
+            .models
+            .get(&model.name)
+            .and_then(|s| s.rollout.clone())
+        else {
+            return;
+        };
+        let name = model.name.clone();
+        let routing = match self.gateway.routing(&name) {
+            Ok(routing) => routing,
+            Err(e) => {
+                tracing::warn!(model = %name, error = %e, "gateway routing unavailable");
+                return;
+            }
+        };
+        let mut done = false;
+        if routing.stable == Some(r.version) {
+            self.events.emit(
+                &name,
+                "promoted",
+                Some(r.version),
+                serde_json::json!({"steps": r.step}),
+            );
+            done = true;
+        } else if routing.rolled_back.contains(&r.version) {
+            self.events.emit(
+                &name,
+                "rolled_back",
+                Some(r.version),
+                serde_json::json!({"by": routing.updated_by, "reason": routing.reason}),
+            );
+            done = true;
+        } else if !r.started {
+            r.stable = routing.stable.or(r.stable);
+            match self
+                .gateway
+                .verdict(&name, "start", r.version, "retrained candidate")
+            {
+                Ok(_) => {
+                    r.started = true;
+                    self.events.emit(
+                        &name,
+                        "canary_started",
+                        Some(r.version),
+                        serde_json::json!({"stable": r.stable}),
+                    );
+                }
+                Err(e) => {
+                    tracing::info!(model = %name, version = r.version, error = %e, "canary not started yet")
+                }
+            }
+        } else {
+            let classifier = matches!(model.task, Task::Classification { .. });
+            let verdict = compare(
+                &r.candidate,
+                &r.stable_quality,
+                model.canary.min_samples,
+                model.canary.alpha,
+                classifier,
+            );
+            let stats = serde_json::json!({
+                "candidate_n": r.candidate.loss.n, "candidate_loss": r.candidate.loss.mean,
+                "candidate_accuracy": r.candidate.correct as f64 / r.candidate.loss.n.max(1) as f64,
+                "stable_n": r.stable_quality.loss.n, "stable_loss": r.stable_quality.loss.mean,
+                "stable_accuracy": r.stable_quality.correct as f64 / r.stable_quality.loss.n.max(1) as f64});
+            match verdict {
+                Verdict::NotEnoughData => {}
+                Verdict::Worse => {
+                    match self.gateway.verdict(
+                        &name,
+                        "rollback",
+                        r.version,
+                        "online quality worse than stable",
+                    ) {
+                        Ok(_) => {
+                            self.events
+                                .emit(&name, "rolled_back", Some(r.version), stats);
+                            done = true;
+                        }
+                        Err(e) => tracing::warn!(model = %name, error = %e, "rollback refused"),
+                    }
+                }
+                Verdict::NotWorse => match self.gateway.verdict(
+                    &name,
+                    "advance",
+                    r.version,
+                    "online quality not worse than stable",
+                ) {
+                    Ok(_) => {
+                        r.step += 1;
+                        // Each step judges the candidate afresh; stable's
+                        // sample runs over the whole rollout, since at the
+                        // last step (weight 1.0) stable gets no traffic.
+                        r.candidate = ArmQuality::default();
+                        self.events
+                            .emit(&name, "canary_step", Some(r.version), stats);
+                        if self
+                            .gateway
+                            .routing(&name)
+                            .is_ok_and(|s| s.stable == Some(r.version))
+                        {
+                            self.events.emit(
+                                &name,
+                                "promoted",
+                                Some(r.version),
+                                serde_json::json!({"steps": r.step}),
+                            );
+                            done = true;
+                        }
+                    }
+                    Err(e) => tracing::warn!(model = %name, error = %e, "advance refused"),
+                },
+            }
+        }
+        if let Some(ms) = self.state.models.get_mut(&name) {
+            ms.rollout = if done { None } else { Some(r) };
+        }
+    }
+}
+
+fn export_quality(model: &str, version: u64, task: Task, q: &Quality) {
+    let (model, version) = (model.to_string(), version.to_string());
+    metrics::counter!(m::LABELLED_ROWS, "model" => model.clone(), "version" => version.clone())
+        .increment(1);
+    match task {
+        Task::Classification { .. } => {
+            metrics::gauge!(m::ONLINE_ACCURACY, "model" => model.clone(), "version" => version.clone()).set(q.accuracy());
+            metrics::gauge!(m::ONLINE_LOG_LOSS, "model" => model, "version" => version)
+                .set(q.mean_loss());
+        }
+        Task::Regression => {
+            metrics::gauge!(m::ONLINE_MAE, "model" => model.clone(), "version" => version.clone())
+                .set(q.mae());
+            metrics::gauge!(m::ONLINE_RMSE, "model" => model, "version" => version)
+                .set(q.mean_loss().sqrt());
+        }
+    }
+}
+
+/// The state file's path, for tests and tools.
+pub fn state_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATE_FILE)
+}
