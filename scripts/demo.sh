@@ -88,6 +88,9 @@ poll_interval_ms = 500
 # The local prediction log the trainer reads (no broker).
 dir = "$dir/log"
 fsync_interval_ms = 200
+[kafka]
+# No broker: the local log above; a spool would only be used with one.
+spool_dir = "$dir/spool"
 [models]
 max_queue_delay_us = 200
 # The stable version, a canary and the version before stay loaded.

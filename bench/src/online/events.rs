@@ -135,6 +135,11 @@ pub fn from_trainer(line: &str) -> Option<Event> {
         .iter()
         .find_map(|k| v[*k].as_str())?
         .to_ascii_lowercase();
+    // Attempts that did not happen (`retrain_failed`, `publish_failed`,
+    // `rejected`) are not marked.
+    if name.contains("fail") || name.contains("reject") {
+        return None;
+    }
     let kind =
         if name.contains("drift") || name.contains("quality_drop") || name.contains("trigger") {
             Kind::DriftDetected
