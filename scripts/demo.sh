@@ -46,11 +46,14 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 # Per-stream defaults: a few minutes each on a laptop.
+# train_rows: the trainer's window (short where concepts change abruptly,
+# so a retrain after a drift sees mostly the new concept); retrain_rows:
+# new labelled rows that trigger a retrain.
 case "$stream" in
-    hyperplane) rate="${rate:-300}" window="${window:-1000}" ;;
-    rainfall) rate="${rate:-100}" window="${window:-500}" ;;
-    flights) rate="${rate:-1000}" window="${window:-2000}" ;;
-    *) rate="${rate:-200}" window="${window:-1000}" ;;
+    hyperplane) rate="${rate:-300}" window="${window:-1000}" train_rows=4000 retrain_rows=2000 ;;
+    rainfall) rate="${rate:-100}" window="${window:-500}" train_rows=5000 retrain_rows=1000 ;;
+    flights) rate="${rate:-1000}" window="${window:-2000}" train_rows=20000 retrain_rows=5000 ;;
+    *) rate="${rate:-200}" window="${window:-1000}" train_rows=10000 retrain_rows=2000 ;;
 esac
 dir="${dir:-$root/.quiver/demo/$stream}"
 model="demo"
@@ -126,7 +129,7 @@ input = "features"
 outputs = [{ name = "probabilities", kind = "probabilities" }]
 family = "$family"
 seed = 42
-window_rows = 20000
+window_rows = $train_rows
 holdout_fraction = 0.2
 parity_bound = 1e-4
 min_improvement = 0.0
@@ -152,7 +155,7 @@ threads = 1
 
 [models.triggers]
 min_rows = 1000
-new_rows = 4000
+new_rows = $retrain_rows
 quality_drop = 0.05
 drift_psi = 0.25
 schedule_ms = 0

@@ -108,7 +108,7 @@ pub struct StreamArgs {
     #[arg(long)]
     trainer_events: Vec<PathBuf>,
     /// Recovered: window accuracy back within this of its pre-drift level.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.03)]
     tolerance: f64,
     /// Only write the run's files; no summary or plot.
     #[arg(long)]
@@ -127,7 +127,7 @@ pub struct ReportArgs {
     trainer_events: Vec<PathBuf>,
     #[arg(long, default_value_t = 1000)]
     window: usize,
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.03)]
     tolerance: f64,
 }
 

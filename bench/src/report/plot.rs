@@ -10,7 +10,7 @@ use plotters::prelude::*;
 
 use crate::result::LoadRun;
 
-pub(crate) const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
