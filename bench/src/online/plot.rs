@@ -12,21 +12,7 @@ use plotters::prelude::*;
 
 use super::events::Kind;
 use super::report::Summary;
-use crate::report::plot::err;
-
-/// Ten distinct colours (matplotlib's tab10): a loop may serve many versions.
-const COLORS: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
+use crate::report::plot::{COLORS, err};
 
 /// How each kind of event is marked: colour, and whether the line is drawn
 /// full height (important) or only along the bottom band.
