@@ -14,6 +14,9 @@ use super::events::Kind;
 use super::report::Summary;
 use crate::report::plot::{COLORS, err};
 
+/// Versions named in the legend at most.
+const MAX_LEGEND_VERSIONS: usize = 12;
+
 /// How each kind of event is marked: colour, and whether the line is drawn
 /// full height (important) or only along the bottom band.
 fn mark(kind: Kind) -> (RGBColor, bool) {
@@ -158,16 +161,27 @@ pub fn accuracy_over_time(path: &Path, s: &Summary, window: usize) -> Result<()>
         color: black,
         tick: false,
     });
+    let versions = per_version.len();
     for (i, (v, pts)) in per_version.into_iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(err)?;
-        entries.push(Entry {
-            label: format!("v{v} (bucketed)"),
-            color,
-            tick: false,
-        });
+        // The legend column holds about two dozen lines: past a dozen
+        // versions the rest are summed up in one.
+        if versions <= MAX_LEGEND_VERSIONS || i + 1 < MAX_LEGEND_VERSIONS {
+            entries.push(Entry {
+                label: format!("v{v} (bucketed)"),
+                color,
+                tick: false,
+            });
+        } else if i + 1 == MAX_LEGEND_VERSIONS {
+            entries.push(Entry {
+                label: format!("… {} more versions", versions - i),
+                color: WHITE,
+                tick: false,
+            });
+        }
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 2, color.filled())))
             .map_err(err)?;
