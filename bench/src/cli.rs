@@ -1,5 +1,6 @@
 //! The command line: `run` (load one server), `inprocess` (compute
-//! ceiling), `bare-server` (transport ceiling), `report` (side by side).
+//! ceiling), `bare-server` (transport ceiling), `report` (side by side);
+//! the `stream*` subcommands live in [`crate::online::cli`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::driver::{self, Counters, Plan};
 use crate::result::{LoadRun, Machine, ResultFile, SCHEMA, SwapReport};
 use crate::workload::{self, Format, InputSpec};
-use crate::{analysis, bare, http, inprocess, progress, report, swap};
+use crate::{analysis, bare, http, inprocess, online, progress, report, swap};
 
 /// Load-test harness for OIP v2 inference servers (Quiver, Triton, MLServer, ...).
 #[derive(Parser, Debug)]
@@ -32,6 +33,12 @@ enum Command {
     BareServer(BareArgs),
     /// Put result files side by side: report.md, report.json, SVG plots.
     Report(ReportArgs),
+    /// Send a drifting labelled stream through the gateway, labels late, scored prequentially.
+    Stream(Box<online::cli::StreamArgs>),
+    /// Summary and accuracy plot of a `stream` run.
+    StreamReport(online::cli::ReportArgs),
+    /// Write rows of a stream as CSV (the trainer's bootstrap slice, or the baselines' input).
+    StreamExport(online::cli::ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +227,9 @@ pub fn main() -> Result<()> {
             report::write(&a.out_dir, &a.files, &roles)?;
             emit(&std::fs::read_to_string(a.out_dir.join("report.md"))?)
         }
+        Command::Stream(a) => online::cli::stream(*a),
+        Command::StreamReport(a) => online::cli::stream_report(a),
+        Command::StreamExport(a) => online::cli::export(a),
     }
 }
 

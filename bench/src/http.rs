@@ -38,24 +38,43 @@ pub struct HttpConn {
     driver: tokio::task::JoinHandle<()>,
 }
 
+impl HttpConn {
+    /// Opens a keep-alive connection to `addr`.
+    pub async fn open(addr: SocketAddr) -> Result<HttpConn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // Owned by the HttpConn and aborted with it: not detached.
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(HttpConn { sender, driver })
+    }
+
+    /// One request (made by [`build`]) on this connection, its whole
+    /// answer read.
+    pub async fn request(&mut self, req: hyper::Request<Full<Bytes>>) -> Result<Reply> {
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let version = header_u32(resp.headers(), "x-quiver-model-version");
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            body,
+            version,
+        })
+    }
+}
+
 impl Drop for HttpConn {
     fn drop(&mut self) {
         self.driver.abort();
     }
 }
 
-async fn open(addr: SocketAddr) -> Result<HttpConn> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // Owned by the HttpConn and aborted with it: not detached.
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(HttpConn { sender, driver })
-}
-
-fn build(
+/// A request to `addr` with these headers and body.
+pub fn build(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -91,7 +110,7 @@ impl Endpoint for HttpEndpoint {
     type Conn = HttpConn;
 
     async fn connect(&self) -> Result<HttpConn> {
-        open(self.addr).await
+        HttpConn::open(self.addr).await
     }
 
     async fn call(&self, conn: &mut HttpConn) -> Outcome {
@@ -131,6 +150,8 @@ impl Endpoint for HttpEndpoint {
 pub struct Reply {
     pub status: u16,
     pub body: Bytes,
+    /// Quiver's `x-quiver-model-version` header, when present.
+    pub version: Option<u32>,
 }
 
 /// One request on a fresh connection.
@@ -141,14 +162,8 @@ pub async fn send(
     headers: &[(&str, String)],
     body: Bytes,
 ) -> Result<Reply> {
-    let mut conn = open(addr).await?;
-    let resp = conn
-        .sender
-        .send_request(build(addr, method, path, headers, body)?)
-        .await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(Reply { status, body })
+    let req = build(addr, method, path, headers, body)?;
+    HttpConn::open(addr).await?.request(req).await
 }
 
 /// `GET path` as JSON, failing on a non-2xx answer.

@@ -12,7 +12,10 @@
 //! - [`swap`]: the hot-swap scenario (publish versions during a run);
 //! - [`inprocess`] and [`bare`]: the compute and transport ceilings;
 //! - [`result`]: the JSON result files; [`report`]: Markdown and SVG plots;
-//! - [`progress`]: the progress bar; [`cli`]: the command line.
+//! - [`progress`]: the progress bar; [`cli`]: the command line;
+//! - [`streams`]: labelled streams with concept drift (synthetic and real);
+//! - [`online`]: the closed-loop demo's traffic generator, prequential
+//!   scoring and accuracy plot.
 
 pub mod analysis;
 pub mod bare;
@@ -22,9 +25,11 @@ pub mod endpoint;
 pub mod histogram;
 pub mod http;
 pub mod inprocess;
+pub mod online;
 pub mod progress;
 pub mod report;
 pub mod result;
 pub mod schedule;
+pub mod streams;
 pub mod swap;
 pub mod workload;

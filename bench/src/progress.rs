@@ -10,14 +10,18 @@ use crate::driver::Counters;
 
 const WIDTH: usize = 30;
 
+/// A bar `frac` full, e.g. `[####------]`.
+pub fn bar(frac: f64) -> String {
+    let filled = (frac.clamp(0.0, 1.0) * WIDTH as f64).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(WIDTH - filled))
+}
+
 /// One progress line: a bar for elapsed time, then counts.
 pub fn line(title: &str, elapsed: Duration, length: Duration, c: &Counters) -> String {
-    let frac = (elapsed.as_secs_f64() / length.as_secs_f64().max(1e-9)).clamp(0.0, 1.0);
-    let filled = (frac * WIDTH as f64).round() as usize;
+    let frac = elapsed.as_secs_f64() / length.as_secs_f64().max(1e-9);
     format!(
-        "{title} [{}{}] {:5.1}/{:.0}s  done {}  errors {}  in flight {}",
-        "#".repeat(filled),
-        "-".repeat(WIDTH - filled),
+        "{title} {} {:5.1}/{:.0}s  done {}  errors {}  in flight {}",
+        bar(frac),
         elapsed.as_secs_f64().min(length.as_secs_f64()),
         length.as_secs_f64(),
         c.done.load(Ordering::Relaxed),

