@@ -248,10 +248,12 @@ impl Manager {
                 next_tick = now + tick;
             }
             self.dispatch();
-            self.answer_waiters();
+            // Publish first: a caller told "done" must find the new live
+            // set on its very next request.
             if self.dirty() {
                 self.publish();
             }
+            self.answer_waiters();
         }
         // Workers finish the load they hold; queued loads are abandoned.
         self.tasks = None;
