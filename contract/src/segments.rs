@@ -196,6 +196,9 @@ impl SegmentWriter {
     /// directory holds at most `max_bytes`; returns the segments deleted.
     pub fn enforce_retention(&mut self, max_bytes: u64) -> io::Result<Vec<u64>> {
         let mut deleted = Vec::new();
+        if self.total_bytes <= max_bytes {
+            return Ok(deleted);
+        }
         for s in list_segments(&self.dir)? {
             if self.total_bytes <= max_bytes || s >= self.segment {
                 break;

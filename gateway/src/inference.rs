@@ -29,10 +29,9 @@ pub struct Route {
 
 /// The routing key: the key header's hash if any, else the request id's,
 /// else a counter (which spreads unkeyed requests evenly over the arms).
-pub fn key(header: Option<&[u8]>, id: Option<&str>) -> u64 {
+pub fn key(header_hash: Option<u64>, id: Option<&str>) -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    header
-        .map(key_hash)
+    header_hash
         .or_else(|| id.map(|id| key_hash(id.as_bytes())))
         .unwrap_or_else(|| key_hash(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes()))
 }

@@ -14,7 +14,7 @@ use crate::tensor::{self, DataType, Tensor, binary, json::JsonData};
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
 /// A decoded inference request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct InferRequest {
     pub id: Option<String>,
     pub inputs: Vec<Tensor>,

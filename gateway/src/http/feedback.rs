@@ -17,7 +17,6 @@ use serde::Deserialize;
 
 use super::{Body, admin, reply};
 use crate::error::ApiError;
-use crate::prediction_log::LogError;
 use crate::server::Gateway;
 
 /// Labels per call; more should be split.
@@ -62,11 +61,9 @@ async fn accept(gw: &Gateway, req: Request<Incoming>, model: &str) -> Result<usi
     let body: FeedbackBody = admin::read_json_limited(req, gw.settings.max_body_bytes).await?;
     let records = validate(model, body)?;
     let n = records.len();
-    gw.traffic.log_labels(records).map_err(|e| match e {
-        LogError::Full | LogError::Closed | LogError::Start(_) => {
-            ApiError::NotReady(format!("labels not taken: {e}"))
-        }
-    })?;
+    gw.traffic
+        .log_labels(records)
+        .map_err(|e| ApiError::NotReady(format!("labels not taken: {e}")))?;
     Ok(n)
 }
 

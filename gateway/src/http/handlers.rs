@@ -14,6 +14,7 @@ use crate::inference::{self, Answer, Route};
 use crate::model::TensorSpec;
 use crate::prediction_log::Source;
 use crate::protocol::{self, HEADER_CONTENT_LENGTH, InferRequest};
+use crate::routing::key_hash;
 use crate::server::Gateway;
 
 /// Response headers that split server time by stage, in microseconds.
@@ -124,7 +125,7 @@ pub async fn infer(
     let header_key = req
         .headers()
         .get(gw.settings.routing.key_header.as_str())
-        .map(|v| v.as_bytes().to_vec());
+        .map(|v| key_hash(v.as_bytes()));
     let request = match read_request(gw, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -132,7 +133,7 @@ pub async fn infer(
             return reply::error(&e);
         }
     };
-    let key = inference::key(header_key.as_deref(), request.id.as_deref());
+    let key = inference::key(header_key, request.id.as_deref());
     let route = match inference::route(gw, model, version, key) {
         Ok(r) => r,
         Err(e) => {

@@ -323,7 +323,10 @@ async fn infer(
     for o in &mut request.outputs {
         o.binary = Some(false);
     }
-    let key = inference::key(id.map(str::as_bytes), request.id.as_deref());
+    let key = inference::key(
+        id.map(|c| crate::routing::key_hash(c.as_bytes())),
+        request.id.as_deref(),
+    );
     let mut backoff = Duration::from_millis(1);
     let mut blocked = false;
     let result = loop {
@@ -331,7 +334,8 @@ async fn infer(
             Ok(r) => r,
             Err(e) => break Err(e),
         };
-        let attempt = clone_request(&request);
+        // A queue-full retry needs the request again.
+        let attempt = request.clone();
         match inference::predict(gw, &route, attempt, started).await {
             Err(ApiError::QueueFull { .. }) => {
                 if !blocked {
@@ -366,17 +370,6 @@ async fn infer(
             }
         }
         Err(e) => error_body(&e, model, id),
-    }
-}
-
-/// A request is read once; a queue-full retry needs its own copy.
-fn clone_request(r: &protocol::InferRequest) -> protocol::InferRequest {
-    protocol::InferRequest {
-        id: r.id.clone(),
-        inputs: r.inputs.clone(),
-        outputs: r.outputs.clone(),
-        binary_output: r.binary_output,
-        timeout: r.timeout,
     }
 }
 

@@ -94,6 +94,8 @@ pub enum SendError {
 pub struct LogProducer {
     inner: ThreadedProducer<Reports>,
     next_batch: u64,
+    /// The `quiver-schema` header's value, the same on every record.
+    schema: String,
 }
 
 impl LogProducer {
@@ -106,6 +108,7 @@ impl LogProducer {
         Ok(LogProducer {
             inner,
             next_batch: 1,
+            schema: RECORD_SCHEMA.to_string(),
         })
     }
 
@@ -123,10 +126,9 @@ impl LogProducer {
         payload: &[u8],
         batch: u64,
     ) -> Result<(), SendError> {
-        let schema = RECORD_SCHEMA.to_string();
         let headers = OwnedHeaders::new().insert(Header {
             key: HEADER_SCHEMA,
-            value: Some(schema.as_bytes()),
+            value: Some(self.schema.as_bytes()),
         });
         let opaque = ((batch as usize) << 1) | stream.index();
         let record = BaseRecord::with_opaque_to(topic, opaque)

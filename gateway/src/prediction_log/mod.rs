@@ -202,9 +202,10 @@ fn run(mut writer: writer::Writer, rx: Receiver<Entry>) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(Entry::Shutdown),
         };
-        let mut stop = false;
         // Take what is queued now in one go: one flush per burst, not per
-        // record.
+        // record. Anything queued behind Shutdown (nothing should be) still
+        // goes out before the writer stops.
+        let mut stop = false;
         for entry in first
             .into_iter()
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
@@ -212,21 +213,10 @@ fn run(mut writer: writer::Writer, rx: Receiver<Entry>) {
             match entry {
                 Entry::Prediction(event) => writer.prediction(&event),
                 Entry::Labels(labels) => writer.labels(&labels),
-                Entry::Shutdown => {
-                    stop = true;
-                    break;
-                }
+                Entry::Shutdown => stop = true,
             }
         }
         if stop {
-            // Anything sent after Shutdown (nothing should be) still goes out.
-            while let Ok(entry) = rx.try_recv() {
-                match entry {
-                    Entry::Prediction(event) => writer.prediction(&event),
-                    Entry::Labels(labels) => writer.labels(&labels),
-                    Entry::Shutdown => {}
-                }
-            }
             writer.shutdown();
             return;
         }

@@ -268,7 +268,7 @@ pub fn validate(
             return Err(invalid("kafka.ingress.max_in_flight", "must be at least 1"));
         }
         let i = kafka.ingress;
-        let consumer = client_options(
+        let mut consumer = client_options(
             &[
                 ("enable.auto.commit", "false"),
                 ("auto.offset.reset", "earliest"),
@@ -277,7 +277,6 @@ pub fn validate(
             &brokers,
             &i.consumer,
         );
-        let mut consumer = consumer;
         consumer.push(("group.id".into(), i.group_id.clone()));
         Some(IngressSettings {
             brokers: brokers.clone(),
