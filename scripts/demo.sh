@@ -23,7 +23,9 @@
 # Options (each has a default per stream): --stream NAME, --rate ROWS_PER_S,
 # --label-delay natural|N|Ns, --rows N (rows streamed after the bootstrap
 # slice), --family mlp|gbt, --port PORT, --dir DIR (scratch directory,
-# default .quiver/demo/STREAM; emptied first), --window N (accuracy window).
+# default .quiver/demo/STREAM; emptied first), --window N (accuracy window),
+# --train-rows N (the trainer's window), --retrain-rows N (labelled rows
+# that trigger a retrain).
 # Environment: CARGO_TARGET_DIR, CARGO_BUILD_JOBS (default 2),
 # QUIVER_DEMO_PROFILE (release, or debug for a quicker build when hacking).
 set -euo pipefail
@@ -31,6 +33,7 @@ cd "$(dirname "$0")/.."
 root="$(pwd)"
 
 stream=hyperplane rate="" delay=natural rows="" family=mlp port=8300 dir="" window=""
+train_rows_opt="" retrain_rows_opt=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --stream) stream="$2"; shift 2 ;;
@@ -41,6 +44,8 @@ while [[ $# -gt 0 ]]; do
         --port) port="$2"; shift 2 ;;
         --dir) dir="$2"; shift 2 ;;
         --window) window="$2"; shift 2 ;;
+        --train-rows) train_rows_opt="$2"; shift 2 ;;
+        --retrain-rows) retrain_rows_opt="$2"; shift 2 ;;
         -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -55,6 +60,7 @@ case "$stream" in
     flights) rate="${rate:-1000}" window="${window:-2000}" train_rows=20000 retrain_rows=5000 ;;
     *) rate="${rate:-200}" window="${window:-1000}" train_rows=10000 retrain_rows=2000 ;;
 esac
+train_rows="${train_rows_opt:-$train_rows}" retrain_rows="${retrain_rows_opt:-$retrain_rows}"
 dir="${dir:-$root/.quiver/demo/$stream}"
 model="demo"
 log() { echo "demo: $*" >&2; }
