@@ -25,7 +25,9 @@
 # slice), --family mlp|gbt, --port PORT, --dir DIR (scratch directory,
 # default .quiver/demo/STREAM; emptied first), --window N (accuracy window),
 # --train-rows N (the trainer's window), --retrain-rows N (labelled rows
-# that trigger a retrain).
+# that trigger a retrain), --kafka (the same loop through a Kafka-protocol
+# broker, nisshi, started on port PORT+1: the gateway logs to its topics and
+# the trainer consumes them as a consumer group).
 # Environment: CARGO_TARGET_DIR, CARGO_BUILD_JOBS (default 2),
 # QUIVER_DEMO_PROFILE (release, or debug for a quicker build when hacking).
 set -euo pipefail
@@ -33,7 +35,7 @@ cd "$(dirname "$0")/.."
 root="$(pwd)"
 
 stream=hyperplane rate="" delay=natural rows="" family=mlp port=8300 dir="" window=""
-train_rows_opt="" retrain_rows_opt=""
+train_rows_opt="" retrain_rows_opt="" kafka=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --stream) stream="$2"; shift 2 ;;
@@ -45,6 +47,7 @@ while [[ $# -gt 0 ]]; do
         --dir) dir="$2"; shift 2 ;;
         --window) window="$2"; shift 2 ;;
         --train-rows) train_rows_opt="$2"; shift 2 ;;
+        --kafka) kafka=1; shift ;;
         --retrain-rows) retrain_rows_opt="$2"; shift 2 ;;
         -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -66,7 +69,11 @@ model="demo"
 log() { echo "demo: $*" >&2; }
 
 # --- 1. set up ----------------------------------------------------------------
-eval "$(scripts/setup.sh)"
+if [[ "$kafka" == 1 ]]; then
+    eval "$(scripts/setup.sh --broker)"
+else
+    eval "$(scripts/setup.sh)"
+fi
 export ORT_DYLIB_PATH
 if [[ "$stream" == rainfall || "$stream" == flights ]]; then
     bench/datasets/extract.sh
@@ -80,6 +87,8 @@ cargo build -j"${CARGO_BUILD_JOBS:-2}" --locked --profile "${profile/debug/dev}"
 bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 
 # --- scratch directory and configs ------------------------------------------
+brokers=""
+[[ "$kafka" == 1 ]] && brokers="127.0.0.1:$((port + 1))"
 rm -rf "$dir"
 mkdir -p "$dir/repo/$model" "$dir/log" "$dir/trainer" "$dir/out"
 # The admin API token the trainer uses to drive rollouts; this run only.
@@ -98,7 +107,9 @@ poll_interval_ms = 500
 dir = "$dir/log"
 fsync_interval_ms = 200
 [kafka]
-# No broker: the local log above; a spool would only be used with one.
+# Without --kafka no broker: the local log above. With it, the broker's
+# topics, and the spool while the broker is away.
+brokers = "$brokers"
 spool_dir = "$dir/spool"
 [models]
 max_queue_delay_us = 200
@@ -169,6 +180,10 @@ schedule_ms = 0
 [models.canary]
 min_samples = 200
 alpha = 0.01
+
+[kafka]
+# Empty: the local log; with --kafka, the broker's topics.
+brokers = "$brokers"
 EOF
 
 # --- 3. version 1 from the first 10 % ----------------------------------------
@@ -190,10 +205,26 @@ stop() {
         wait "$pid" 2>/dev/null || true
     done
     pids=()
+    # The broker last, once the gateway has flushed its log to it.
+    if [[ -n "${broker_pid:-}" ]]; then
+        kill -TERM "$broker_pid" 2>/dev/null || true
+        wait "$broker_pid" 2>/dev/null || true
+        broker_pid=""
+    fi
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
 
+if [[ "$kafka" == 1 ]]; then
+    log "starting the broker (nisshi) on $brokers (log: $dir/broker.log)"
+    "$QUIVER_NISSHI" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
+        --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0s >"$dir/broker.log" 2>&1 &
+    broker_pid=$!
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null && break
+        sleep 0.05
+    done
+fi
 log "starting the gateway on 127.0.0.1:$port (log: $dir/gateway.log)"
 "$bin/quiver-gateway" --config "$dir/gateway.toml" >"$dir/gateway.log" 2>&1 &
 pids+=($!)
