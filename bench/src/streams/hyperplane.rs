@@ -11,8 +11,8 @@
 //!
 //! Stream time is the row index; a label is known `label_delay` rows later.
 
-use super::rng::Rng;
 use super::{Onset, Row, Stream};
+use quiver_trainer::train::rng::Rng;
 
 pub const NAME: &str = "hyperplane";
 
@@ -46,8 +46,8 @@ impl Config {
     fn concepts(&self, rng: &mut Rng) -> [Vec<f64>; 3] {
         let a: Vec<f64> = (0..self.features)
             .map(|_| {
-                let w = 0.2 + 0.8 * rng.unit();
-                if rng.unit() < 0.5 { -w } else { w }
+                let w = 0.2 + 0.8 * rng.next_f64();
+                if rng.next_f64() < 0.5 { -w } else { w }
             })
             .collect();
         let half = self.features / 2;
@@ -85,14 +85,15 @@ impl Config {
         let rows = (0..self.rows)
             .map(|i| {
                 let w = self.weights(i, &concepts);
-                let features: Vec<f32> = (0..self.features).map(|_| rng.unit() as f32).collect();
+                let features: Vec<f32> =
+                    (0..self.features).map(|_| rng.next_f64() as f32).collect();
                 let score: f64 = w
                     .iter()
                     .zip(&features)
                     .map(|(w, x)| w * (f64::from(*x) - 0.5))
                     .sum();
                 let clean = u8::from(score > 0.0);
-                let label = if rng.unit() < self.noise {
+                let label = if rng.next_f64() < self.noise {
                     1 - clean
                 } else {
                     clean

@@ -11,7 +11,6 @@
 //! life ("natural" label delay).
 
 pub mod hyperplane;
-pub mod rng;
 pub mod table;
 
 use std::io::Write;
