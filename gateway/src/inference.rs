@@ -83,9 +83,7 @@ impl Answer {
             })
             .collect()
     }
-}
 
-impl Answer {
     /// The protocol's response body for this answer.
     pub fn encode(&self, route: &Route) -> Result<crate::protocol::EncodedResponse, ApiError> {
         let spec = &route.served.spec;

@@ -219,8 +219,9 @@ struct WireResponse<'a> {
     outputs: Vec<WireTensorOut<'a>>,
 }
 
+/// A tensor in the protocol's JSON shape; also the prediction log's.
 #[derive(Serialize)]
-struct WireTensorOut<'a> {
+pub(crate) struct WireTensorOut<'a> {
     name: &'a str,
     datatype: &'static str,
     shape: &'a [i64],
@@ -233,6 +234,19 @@ struct WireTensorOut<'a> {
 #[derive(Serialize)]
 struct BinarySize {
     binary_data_size: usize,
+}
+
+impl<'a> WireTensorOut<'a> {
+    /// The tensor with its elements inline as JSON.
+    pub(crate) fn json(t: &'a Tensor) -> Self {
+        WireTensorOut {
+            name: &t.name,
+            datatype: t.datatype().as_str(),
+            shape: &t.shape,
+            parameters: None,
+            data: Some(JsonData(&t.data)),
+        }
+    }
 }
 
 /// An encoded response: the body and, when any output went binary, the

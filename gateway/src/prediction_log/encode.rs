@@ -6,8 +6,8 @@ use quiver_contract::records::{LabelRecord, RECORD_SCHEMA};
 use serde::Serialize;
 
 use super::PredictionEvent;
+use crate::protocol::WireTensorOut;
 use crate::tensor::Tensor;
-use crate::tensor::json::JsonData;
 
 #[derive(Serialize)]
 struct WirePrediction<'a> {
@@ -19,27 +19,12 @@ struct WirePrediction<'a> {
     source: &'static str,
     timestamp_ms: u64,
     latency_us: u64,
-    inputs: Vec<WireTensor<'a>>,
-    outputs: Vec<WireTensor<'a>>,
+    inputs: Vec<WireTensorOut<'a>>,
+    outputs: Vec<WireTensorOut<'a>>,
 }
 
-#[derive(Serialize)]
-struct WireTensor<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [i64],
-    data: JsonData<'a>,
-}
-
-fn tensors(ts: &[Tensor]) -> Vec<WireTensor<'_>> {
-    ts.iter()
-        .map(|t| WireTensor {
-            name: &t.name,
-            datatype: t.datatype().as_str(),
-            shape: &t.shape,
-            data: JsonData(&t.data),
-        })
-        .collect()
+fn tensors(ts: &[Tensor]) -> Vec<WireTensorOut<'_>> {
+    ts.iter().map(WireTensorOut::json).collect()
 }
 
 /// The prediction record's JSON, one line (serde_json escapes newlines).

@@ -105,7 +105,6 @@ pub struct TrafficLog {
     /// Requests whose key hash falls below this are logged.
     sample_below: u64,
     thread: Mutex<Option<JoinHandle<()>>>,
-    dropped: AtomicU64,
     sequence: AtomicU64,
     seed: u64,
 }
@@ -130,7 +129,6 @@ impl TrafficLog {
             predictions,
             sample_below,
             thread: Mutex::new(Some(thread)),
-            dropped: AtomicU64::new(0),
             sequence: AtomicU64::new(0),
             seed,
         })
@@ -155,7 +153,6 @@ impl TrafficLog {
         match self.tx.try_send(Entry::Prediction(Box::new(event))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::log_records(Stream::Predictions, "dropped", 1);
             }
         }
@@ -169,11 +166,6 @@ impl TrafficLog {
             Err(TrySendError::Full(_)) => Err(LogError::Full),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
         }
-    }
-
-    /// Predictions dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Writes out everything queued (to Kafka, else the spool; or the local
