@@ -25,7 +25,9 @@
 # slice), --family mlp|gbt, --port PORT, --dir DIR (scratch directory,
 # default .quiver/demo/STREAM; emptied first), --window N (accuracy window),
 # --train-rows N (the trainer's window), --retrain-rows N (labelled rows
-# that trigger a retrain), --kafka (the same loop through a Kafka-protocol
+# that trigger a retrain), --steps W,W,... (canary weights, the last 1.0),
+# --canary-samples N (labelled rows per arm and step before a verdict),
+# --kafka (the same loop through a Kafka-protocol
 # broker, nisshi, started on port PORT+1: the gateway logs to its topics and
 # the trainer consumes them as a consumer group).
 # Environment: CARGO_TARGET_DIR, CARGO_BUILD_JOBS (default 2),
@@ -34,8 +36,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 
-stream=hyperplane rate="" delay=natural rows="" family=mlp port=8300 dir="" window=""
-train_rows_opt="" retrain_rows_opt="" kafka=0
+stream=hyperplane rate="" delay=natural rows="" family="" port=8300 dir="" window=""
+train_rows_opt="" retrain_rows_opt="" kafka=0 steps_opt="" samples_opt=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --stream) stream="$2"; shift 2 ;;
@@ -49,21 +51,31 @@ while [[ $# -gt 0 ]]; do
         --train-rows) train_rows_opt="$2"; shift 2 ;;
         --kafka) kafka=1; shift ;;
         --retrain-rows) retrain_rows_opt="$2"; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        --steps) steps_opt="$2"; shift 2 ;;
+        --canary-samples) samples_opt="$2"; shift 2 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 # Per-stream defaults: a few minutes each on a laptop.
 # train_rows: the trainer's window (short where concepts change abruptly,
 # so a retrain after a drift sees mostly the new concept); retrain_rows:
-# new labelled rows that trigger a retrain.
+# new labelled rows that trigger a retrain; steps and samples: the canary.
+# A model is only as fresh as the loop's reaction time allows: on rainfall,
+# where the concept moves with the seasons, every row of delay between a
+# retrain and its promotion costs accuracy (bench/results/stream/loop.md),
+# so it retrains every 300 labelled rows, publishes unless the candidate is
+# worse on held-out rows by more than 0.01 log loss, and its canary starts at
+# half the traffic and judges on 100 rows per arm.
+steps="0.1,0.5,1.0" samples=200 min_improvement=0.0
 case "$stream" in
-    hyperplane) rate="${rate:-300}" window="${window:-1000}" train_rows=4000 retrain_rows=2000 ;;
-    rainfall) rate="${rate:-100}" window="${window:-500}" train_rows=5000 retrain_rows=1000 ;;
-    flights) rate="${rate:-1000}" window="${window:-2000}" train_rows=20000 retrain_rows=5000 ;;
-    *) rate="${rate:-200}" window="${window:-1000}" train_rows=10000 retrain_rows=2000 ;;
+    hyperplane) rate="${rate:-300}" window="${window:-1000}" train_rows=4000 retrain_rows=2000 family="${family:-mlp}" ;;
+    rainfall) rate="${rate:-100}" window="${window:-500}" train_rows=5000 retrain_rows=300 steps="0.5,1.0" samples=100 min_improvement=-0.01 family="${family:-gbt}" ;;
+    flights) rate="${rate:-1000}" window="${window:-2000}" train_rows=20000 retrain_rows=5000 family="${family:-gbt}" ;;
+    *) rate="${rate:-200}" window="${window:-1000}" train_rows=10000 retrain_rows=2000 family="${family:-mlp}" ;;
 esac
 train_rows="${train_rows_opt:-$train_rows}" retrain_rows="${retrain_rows_opt:-$retrain_rows}"
+steps="${steps_opt:-$steps}" samples="${samples_opt:-$samples}"
 dir="${dir:-$root/.quiver/demo/$stream}"
 model="demo"
 log() { echo "demo: $*" >&2; }
@@ -121,7 +133,7 @@ enabled = false
 # ... and advance only on its quality verdicts; latency and error
 # rollbacks stay the gateway's.
 auto_advance = false
-steps = [0.1, 0.5, 1.0]
+steps = [$steps]
 min_dwell_ms = 5000
 min_requests = 100
 # Trainer, generator and gateway share this machine's cores: a retrain
@@ -149,7 +161,10 @@ seed = 42
 window_rows = $train_rows
 holdout_fraction = 0.2
 parity_bound = 1e-4
-min_improvement = 0.0
+# Negative: publish a candidate unless its held-out log loss is worse than
+# stable's by more than this (retraining every few hundred rows, the rows
+# that make it fresher are exactly the ones no held-out slice can judge).
+min_improvement = $min_improvement
 
 [models.mlp]
 hidden = [32]
@@ -178,7 +193,7 @@ drift_psi = 0.25
 schedule_ms = 0
 
 [models.canary]
-min_samples = 200
+min_samples = $samples
 alpha = 0.01
 
 [kafka]

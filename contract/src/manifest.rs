@@ -59,6 +59,10 @@ pub struct Lineage {
     pub data: BTreeMap<String, String>,
     #[serde(default)]
     pub rows: u64,
+    /// Record time (ms since the Unix epoch) of the newest prediction in
+    /// the training data: rows served after it are out of its sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_through_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_sha256: Option<String>,
     /// The code version (git sha) of the trainer.

@@ -105,6 +105,12 @@ pub struct ModelConfig {
     pub parity_bound: f64,
     #[serde(default)]
     pub min_improvement: f64,
+    /// After the held-out evaluation, train once more on the whole window
+    /// (the MLP for the epochs early stopping chose) and publish that: on a
+    /// drifting stream the held-out rows are the newest, the ones the next
+    /// rows resemble most.
+    #[serde(default = "default_refit")]
+    pub refit: bool,
     #[serde(default)]
     pub mlp: MlpSettings,
     #[serde(default)]
@@ -177,6 +183,10 @@ fn default_seed() -> u64 {
 fn default_window_rows() -> usize {
     20_000
 }
+fn default_refit() -> bool {
+    true
+}
+
 fn default_holdout() -> f64 {
     0.2
 }

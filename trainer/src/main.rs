@@ -110,7 +110,7 @@ fn main() -> Result<()> {
             );
             let lineage = publish::lineage(mc, None, ranges, dataset.rows());
             let meta = publish::metadata(&model, version, &lineage);
-            let candidate = publish::train_candidate(mc, &dataset, version, &meta, None)?;
+            let candidate = publish::train_candidate(mc, &dataset, version, &meta, None, 0)?;
             let mut lineage = lineage;
             lineage.rows = candidate.rows as u64;
             let manifest = publish::publish(repo, mc, version, &candidate, lineage)?;

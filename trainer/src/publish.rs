@@ -1,8 +1,9 @@
 //! Training run to published version: train on the older part of the
 //! data, evaluate on the newest held-out part (against the stable version
-//! too, when there is one), export, check parity, then write the version
-//! into the repository: files first, `manifest.json` last, each by atomic
-//! rename.
+//! too, when there is one), refit on the whole window (`refit`, on by
+//! default: the same settings, the MLP for the epochs early stopping
+//! chose), export, check parity, then write the version into the
+//! repository: files first, `manifest.json` last, each by atomic rename.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +16,7 @@ use crate::monitor::psi::Reference;
 use crate::parity::{self, ParityError};
 use crate::train::gbt::Gbt;
 use crate::train::metrics::{evaluate, primary_loss};
-use crate::train::mlp::Mlp;
+use crate::train::mlp::{Mlp, MlpSettings};
 use crate::train::{Dataset, TrainError, Trained};
 
 /// The training reference saved with each version, for drift.
@@ -48,6 +49,8 @@ pub struct Candidate {
     pub offline: BTreeMap<String, f64>,
     /// The stable version's metrics on the same held-out rows.
     pub stable_offline: Option<BTreeMap<String, f64>>,
+    /// How many rows were held out.
+    pub held_rows: usize,
     pub parity_max_abs: f64,
     pub rows: usize,
     pub seconds: f64,
@@ -63,18 +66,33 @@ impl Candidate {
     }
 }
 
+/// The least rows the stable version has not seen for the held-out slice
+/// to be cut to those.
+pub const MIN_FRESH_ROWS: usize = 50;
+
 /// Trains and checks a candidate on `data` (time-ordered). `stable` is the
-/// serving version's ONNX bytes, scored on the same held-out rows.
+/// serving version's ONNX bytes, scored on the same held-out rows; it
+/// trained on none of the rows from `stable_fresh_from` on.
 pub fn train_candidate(
     model: &ModelConfig,
     data: &Dataset,
     version: u64,
     metadata: &[(String, String)],
     stable: Option<&[u8]>,
+    stable_fresh_from: usize,
 ) -> Result<Candidate, PublishError> {
     let interface = model.interface().map_err(PublishError::Settings)?;
+    let n = data.rows();
     let (train, held) = if model.holdout_fraction > 0.0 {
-        data.split_tail(model.holdout_fraction)
+        // The newest rows, and none the stable version trained on: rows it
+        // has seen would flatter it (when too few are left, the whole
+        // slice, which errs on stable's side).
+        let (_, tail) = data.split_tail(model.holdout_fraction);
+        let mut split = n - tail.rows();
+        if stable_fresh_from > split && n.saturating_sub(stable_fresh_from) >= MIN_FRESH_ROWS {
+            split = stable_fresh_from;
+        }
+        (data.slice(0..split), data.slice(split..n))
     } else {
         (data.clone(), data.clone())
     };
@@ -83,9 +101,26 @@ pub fn train_candidate(
         Family::Mlp => Trained::Mlp(Mlp::train(model.task, &train, &model.mlp, model.seed)?),
         Family::Gbt => Trained::Gbt(Gbt::train(model.task, &train, &model.gbt)?),
     };
+    let offline = evaluate(model.task, &trained.predict(&held.x), &held.y);
+    // The held-out evaluation judged the recipe; the published model also
+    // learns from the newest rows, which the next requests resemble most.
+    let (trained, train) = if model.refit && model.holdout_fraction > 0.0 {
+        let refitted = match &trained {
+            Trained::Mlp(first) => {
+                let settings = MlpSettings {
+                    max_epochs: first.best_epochs,
+                    validation_fraction: 0.0,
+                    ..model.mlp.clone()
+                };
+                Trained::Mlp(Mlp::train(model.task, data, &settings, model.seed)?)
+            }
+            Trained::Gbt(_) => Trained::Gbt(Gbt::train(model.task, data, &model.gbt)?),
+        };
+        (refitted, data.clone())
+    } else {
+        (trained, train)
+    };
     let seconds = started.elapsed().as_secs_f64();
-    let ours = trained.predict(&held.x);
-    let offline = evaluate(model.task, &ours, &held.y);
     let stable_offline = match stable {
         Some(bytes) => parity::run_onnx(bytes, &held.x, data.features)
             .ok()
@@ -107,6 +142,7 @@ pub fn train_candidate(
         reference,
         offline,
         stable_offline,
+        held_rows: held.rows(),
         parity_max_abs: check.max_abs,
         rows: train.rows(),
         seconds,
@@ -198,6 +234,7 @@ pub fn lineage(
         parent,
         data,
         rows: rows as u64,
+        trained_through_ms: None,
         config_sha256: Some(Config::model_sha256(config_model)),
         code: Some(code_version()),
         seed: Some(config_model.seed),

@@ -440,7 +440,28 @@ impl Trainer {
             stable,
             serde_json::json!({"reason": reason, "rows": data.rows()}),
         );
-        let lineage = publish::lineage(model, stable, ranges, data.rows());
+        let mut lineage = publish::lineage(model, stable, ranges, data.rows());
+        lineage.trained_through_ms = ms.window.examples().map(|e| e.timestamp_ms).max();
+        // Held-out rows the stable version trained on would flatter it:
+        // the comparison starts after the newest row it saw.
+        let stable_through = stable.and_then(|v| {
+            Manifest::read(
+                &layout::version_dir(&repo, &model.name, v).join(MANIFEST_FILE),
+                None,
+            )
+            .ok()
+            .and_then(|m| m.lineage)
+            .and_then(|l| l.trained_through_ms)
+        });
+        let fresh_from = stable_through.map_or(0, |t| {
+            ms.window
+                .examples()
+                .filter(|e| e.features.len() == features)
+                .enumerate()
+                .filter(|(_, e)| e.timestamp_ms <= t)
+                .last()
+                .map_or(0, |(i, _)| i + 1)
+        });
         let meta = publish::metadata(&model.name, version, &lineage);
         let stable_bytes = stable.and_then(|v| {
             std::fs::read(layout::version_dir(&repo, &model.name, v).join(MODEL_FILE)).ok()
@@ -451,6 +472,7 @@ impl Trainer {
             version,
             &meta,
             stable_bytes.as_deref(),
+            fresh_from,
         ) {
             Ok(c) => c,
             Err(e) => {
@@ -465,9 +487,15 @@ impl Trainer {
             }
         };
         metrics::gauge!(m::TRAINING_SECONDS, "model" => model.name.clone()).set(candidate.seconds);
-        self.events.emit(&model.name, "retrain_finished", None, serde_json::json!({
+        self.events.emit(
+            &model.name,
+            "retrain_finished",
+            None,
+            serde_json::json!({
             "seconds": candidate.seconds, "rows": candidate.rows, "offline": candidate.offline,
-            "stable_offline": candidate.stable_offline, "parity_max_abs": candidate.parity_max_abs}));
+            "stable_offline": candidate.stable_offline, "held_rows": candidate.held_rows,
+            "parity_max_abs": candidate.parity_max_abs}),
+        );
         if !candidate.beats_stable(model) {
             metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "rejected")
                 .increment(1);
@@ -479,7 +507,6 @@ impl Trainer {
             );
             return;
         }
-        let mut lineage = lineage;
         lineage.rows = candidate.rows as u64;
         match publish::publish(&repo, model, version, &candidate, lineage) {
             Ok(manifest) => {
@@ -568,13 +595,27 @@ impl Trainer {
             }
         } else {
             let classifier = matches!(model.task, Task::Classification { .. });
-            let verdict = compare(
-                &r.candidate,
-                &r.stable_quality,
-                model.canary.min_samples,
-                model.canary.alpha,
-                classifier,
-            );
+            // Quality is compared on concurrent traffic only: under drift,
+            // rows from another time are a biased yardstick. Once the
+            // candidate takes all traffic after a judged step, stable gets
+            // none; it then needs only its sample (the latency and error
+            // guardrails stay the gateway's).
+            let full = routing.canary.get(&r.version).is_some_and(|&w| w >= 1.0);
+            let verdict = if full && r.step > 0 {
+                if r.candidate.loss.n >= model.canary.min_samples {
+                    Verdict::NotWorse
+                } else {
+                    Verdict::NotEnoughData
+                }
+            } else {
+                compare(
+                    &r.candidate,
+                    &r.stable_quality,
+                    model.canary.min_samples,
+                    model.canary.alpha,
+                    classifier,
+                )
+            };
             let stats = serde_json::json!({
                 "candidate_n": r.candidate.loss.n, "candidate_loss": r.candidate.loss.mean,
                 "candidate_accuracy": r.candidate.correct as f64 / r.candidate.loss.n.max(1) as f64,
@@ -601,14 +642,18 @@ impl Trainer {
                     &name,
                     "advance",
                     r.version,
-                    "online quality not worse than stable",
+                    if full && r.step > 0 {
+                        "all traffic after the judged steps, enough labelled rows"
+                    } else {
+                        "online quality not worse than stable"
+                    },
                 ) {
                     Ok(_) => {
                         r.step += 1;
-                        // Each step judges the candidate afresh; stable's
-                        // sample runs over the whole rollout, since at the
-                        // last step (weight 1.0) stable gets no traffic.
+                        // Each step judges both arms afresh, on the traffic
+                        // they share at its weights.
                         r.candidate = ArmQuality::default();
+                        r.stable_quality = ArmQuality::default();
                         self.events
                             .emit(&name, "canary_step", Some(r.version), stats);
                         if self

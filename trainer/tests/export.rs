@@ -143,3 +143,92 @@ fn tree_ensembles_pass_the_checker_and_match_onnx_runtime() {
         check_all(tag, task, Trained::Gbt(m), &d);
     }
 }
+
+/// A candidate is judged on the newest rows held out, then refitted on the
+/// whole window (the MLP for the epochs early stopping kept) and that
+/// model is the one exported and parity-checked; without `refit` the
+/// held-out rows never reach the published model.
+#[test]
+fn candidates_are_refitted_on_the_whole_window() {
+    use quiver_trainer::config::ModelConfig;
+    use quiver_trainer::publish::train_candidate;
+    let task = Task::Classification { classes: 2 };
+    let d = data(task, 3000, 5, 3);
+    for family in ["mlp", "gbt"] {
+        for refit in [true, false] {
+            let model: ModelConfig = toml::from_str(&format!(
+                r#"
+                name = "m"
+                task = {{ kind = "classification", classes = 2 }}
+                input = "features"
+                outputs = [{{ name = "probabilities", kind = "probabilities" }}]
+                family = "{family}"
+                holdout_fraction = 0.2
+                refit = {refit}
+                mlp = {{ hidden = [8], max_epochs = 4 }}
+                gbt = {{ rounds = 10, max_depth = 3 }}
+                "#
+            ))
+            .unwrap();
+            let c = train_candidate(&model, &d, 2, &[], None, 0).unwrap();
+            let want = if refit { 3000 } else { 2400 };
+            assert_eq!(c.rows, want, "{family} refit={refit}");
+            assert!(c.parity_max_abs <= 1e-4, "{family}: {}", c.parity_max_abs);
+            assert!(c.offline["accuracy"] > 0.6, "{family}: {:?}", c.offline);
+            if let Trained::Mlp(m) = &c.trained {
+                assert!(m.best_epochs >= 1 && m.best_epochs <= 4);
+                if refit {
+                    assert_eq!(m.epochs, m.best_epochs, "the refit runs the kept epochs");
+                }
+            }
+        }
+    }
+}
+
+/// The held-out slice (candidate against stable) is cut to rows stable
+/// was not trained on, when enough of them are left.
+#[test]
+fn the_stable_comparison_uses_rows_stable_has_not_seen() {
+    use quiver_trainer::config::ModelConfig;
+    use quiver_trainer::publish::{MIN_FRESH_ROWS, train_candidate};
+    let task = Task::Classification { classes: 2 };
+    let d = data(task, 3000, 5, 4);
+    let model: ModelConfig = toml::from_str(
+        r#"
+        name = "m"
+        task = { kind = "classification", classes = 2 }
+        input = "features"
+        outputs = [{ name = "probabilities", kind = "probabilities" }]
+        family = "gbt"
+        holdout_fraction = 0.2
+        gbt = { rounds = 10, max_depth = 3 }
+        "#,
+    )
+    .unwrap();
+    // Stable saw rows 0..2700; the held-out slice is 2400..3000.
+    let settings = GbtSettings {
+        rounds: 10,
+        max_depth: 3,
+        ..GbtSettings::default()
+    };
+    let stable = Gbt::train(task, &d.slice(0..2700), &settings).unwrap();
+    let iface = Interface {
+        input: "features".into(),
+        outputs: vec![OutputSpec {
+            name: "probabilities".into(),
+            kind: OutputKind::Probabilities,
+        }],
+    };
+    let bytes = Trained::Gbt(stable).to_onnx(&iface, 1, &[]);
+    for (fresh_from, rows) in [
+        (2700, 300),
+        (0, 600),
+        (3000 - MIN_FRESH_ROWS + 1, 600),
+        (1000, 600),
+    ] {
+        let c = train_candidate(&model, &d, 2, &[], Some(&bytes), fresh_from).unwrap();
+        assert_eq!(c.held_rows, rows, "fresh from {fresh_from}");
+        let stable = c.stable_offline.unwrap();
+        assert!(c.offline["accuracy"] > 0.6 && stable["accuracy"] > 0.6);
+    }
+}

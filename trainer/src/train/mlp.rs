@@ -66,6 +66,9 @@ pub struct Mlp {
     layers: Vec<Layer>,
     /// Epochs run, for the log.
     pub epochs: usize,
+    /// The epoch whose weights were kept (the best validation loss; the
+    /// last epoch without a validation slice).
+    pub best_epochs: usize,
 }
 
 struct Grads {
@@ -122,6 +125,7 @@ impl Mlp {
             inv_std,
             layers,
             epochs: 0,
+            best_epochs: 0,
         };
         let xs = model.standardise(&train.x, train.rows());
         let xv = model.standardise(&valid.x, valid.rows());
@@ -143,11 +147,13 @@ impl Mlp {
             }
             model.epochs = epoch + 1;
             if valid.rows() == 0 {
+                model.best_epochs = model.epochs;
                 continue;
             }
             let loss = model.loss(xv.view(), &valid.y);
             if loss < best.0 - 1e-6 {
                 best = (loss, model.layers.clone());
+                model.best_epochs = epoch + 1;
                 since_best = 0;
             } else {
                 since_best += 1;
