@@ -26,7 +26,7 @@ use crate::join::{Columns, Example, Joiner};
 use crate::metrics as m;
 use crate::monitor::psi::Reference;
 use crate::monitor::quality::Quality;
-use crate::monitor::stats::{ArmQuality, Verdict, compare};
+use crate::monitor::stats::{ArmQuality, Verdict, step_verdict};
 use crate::publish::{self, REFERENCE_FILE};
 use crate::source::{self, RecordSource, SourceError};
 use crate::train::Task;
@@ -601,21 +601,15 @@ impl Trainer {
             // none; it then needs only its sample (the latency and error
             // guardrails stay the gateway's).
             let full = routing.canary.get(&r.version).is_some_and(|&w| w >= 1.0);
-            let verdict = if full && r.step > 0 {
-                if r.candidate.loss.n >= model.canary.min_samples {
-                    Verdict::NotWorse
-                } else {
-                    Verdict::NotEnoughData
-                }
-            } else {
-                compare(
-                    &r.candidate,
-                    &r.stable_quality,
-                    model.canary.min_samples,
-                    model.canary.alpha,
-                    classifier,
-                )
-            };
+            let alone = full && r.step > 0;
+            let verdict = step_verdict(
+                &r.candidate,
+                &r.stable_quality,
+                alone,
+                model.canary.min_samples,
+                model.canary.alpha,
+                classifier,
+            );
             let stats = serde_json::json!({
                 "candidate_n": r.candidate.loss.n, "candidate_loss": r.candidate.loss.mean,
                 "candidate_accuracy": r.candidate.correct as f64 / r.candidate.loss.n.max(1) as f64,
@@ -642,7 +636,7 @@ impl Trainer {
                     &name,
                     "advance",
                     r.version,
-                    if full && r.step > 0 {
+                    if alone {
                         "all traffic after the judged steps, enough labelled rows"
                     } else {
                         "online quality not worse than stable"

@@ -120,6 +120,28 @@ pub fn compare(
     }
 }
 
+/// The verdict at one rollout step. `alone`: the candidate takes all
+/// traffic after an earlier step was judged on shared traffic, so stable
+/// has no rows of this step and only the candidate's sample size counts
+/// (comparing with stable's rows from another time would be biased under
+/// drift).
+pub fn step_verdict(
+    candidate: &ArmQuality,
+    stable: &ArmQuality,
+    alone: bool,
+    min_samples: u64,
+    alpha: f64,
+    classifier: bool,
+) -> Verdict {
+    if !alone {
+        compare(candidate, stable, min_samples, alpha, classifier)
+    } else if candidate.loss.n >= min_samples {
+        Verdict::NotWorse
+    } else {
+        Verdict::NotEnoughData
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +194,31 @@ mod tests {
         assert_eq!(
             compare(&arm(0, &bad), &arm(0, &good), 100, 0.01, false),
             Verdict::Worse
+        );
+    }
+
+    #[test]
+    fn a_candidate_alone_needs_only_its_sample() {
+        let none = ArmQuality::default();
+        let bad = arm(10, &[2.0; 100]);
+        assert_eq!(
+            step_verdict(&bad, &none, true, 100, 0.01, true),
+            Verdict::NotWorse,
+            "stable has no rows of this step"
+        );
+        assert_eq!(
+            step_verdict(&arm(5, &[0.1; 99]), &none, true, 100, 0.01, true),
+            Verdict::NotEnoughData
+        );
+        let good = arm(90, &[0.3; 100]);
+        assert_eq!(
+            step_verdict(&bad, &good, false, 100, 0.01, true),
+            Verdict::Worse,
+            "shared traffic is compared"
+        );
+        assert_eq!(
+            step_verdict(&bad, &none, false, 100, 0.01, true),
+            Verdict::NotEnoughData
         );
     }
 }
