@@ -72,6 +72,11 @@ struct Rollout {
     stable: Option<u64>,
     started: bool,
     step: usize,
+    /// When the current step began (ms since the Unix epoch): only
+    /// predictions made since count for it, so both arms are judged on the
+    /// same stretch of traffic even when labels arrive hours late.
+    #[serde(default)]
+    step_started_ms: u64,
     candidate: ArmQuality,
     stable_quality: ArmQuality,
 }
@@ -165,6 +170,7 @@ impl Trainer {
                         stable: None,
                         started: false,
                         step: 0,
+                        step_started_ms: 0,
                         candidate: ArmQuality::default(),
                         stable_quality: ArmQuality::default(),
                     });
@@ -266,7 +272,13 @@ impl Trainer {
         q.add(task, &e.served, e.label);
         export_quality(&e.model, e.version, task, q);
         ms.since_training.add(task, &e.served, e.label);
-        if let Some(r) = ms.rollout.as_mut().filter(|r| r.started) {
+        // Rows predicted before the step began (their labels came late)
+        // would give stable an older, different sample.
+        if let Some(r) = ms
+            .rollout
+            .as_mut()
+            .filter(|r| r.started && e.timestamp_ms >= r.step_started_ms)
+        {
             let mut one = Quality::default();
             one.add(task, &e.served, e.label);
             let target = if e.version == r.version {
@@ -518,6 +530,7 @@ impl Trainer {
                         stable,
                         started: false,
                         step: 0,
+                        step_started_ms: 0,
                         candidate: ArmQuality::default(),
                         stable_quality: ArmQuality::default(),
                     });
@@ -582,6 +595,7 @@ impl Trainer {
             {
                 Ok(_) => {
                     r.started = true;
+                    r.step_started_ms = now_ms();
                     self.events.emit(
                         &name,
                         "canary_started",
@@ -648,6 +662,7 @@ impl Trainer {
                         // they share at its weights.
                         r.candidate = ArmQuality::default();
                         r.stable_quality = ArmQuality::default();
+                        r.step_started_ms = now_ms();
                         self.events
                             .emit(&name, "canary_step", Some(r.version), stats);
                         if self
