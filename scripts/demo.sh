@@ -53,7 +53,7 @@ while [[ $# -gt 0 ]]; do
         --retrain-rows) retrain_rows_opt="$2"; shift 2 ;;
         --steps) steps_opt="$2"; shift 2 ;;
         --canary-samples) samples_opt="$2"; shift 2 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^set -euo/ { exit } NR > 1' "$0"; exit 0 ;;
         *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -87,8 +87,7 @@ pub fn train_candidate(
         // The newest rows, and none the stable version trained on: rows it
         // has seen would flatter it (when too few are left, the whole
         // slice, which errs on stable's side).
-        let (_, tail) = data.split_tail(model.holdout_fraction);
-        let mut split = n - tail.rows();
+        let mut split = n - data.tail_rows(model.holdout_fraction);
         if stable_fresh_from > split && n.saturating_sub(stable_fresh_from) >= MIN_FRESH_ROWS {
             split = stable_fresh_from;
         }
@@ -104,8 +103,9 @@ pub fn train_candidate(
     let offline = evaluate(model.task, &trained.predict(&held.x), &held.y);
     // The held-out evaluation judged the recipe; the published model also
     // learns from the newest rows, which the next requests resemble most.
-    let (trained, train) = if model.refit && model.holdout_fraction > 0.0 {
-        let refitted = match &trained {
+    let refit = model.refit && model.holdout_fraction > 0.0;
+    let trained = if refit {
+        match &trained {
             Trained::Mlp(first) => {
                 let settings = MlpSettings {
                     max_epochs: first.best_epochs,
@@ -115,11 +115,11 @@ pub fn train_candidate(
                 Trained::Mlp(Mlp::train(model.task, data, &settings, model.seed)?)
             }
             Trained::Gbt(_) => Trained::Gbt(Gbt::train(model.task, data, &model.gbt)?),
-        };
-        (refitted, data.clone())
+        }
     } else {
-        (trained, train)
+        trained
     };
+    let fitted_on = if refit { data } else { &train };
     let seconds = started.elapsed().as_secs_f64();
     let stable_offline = match stable {
         Some(bytes) => parity::run_onnx(bytes, &held.x, data.features)
@@ -130,12 +130,12 @@ pub fn train_candidate(
     };
     let onnx = trained.to_onnx(&interface, version, metadata);
     let check = parity::check(&trained, &onnx, &held.x, model.parity_bound)?;
-    let train_out = trained.predict(&train.x);
+    let train_out = trained.predict(&fitted_on.x);
     let first: Vec<f32> = train_out
         .chunks(model.task.width())
         .map(|r| *r.last().unwrap_or(&0.0))
         .collect();
-    let reference = Reference::fit(&train.x, data.features, &first, PSI_BINS);
+    let reference = Reference::fit(&fitted_on.x, data.features, &first, PSI_BINS);
     Ok(Candidate {
         trained,
         onnx,
@@ -144,7 +144,7 @@ pub fn train_candidate(
         stable_offline,
         held_rows: held.rows(),
         parity_max_abs: check.max_abs,
-        rows: train.rows(),
+        rows: fitted_on.rows(),
         seconds,
     })
 }

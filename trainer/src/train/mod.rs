@@ -70,11 +70,18 @@ impl Dataset {
         }
     }
 
+    /// How many of the newest rows `split_tail(fraction)` holds out: at
+    /// least one (of two or more), at most half.
+    pub fn tail_rows(&self, fraction: f64) -> usize {
+        let n = self.rows();
+        ((n as f64 * fraction).round() as usize).clamp(usize::from(n > 1), n / 2)
+    }
+
     /// Splits off the newest `fraction` of rows (the data is time-ordered,
     /// so the held-out part is the most recent): `(older, newest)`.
     pub fn split_tail(&self, fraction: f64) -> (Dataset, Dataset) {
         let n = self.rows();
-        let held = ((n as f64 * fraction).round() as usize).clamp(usize::from(n > 1), n / 2);
+        let held = self.tail_rows(fraction);
         (self.slice(0..n - held), self.slice(n - held..n))
     }
 }
