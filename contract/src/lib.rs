@@ -8,6 +8,8 @@
 //!   makes a version visible and carries checksums and lineage.
 //! - [`routing`]: `<model>/routing.json`, which version is stable, which are
 //!   canaries (with weights) and shadows, and where a rollout stands.
+//! - [`fleet`]: `<root>/.quiver/`: the registry index that replicas poll,
+//!   the guardrail leader's lease, and each replica's traffic report.
 //! - [`records`]: the prediction, label and ingress records, the same on
 //!   Kafka and in the local log.
 //! - [`segments`]: the local log, directories of JSON-lines segment files
@@ -18,6 +20,7 @@
 //! Every file and record carries a `schema` number. A reader refuses a schema newer than
 //! it knows; a change of shape bumps the number here, never ad hoc.
 
+pub mod fleet;
 pub mod layout;
 pub mod manifest;
 pub mod records;

@@ -116,12 +116,23 @@ impl Manifest {
             path: shown.clone(),
             source,
         })?;
+        Manifest::parse(&text, &shown, expect)
+    }
+
+    /// Checks the bytes of a manifest, as [`Manifest::read`] does; `shown`
+    /// names where they came from in errors.
+    pub fn parse(
+        text: &[u8],
+        shown: &str,
+        expect: Option<(&str, u64)>,
+    ) -> Result<Manifest, ManifestError> {
+        let shown = shown.to_string();
         let invalid = |message: String| ManifestError::Invalid {
             path: shown.clone(),
             message,
         };
         let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
+            serde_json::from_slice(text).map_err(|e| invalid(e.to_string()))?;
         let schema = value
             .get("schema")
             .and_then(serde_json::Value::as_u64)

@@ -1,14 +1,22 @@
-//! `<model>/routing.json`: which version answers a request that names none.
-//! The gateway applies it, writes it back after every rollout decision (so a
-//! restart resumes where it was), and the trainer or an operator may write
-//! it too, by atomic rename.
+//! `<model>/routing.json`: which version answers a request that names none,
+//! whether the model is unloaded, and the recent rollout decisions. Every
+//! replica applies it; every writer (the admin API on any replica, the
+//! fleet's guardrail leader, the trainer) changes it by compare-and-swap
+//! against the copy it read, so no update is lost when writers race.
+//!
+//! Schema 2 added `unloaded` and `history`; schema 1 files are read as
+//! schema 2 with neither.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The routing schema this crate reads and writes.
-pub const SCHEMA: u32 = 1;
+/// The routing schema this crate writes; it also reads schema 1.
+pub const SCHEMA: u32 = 2;
+/// The oldest routing schema this crate reads.
+pub const MIN_SCHEMA: u32 = 1;
+/// Decisions kept in `history`, oldest dropped first.
+pub const HISTORY: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +47,38 @@ pub struct RoutingState {
     /// Why the last change was made, for people reading the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Unloaded through the admin API: no replica serves the model until
+    /// it is loaded again (and a restart keeps it so).
+    #[serde(default)]
+    pub unloaded: bool,
+    /// The recent decisions, newest last, at most [`HISTORY`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RoutingEvent>,
+}
+
+/// One routing decision, as kept in `history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingEvent {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `init`, `start`, `advance`, `promote`, `rollback`, `set`, `load`, `unload`.
+    pub decision: String,
+    /// Who decided: `rollout-guardrail@<replica>`, `quiver-trainer`, `api@<replica>`, ...
+    pub by: String,
+    pub reason: String,
+    #[serde(default)]
+    pub stable: Option<u64>,
+    #[serde(default)]
+    pub canary: BTreeMap<u64, f64>,
+    #[serde(default)]
+    pub step: usize,
+    /// For guardrail decisions: the requests the decision weighed (canary
+    /// and stable together) and how many replicas served them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 impl Default for RoutingState {
@@ -53,6 +93,8 @@ impl Default for RoutingState {
             updated_by: String::new(),
             updated_at: String::new(),
             reason: None,
+            unloaded: false,
+            history: Vec::new(),
         }
     }
 }
@@ -61,7 +103,7 @@ impl Default for RoutingState {
 pub enum RoutingError {
     #[error("not valid routing JSON: {0}")]
     Json(String),
-    #[error("routing schema {0} is not supported; this build reads schema {SCHEMA}")]
+    #[error("routing schema {0} is not supported; this build reads schemas {MIN_SCHEMA} to {SCHEMA}")]
     Schema(u32),
     #[error("canary weight of version {version} is {weight}; weights must lie in [0, 1]")]
     Weight { version: u64, weight: f64 },
@@ -75,8 +117,11 @@ pub enum RoutingError {
 
 impl RoutingState {
     pub fn parse(bytes: &[u8]) -> Result<RoutingState, RoutingError> {
-        let state: RoutingState =
+        let mut state: RoutingState =
             serde_json::from_slice(bytes).map_err(|e| RoutingError::Json(e.to_string()))?;
+        if (MIN_SCHEMA..SCHEMA).contains(&state.schema) {
+            state.schema = SCHEMA;
+        }
         state.validate()?;
         Ok(state)
     }
@@ -131,6 +176,14 @@ impl RoutingState {
             && self.shadow == other.shadow
             && self.step == other.step
             && self.rolled_back == other.rolled_back
+            && self.unloaded == other.unloaded
+    }
+
+    /// Appends a decision to `history`, dropping the oldest past [`HISTORY`].
+    pub fn record(&mut self, event: RoutingEvent) {
+        self.history.push(event);
+        let excess = self.history.len().saturating_sub(HISTORY);
+        self.history.drain(..excess);
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -151,6 +204,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.stable, Some(6));
         assert_eq!(s.canary.get(&7), Some(&0.05));
+        // Schema 1 reads as schema 2, loaded and without history.
+        assert_eq!(s.schema, SCHEMA);
+        assert!(!s.unloaded && s.history.is_empty());
         assert_eq!(s.referenced().collect::<Vec<_>>(), vec![6, 7]);
         let again = RoutingState::parse(&s.to_json()).unwrap();
         assert_eq!(again, s);
@@ -159,7 +215,7 @@ mod tests {
     #[test]
     fn rejects_inconsistent_states() {
         let bad = |json: &str| RoutingState::parse(json.as_bytes()).unwrap_err();
-        assert_eq!(bad(r#"{"schema": 2}"#), RoutingError::Schema(2));
+        assert_eq!(bad(r#"{"schema": 3}"#), RoutingError::Schema(3));
         assert!(matches!(
             bad(r#"{"schema": 1, "canary": {"2": 1.5}}"#),
             RoutingError::Weight { .. }
@@ -185,5 +241,27 @@ mod tests {
             RoutingState::parse(br#"{"schema": 1, "canary": {"2": 0.1, "3": 0.2, "4": 0.7}}"#)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn history_keeps_the_newest_decisions() {
+        let mut s = RoutingState::default();
+        for i in 0..(HISTORY + 5) {
+            s.record(RoutingEvent {
+                at: String::new(),
+                decision: "set".into(),
+                by: "api".into(),
+                reason: i.to_string(),
+                stable: None,
+                canary: BTreeMap::new(),
+                step: 0,
+                requests: None,
+                replicas: None,
+            });
+        }
+        assert_eq!(s.history.len(), HISTORY);
+        assert_eq!(s.history[0].reason, "5");
+        let again = RoutingState::parse(&s.to_json()).unwrap();
+        assert_eq!(again, s);
     }
 }
