@@ -55,6 +55,9 @@ pub struct GatewayConfig {
     /// Kafka: the brokers the prediction log goes to, its disk spool, and
     /// the ingress consumer for Kafka producers.
     pub kafka: KafkaConfig,
+    /// Running as one of several replicas on one registry: the guardrail
+    /// leader's lease and the traffic reports it merges.
+    pub fleet: FleetConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,19 +88,33 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepositoryConfig {
-    /// The model repository: `<path>/<model>/<version>/model.onnx`.
-    pub path: Option<PathBuf>,
+    /// The model registry: a local directory, or `s3://bucket/prefix` on any
+    /// S3-compatible store. Layout: `<model>/<version>/model.onnx`.
+    pub path: Option<String>,
     /// How often the repository is read for new, changed and removed
     /// versions, config and routing files, in ms; 0 turns watching off
-    /// (then only the repository API loads and unloads).
+    /// (then only the repository API loads and unloads). On an object
+    /// store a poll is one conditional GET of the registry index.
     pub poll_interval_ms: u64,
+    /// Object stores: how often the whole registry is also listed, in ms,
+    /// to find versions uploaded by hand without updating the index
+    /// (Quiver's own publishers always update it); 0 turns it off.
+    pub full_scan_interval_ms: u64,
+    /// Object stores: where versions are downloaded and checked before
+    /// loading; kept across restarts (a version whose manifest did not
+    /// change is not downloaded again).
+    pub cache_dir: PathBuf,
     /// Versions loading at once. Each load runs on its own thread, never on
     /// a serving thread; the cap bounds the CPU and memory taken from them.
     pub max_concurrent_loads: usize,
     /// Serve only versions that have a `manifest.json` (written last, with
     /// checksums). Off, a version without one is taken once its
-    /// `model.onnx` has stayed unchanged for one poll interval.
+    /// `model.onnx` has stayed unchanged for one poll interval. Object
+    /// stores always require it.
     pub require_manifest: bool,
+    /// Object stores: settings that override the standard `AWS_*`
+    /// environment variables.
+    pub s3: S3Config,
 }
 
 impl Default for RepositoryConfig {
@@ -105,8 +122,60 @@ impl Default for RepositoryConfig {
         RepositoryConfig {
             path: None,
             poll_interval_ms: 1000,
+            full_scan_interval_ms: 60_000,
+            cache_dir: std::env::temp_dir().join("quiver-cache"),
             max_concurrent_loads: 1,
             require_manifest: false,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// `[repository.s3]`: each key left out falls back to its `AWS_*`
+/// environment variable, as every S3 tool reads them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint of an on-prem or other S3-compatible store
+    /// (`AWS_ENDPOINT_URL`), e.g. `http://minio:9000`.
+    pub endpoint: Option<String>,
+    /// Region (`AWS_REGION`).
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint (`AWS_ALLOW_HTTP`).
+    pub allow_http: Option<bool>,
+    /// Name of the environment variable holding the access key id
+    /// (default `AWS_ACCESS_KEY_ID`); the key itself never goes here.
+    pub access_key_id_env: Option<String>,
+    /// Name of the environment variable holding the secret access key
+    /// (default `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key_env: Option<String>,
+    /// Per-request timeout in ms, retries included.
+    pub timeout_ms: Option<u64>,
+}
+
+/// `[fleet]`: every replica watching one registry follows the routing it
+/// stores; one of them, the leader, takes the guardrail's decisions on the
+/// traffic of all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// This replica's name in the lease and the traffic reports; unique
+    /// in the fleet (on Kubernetes, the pod name). Default: host name and
+    /// process id.
+    pub replica_id: Option<String>,
+    /// How long the leader's lease lasts without renewal, in ms; a dead
+    /// leader is replaced after at most this long. Renewed every third.
+    pub lease_ttl_ms: u64,
+    /// How often each replica writes its traffic report, in ms.
+    pub report_interval_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            replica_id: None,
+            lease_ttl_ms: 10_000,
+            report_interval_ms: 1000,
         }
     }
 }
@@ -269,7 +338,13 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub http_workers: usize,
     pub shutdown_grace: Duration,
-    pub repository: PathBuf,
+    /// A local directory or `s3://bucket/prefix`.
+    pub repository: String,
+    pub s3: quiver_registry::S3Settings,
+    /// `None`: no full listings.
+    pub full_scan_interval: Option<Duration>,
+    pub cache_dir: PathBuf,
+    pub fleet: FleetSettings,
     /// `None`: no watching.
     pub poll_interval: Option<Duration>,
     pub max_concurrent_loads: usize,
@@ -281,6 +356,13 @@ pub struct Settings {
     pub log: LogSettings,
     /// `None`: no Kafka ingress.
     pub ingress: Option<IngressSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub replica_id: String,
+    pub lease_ttl: Duration,
+    pub report_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -358,8 +440,41 @@ impl GatewayConfig {
         })?;
         let repository = self.repository.path.ok_or(ConfigError::Invalid {
             key: "repository.path",
-            message: "no model repository given (use --model-repository DIR)".into(),
+            message: "no model repository given (use --model-repository DIR or s3://BUCKET/PREFIX)"
+                .into(),
         })?;
+        let f = &self.fleet;
+        if f.lease_ttl_ms < 100 || f.report_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "fleet",
+                message: "lease_ttl_ms must be at least 100 and report_interval_ms at least 1"
+                    .into(),
+            });
+        }
+        let replica_id = match f.replica_id.clone().filter(|r| !r.is_empty()) {
+            Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => id,
+            Some(id) => {
+                return Err(ConfigError::Invalid {
+                    key: "fleet.replica_id",
+                    message: format!("'{id}' may hold only letters, digits, '-', '_' and '.'"),
+                });
+            }
+            None => default_replica_id(),
+        };
+        let fleet = FleetSettings {
+            replica_id,
+            lease_ttl: Duration::from_millis(f.lease_ttl_ms),
+            report_interval: Duration::from_millis(f.report_interval_ms),
+        };
+        let s3c = &self.repository.s3;
+        let s3 = quiver_registry::S3Settings {
+            endpoint: s3c.endpoint.clone(),
+            region: s3c.region.clone(),
+            allow_http: s3c.allow_http,
+            access_key_id_env: s3c.access_key_id_env.clone(),
+            secret_access_key_env: s3c.secret_access_key_env.clone(),
+            timeout: s3c.timeout_ms.map(Duration::from_millis),
+        };
         validate_model_settings(&self.models)
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         let http_workers = match self.http.workers {
@@ -394,6 +509,11 @@ impl GatewayConfig {
             http_workers,
             shutdown_grace: Duration::from_secs(self.http.shutdown_grace_secs),
             repository,
+            s3,
+            full_scan_interval: (self.repository.full_scan_interval_ms > 0)
+                .then(|| Duration::from_millis(self.repository.full_scan_interval_ms)),
+            cache_dir: self.repository.cache_dir,
+            fleet,
             poll_interval: (self.repository.poll_interval_ms > 0)
                 .then(|| Duration::from_millis(self.repository.poll_interval_ms)),
             max_concurrent_loads: self.repository.max_concurrent_loads,
@@ -416,6 +536,20 @@ impl GatewayConfig {
             ingress,
         })
     }
+}
+
+/// `<host>-<pid>`: unique among processes on a host, readable in the lease.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .collect();
+    format!("{host}-{}", std::process::id())
 }
 
 /// Checks the serving settings that would make a model unservable.
@@ -510,7 +644,7 @@ mod tests {
         assert_eq!(settings.http_addr.port(), 9000);
         assert_eq!(settings.models.max_batch_size, 16);
         assert_eq!(settings.models.preferred_batch_sizes, vec![4, 8]);
-        assert_eq!(settings.repository, PathBuf::from("/srv/models"));
+        assert_eq!(settings.repository, "/srv/models");
     }
 
     #[test]

@@ -26,6 +26,17 @@ pub struct ServedVersion {
     pub default_timeout: Option<Duration>,
     /// Routed (not pinned) traffic, for the rollout guardrail.
     pub stats: VersionStats,
+    /// Which load this is, unique in the process: the fleet's guardrail
+    /// counts each load's traffic from zero.
+    pub instance: u64,
+}
+
+/// Numbers each loaded version.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new load's number.
+pub fn next_instance() -> u64 {
+    INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A version's state as the repository index shows it.

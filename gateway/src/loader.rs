@@ -131,6 +131,7 @@ pub fn load_version(
         metrics,
         default_timeout,
         stats: Default::default(),
+        instance: crate::live::next_instance(),
     })
 }
 

@@ -23,9 +23,11 @@ use quiver_gateway::config::{ENV_PREFIX, GatewayConfig};
 #[derive(Parser, Debug)]
 #[command(name = "quiver-gateway", version, about, long_about)]
 struct Cli {
-    /// The model repository folder (overrides `repository.path`).
-    #[arg(long, value_name = "DIR")]
-    model_repository: Option<PathBuf>,
+    /// The model repository: a folder or `s3://bucket/prefix` (overrides
+    /// `repository.path`; S3 credentials and endpoint from the `AWS_*`
+    /// environment variables).
+    #[arg(long, value_name = "DIR|S3_URL")]
+    model_repository: Option<String>,
 
     /// Address to listen on, e.g. 127.0.0.1:8000; port 0 picks a free port
     /// (overrides `http.addr`).

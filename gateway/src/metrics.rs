@@ -44,6 +44,11 @@ pub const INGRESS_RECORDS_TOTAL: &str = "quiver_ingress_records_total";
 pub const INGRESS_IN_FLIGHT: &str = "quiver_ingress_in_flight";
 pub const INGRESS_PAUSED: &str = "quiver_ingress_paused";
 pub const INGRESS_PAUSES_TOTAL: &str = "quiver_ingress_pauses_total";
+pub const REGISTRY_REQUESTS_TOTAL: &str = "quiver_registry_requests_total";
+pub const REGISTRY_POLLS_TOTAL: &str = "quiver_registry_polls_total";
+pub const REGISTRY_ERRORS_TOTAL: &str = "quiver_registry_errors_total";
+pub const FLEET_LEADER: &str = "quiver_fleet_leader";
+pub const FLEET_REPORTS: &str = "quiver_fleet_replicas_reporting";
 
 /// Every outcome a request can have; the `outcome` label's closed set.
 pub const OUTCOMES: [&str; 9] = [
@@ -126,6 +131,26 @@ fn describe() {
     describe_counter!(
         MODEL_LOADS_TOTAL,
         "Model version loads by model and outcome."
+    );
+    describe_counter!(
+        REGISTRY_REQUESTS_TOTAL,
+        "Requests made to the model registry's object store (0 on a local directory)."
+    );
+    describe_counter!(
+        REGISTRY_POLLS_TOTAL,
+        "Polls of the model registry, by what they found: unchanged or changed."
+    );
+    describe_counter!(
+        REGISTRY_ERRORS_TOTAL,
+        "Polls of the model registry that failed (store unreachable, credentials refused, ...)."
+    );
+    describe_gauge!(
+        FLEET_LEADER,
+        "1 while this replica holds the lease of the fleet's rollout guardrail."
+    );
+    describe_gauge!(
+        FLEET_REPORTS,
+        "Replicas whose traffic the guardrail leader merged last (itself included)."
     );
     describe_counter!(
         MODEL_SWAPS_TOTAL,

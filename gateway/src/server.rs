@@ -42,6 +42,8 @@ pub enum ServeError {
     OnnxRuntime(#[from] crate::backend::BackendError),
     #[error("model repository {0} is not a directory")]
     Repository(String),
+    #[error(transparent)]
+    Registry(#[from] quiver_registry::RegistryError),
     #[error("metrics recorder: {0}")]
     Metrics(String),
     #[error("cannot start the loader thread: {0}")]
@@ -60,10 +62,19 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let prometheus = crate::metrics::install().map_err(ServeError::Metrics)?;
     let env = onnx::environment(settings.ort_library.as_deref())?;
-    if !settings.repository.is_dir() {
-        return Err(ServeError::Repository(
-            settings.repository.display().to_string(),
-        ));
+    let registry = quiver_registry::Registry::open(&settings.repository, &settings.s3)?;
+    match registry.local_root() {
+        Some(root) if !root.is_dir() => {
+            return Err(ServeError::Repository(root.display().to_string()));
+        }
+        Some(_) => {}
+        // An object store that cannot be reached now may be reachable at
+        // the next poll: the gateway starts, unready, and says why.
+        None => match registry.check() {
+            Ok(()) => tracing::info!(repository = %registry.describe(), "model repository reachable"),
+            Err(e) => tracing::error!(repository = %registry.describe(), error = %e,
+                "model repository not reachable; retrying at every poll"),
+        },
     }
     let traffic = TrafficLog::start(settings.log.clone())?;
     let gw = Arc::new(Gateway {
@@ -80,7 +91,7 @@ pub async fn run(
 
     // Loading runs ONNX Runtime: on the manager's worker threads, never
     // a tokio worker.
-    let manager = crate::manager::start(Arc::clone(&gw), env).map_err(ServeError::Thread)?;
+    let manager = crate::manager::start(Arc::clone(&gw), env, registry).map_err(ServeError::Thread)?;
     if gw.manager.set(manager).is_err() {
         tracing::error!("model manager started twice");
     }

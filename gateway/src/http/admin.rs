@@ -161,7 +161,7 @@ pub async fn put_routing(
     authorize(gw, &req, Access::Write)?;
     let bytes = read_body(req, MAX_ADMIN_BODY).await?;
     let state = RoutingState::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    send(gw, Command::SetRouting(model.to_string(), state)).await
+    send(gw, Command::SetRouting(model.to_string(), Box::new(state))).await
 }
 
 /// `POST /v2/models/{m}/rollout` with `{"action": "start"|"advance"|

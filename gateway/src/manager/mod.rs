@@ -9,26 +9,32 @@
 //! warm-up) happens on a few worker threads, so a slow load delays neither
 //! requests nor a guardrail's rollback.
 
+mod fleet;
 mod model;
 mod rollout;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
+pub use quiver_contract::routing::Action as VerdictAction;
 use quiver_contract::routing::RoutingState;
+use quiver_registry::Registry;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
 use crate::live::{LiveModels, ServedVersion};
-use crate::metrics::{MODEL_LOADS_TOTAL, MODELS_LOADED};
-use crate::repository::{self, Fingerprint, ModelConfig};
+use crate::metrics::{
+    MODEL_LOADS_TOTAL, MODELS_LOADED, REGISTRY_ERRORS_TOTAL, REGISTRY_POLLS_TOTAL,
+    REGISTRY_REQUESTS_TOTAL,
+};
+use crate::repository::{self, Fingerprint, ModelConfig, Repository, VersionDir};
 use crate::server::Gateway;
+use fleet::Fleet;
 use model::ModelState;
 
 /// Commands waiting for the manager; past it the admin API answers 503.
@@ -42,7 +48,7 @@ pub enum Command {
     /// Stop serving every version of the model until it is loaded again.
     Unload(String),
     /// Replace the model's routing state.
-    SetRouting(String, RoutingState),
+    SetRouting(String, Box<RoutingState>),
     /// An external rollout verdict (the trainer's, or an operator's).
     Verdict(String, Verdict),
 }
@@ -59,19 +65,6 @@ pub struct Verdict {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VerdictAction {
-    /// Begin a canary of this version at the first step.
-    Start,
-    /// Move the canary to the next step (promote after the last).
-    Advance,
-    /// Make this version stable now.
-    Promote,
-    /// Take this canary or shadow out of traffic.
-    Rollback,
-}
-
 pub type Answer = Result<serde_json::Value, ApiError>;
 type Reply = oneshot::Sender<Answer>;
 
@@ -84,9 +77,7 @@ enum Msg {
 /// A version to load, with everything the worker needs.
 struct LoadTask {
     model: String,
-    version: u64,
-    dir: PathBuf,
-    manifest: Option<PathBuf>,
+    version: VersionDir,
     target: Target,
     config: ModelConfig,
 }
@@ -140,7 +131,11 @@ impl ManagerHandle {
 }
 
 /// Starts the manager; it reads the repository at once.
-pub fn start(gw: Arc<Gateway>, env: &'static Environment) -> std::io::Result<ManagerHandle> {
+pub fn start(
+    gw: Arc<Gateway>,
+    env: &'static Environment,
+    registry: Registry,
+) -> std::io::Result<ManagerHandle> {
     let (inbox, rx) = mpsc::sync_channel(INBOX);
     let (task_tx, task_rx) = mpsc::channel::<LoadTask>();
     let task_rx = Arc::new(Mutex::new(task_rx));
@@ -154,7 +149,17 @@ pub fn start(gw: Arc<Gateway>, env: &'static Environment) -> std::io::Result<Man
                 .spawn(move || load_worker(&tasks, &done, env))?,
         );
     }
+    let settings = &gw.settings;
+    let repo = Repository::new(
+        registry,
+        settings.cache_dir.clone(),
+        settings.full_scan_interval,
+    );
+    let fleet = Fleet::new(&settings.fleet);
     let manager = Manager {
+        repo,
+        fleet,
+        registry_problem: None,
         gw,
         models: BTreeMap::new(),
         tasks: Some(task_tx),
@@ -181,17 +186,23 @@ fn load_worker(tasks: &Mutex<Receiver<LoadTask>>, done: &SyncSender<Msg>, env: &
         };
         let Ok(task) = task else { return };
         let started = Instant::now();
-        let result = crate::loader::load_checked(
-            &task.model,
-            task.version,
-            &task.dir,
-            task.manifest.as_deref(),
-            &task.config,
-            env,
-        );
+        let version = task.version.version;
+        let result = task
+            .version
+            .materialize(&task.model)
+            .and_then(|(dir, manifest)| {
+                crate::loader::load_checked(
+                    &task.model,
+                    version,
+                    &dir,
+                    manifest.as_deref(),
+                    &task.config,
+                    env,
+                )
+            });
         let msg = Msg::Loaded(Box::new(Loaded {
             model: task.model,
-            version: task.version,
+            version,
             target: task.target,
             result,
             elapsed: started.elapsed(),
@@ -204,6 +215,10 @@ fn load_worker(tasks: &Mutex<Receiver<LoadTask>>, done: &SyncSender<Msg>, env: &
 
 struct Manager {
     gw: Arc<Gateway>,
+    repo: Repository,
+    fleet: Fleet,
+    /// Why the last poll of the registry failed, while it does.
+    registry_problem: Option<String>,
     models: BTreeMap<String, ModelState>,
     /// Dropped at shutdown, which ends the workers.
     tasks: Option<mpsc::Sender<LoadTask>>,
@@ -244,8 +259,11 @@ impl Manager {
                 next_poll = Some(now + p);
             }
             if now >= next_tick {
+                let live = self.gw.live.load_full();
+                self.fleet.tick(self.repo.registry(), &live, now);
                 self.guard_rollouts(now);
                 next_tick = now + tick;
+                metrics::counter!(REGISTRY_REQUESTS_TOTAL).absolute(self.repo.registry().requests());
             }
             self.dispatch();
             // Publish first: a caller told "done" must find the new live
@@ -255,6 +273,7 @@ impl Manager {
             }
             self.answer_waiters();
         }
+        self.fleet.leave(self.repo.registry());
         // Workers finish the load they hold; queued loads are abandoned.
         self.tasks = None;
         self.queue.clear();
@@ -265,17 +284,32 @@ impl Manager {
         }
     }
 
-    /// Reads the whole repository; `first` treats every version found as
-    /// settled (the gateway was not running while it was written).
+    /// Reads the repository (on an object store, only what its index says
+    /// changed); `first` treats every version found as settled (the
+    /// gateway was not running while it was written) and lists everything.
     fn poll_all(&mut self, first: bool) {
-        let root = self.gw.settings.repository.clone();
-        let dirs = match repository::scan(&root) {
-            Ok(d) => d,
+        let dirs = match self.repo.poll(first) {
+            Ok(Some(d)) => {
+                metrics::counter!(REGISTRY_POLLS_TOTAL, "result" => "changed").increment(1);
+                d
+            }
+            Ok(None) => {
+                metrics::counter!(REGISTRY_POLLS_TOTAL, "result" => "unchanged").increment(1);
+                self.registry_ok();
+                return;
+            }
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the model repository");
+                metrics::counter!(REGISTRY_ERRORS_TOTAL).increment(1);
+                let why = e.to_string();
+                if self.registry_problem.as_deref() != Some(why.as_str()) {
+                    tracing::error!(repository = %self.repo.registry().describe(), error = %why,
+                        "cannot read the model repository; serving goes on with what is loaded");
+                }
+                self.registry_problem = Some(why);
                 return;
             }
         };
+        self.registry_ok();
         let names: Vec<String> = dirs.iter().map(|d| d.name.clone()).collect();
         for dir in dirs {
             self.observe(dir, first);
@@ -297,17 +331,23 @@ impl Manager {
         }
     }
 
+    fn registry_ok(&mut self) {
+        if self.registry_problem.take().is_some() {
+            tracing::info!(repository = %self.repo.registry().describe(), "model repository reachable again");
+        }
+    }
+
     fn observe(&mut self, dir: repository::ModelDir, settle_all: bool) {
         let settings = &self.gw.settings;
         let state = self
             .models
             .entry(dir.name.clone())
-            .or_insert_with(|| ModelState::new(&dir.path));
-        if state.read_config(&dir, &settings.models) {
+            .or_insert_with(ModelState::new);
+        if state.read_config(&dir, &settings.models, &self.repo) {
             self.config_gen += 1;
             state.config_gen = self.config_gen;
         }
-        state.read_routing(&dir);
+        state.read_routing(&dir, &self.repo);
         let loads = state.reconcile(&dir, settle_all, settings.require_manifest);
         self.queue.extend(loads);
     }
@@ -319,7 +359,7 @@ impl Manager {
                 break;
             };
             let Some(tx) = &self.tasks else { return };
-            tracing::info!(model = %task.model, version = task.version, "loading model version");
+            tracing::info!(model = %task.model, version = task.version.version, "loading model version");
             if tx.send(task).is_ok() {
                 self.in_flight += 1;
             }
@@ -356,39 +396,47 @@ impl Manager {
 
     fn command(&mut self, cmd: Command, reply: Reply) {
         match cmd {
-            Command::Load(name) => {
-                let root = self.gw.settings.repository.clone();
-                match repository::scan_model(&root, &name) {
-                    Ok(dir) if root.join(&name).is_dir() => {
-                        if let Some(s) = self.models.get_mut(&name) {
-                            s.unloaded = false;
-                        }
-                        // An operator asking means the files are in place.
-                        self.observe(dir, true);
-                        if let Some(s) = self.models.get_mut(&name) {
-                            s.dirty = true;
-                            s.waiters.push((model::Wait::Load, reply));
-                        }
+            Command::Load(name) => match self.repo.model(&name) {
+                Ok(Some(dir)) => {
+                    // An operator asking means the files are in place.
+                    self.observe(dir, true);
+                    if let Err(e) = self.record_unloaded(&name, false) {
+                        let _ = reply.send(Err(e));
+                        return;
                     }
-                    _ => {
-                        let _ = reply.send(Err(ApiError::NotFound(format!(
-                            "no model '{name}' in the repository"
-                        ))));
+                    self.rescan(&name);
+                    if let Some(s) = self.models.get_mut(&name) {
+                        s.dirty = true;
+                        s.waiters.push((model::Wait::Load, reply));
                     }
                 }
-            }
-            Command::Unload(name) => match self.models.get_mut(&name) {
-                Some(s) => {
-                    s.unload();
-                    crate::metrics::swap(&name, "unload");
+                Ok(None) => {
+                    let _ = reply.send(Err(ApiError::NotFound(format!(
+                        "no model '{name}' in the repository"
+                    ))));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(ApiError::NotReady(format!(
+                        "cannot read the model repository: {e}"
+                    ))));
+                }
+            },
+            Command::Unload(name) => match self.record_unloaded(&name, true) {
+                Ok(()) => {
+                    if let Some(s) = self.models.get_mut(&name)
+                        && !s.unloaded
+                    {
+                        s.unload();
+                        crate::metrics::swap(&name, "unload");
+                    }
                     tracing::info!(model = %name, "model unloaded through the API");
                     let _ = reply.send(Ok(serde_json::json!({"name": name, "unloaded": true})));
                 }
-                None => {
-                    let _ = reply.send(Err(ApiError::NotFound(format!("unknown model '{name}'"))));
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
             },
-            Command::SetRouting(name, routing) => self.set_routing(name, routing, reply),
+            Command::SetRouting(name, routing) => self.set_routing(name, *routing, reply),
             Command::Verdict(name, verdict) => self.verdict(name, verdict, reply),
         }
     }

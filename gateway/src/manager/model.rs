@@ -4,19 +4,18 @@
 //! at the directory into load tasks; `entry` turns the state into the
 //! model's part of the next live set.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use quiver_contract::layout::ROUTING_FILE;
 use quiver_contract::routing::RoutingState;
+use quiver_registry::control;
 
 use super::{Answer, LoadTask, Reply, Target};
 use crate::config::ModelDefaults;
 use crate::error::ApiError;
 use crate::live::{ModelEntry, ServedVersion, VersionEntry, VersionState};
 use crate::model::TensorSpec;
-use crate::repository::{self, FileStamp, Fingerprint, ModelConfig, ModelDir};
+use crate::repository::{self, FileStamp, Fingerprint, ModelConfig, ModelDir, Repository};
 use crate::rollout::stats::Snapshot;
 use crate::routing::RouteTable;
 
@@ -36,21 +35,23 @@ pub(super) struct Slot {
     pub failed: Option<(Target, String)>,
 }
 
-/// The guardrail's window on a running canary step.
+/// The guardrail's window on a running canary step: where each source of
+/// traffic (a replica's loaded instance of a version) stood when the step
+/// began. A source that appears later (a reload, a new replica) counts
+/// from zero, which is exactly its traffic since then.
 pub(super) struct Run {
     pub canary: u64,
     pub step: usize,
     pub stable: Option<u64>,
     pub since: std::time::Instant,
-    pub canary_mark: Snapshot,
-    pub stable_mark: Option<Snapshot>,
-    /// Which loaded instance (`Arc::as_ptr`) the marks were taken on; a
-    /// reload of the canary restarts the window.
-    pub canary_instance: usize,
+    pub canary_mark: BTreeMap<SourceKey, Snapshot>,
+    pub stable_mark: BTreeMap<SourceKey, Snapshot>,
 }
 
+/// One loaded instance of a version on one run of one replica.
+pub(super) type SourceKey = (String, u64, u64);
+
 pub(super) struct ModelState {
-    pub dir: PathBuf,
     pub config: Result<ModelConfig, String>,
     /// `None` until first read; then the stamp of the file (or its absence).
     config_stamp: Option<Option<FileStamp>>,
@@ -70,17 +71,11 @@ pub(super) struct ModelState {
     pub run: Option<Run>,
     /// Stable's last window with enough traffic to compare a canary with.
     pub baseline: Option<Snapshot>,
-    /// Recent rollout decisions, newest last.
-    pub history: VecDeque<serde_json::Value>,
 }
 
-/// Decisions kept for the routing endpoint.
-pub(super) const HISTORY: usize = 32;
-
 impl ModelState {
-    pub fn new(dir: &Path) -> Self {
+    pub fn new() -> Self {
         ModelState {
-            dir: dir.to_path_buf(),
             config: Err("not read yet".into()),
             config_stamp: None,
             config_gen: 0,
@@ -96,20 +91,30 @@ impl ModelState {
             waiters: Vec::new(),
             run: None,
             baseline: None,
-            history: VecDeque::new(),
         }
     }
 
     /// Re-reads `config.toml` if it changed; true when a new config took
     /// effect (every version then reloads with it). A broken file keeps the
     /// previous config serving and is reported.
-    pub fn read_config(&mut self, dir: &ModelDir, defaults: &ModelDefaults) -> bool {
+    pub fn read_config(
+        &mut self,
+        dir: &ModelDir,
+        defaults: &ModelDefaults,
+        repo: &Repository,
+    ) -> bool {
         if self.config_stamp == Some(dir.config) {
             return false;
         }
         self.config_stamp = Some(dir.config);
         self.dirty = true;
-        match repository::load_model_config(&dir.path, defaults) {
+        let loaded = match dir.config {
+            None => repository::load_model_config(&dir.name, None, defaults),
+            Some(_) => repo
+                .read_config(&dir.name)
+                .and_then(|t| repository::load_model_config(&dir.name, t.as_deref(), defaults)),
+        };
+        match loaded {
             Ok(cfg) => {
                 if self.config.is_ok() {
                     tracing::info!(model = %dir.name, "config.toml changed; reloading every version with it");
@@ -133,35 +138,53 @@ impl ModelState {
     }
 
     /// Re-reads `routing.json` if it changed. An invalid file is reported
-    /// and the routing in force stays.
-    pub fn read_routing(&mut self, dir: &ModelDir) {
+    /// and the routing in force stays. An unload recorded there is honoured
+    /// (and undone) here, so every replica and every restart follows it.
+    pub fn read_routing(&mut self, dir: &ModelDir, repo: &Repository) {
         if self.routing_stamp == Some(dir.routing) {
             return;
         }
-        self.routing_stamp = Some(dir.routing);
         let next = match dir.routing {
             None => Ok(RoutingState::default()),
-            Some(_) => std::fs::read(dir.path.join(ROUTING_FILE))
-                .map_err(|e| format!("cannot read {ROUTING_FILE}: {e}"))
-                .and_then(|b| RoutingState::parse(&b).map_err(|e| format!("{ROUTING_FILE}: {e}"))),
+            Some(_) => control::read_routing(repo.registry(), &dir.name)
+                .map(|(s, _)| s)
+                .map_err(|e| e.to_string()),
         };
         match next {
             Ok(state) => {
-                self.routing_problem = None;
-                if !state.same_routing(&self.routing) {
-                    tracing::info!(model = %dir.name, stable = ?state.stable, canary = ?state.canary, shadow = ?state.shadow,
-                        by = %state.updated_by, "routing changed on disk");
-                    self.routing = state;
-                    self.run = None;
-                }
-                self.dirty = true;
+                self.routing_stamp = Some(dir.routing);
+                self.adopt_routing(&dir.name, state);
             }
             Err(why) => {
-                tracing::error!(model = %dir.name, error = %why, "routing file ignored");
+                // Not stamped: an unreachable store is tried again next poll.
+                if self.routing_problem.as_deref() != Some(why.as_str()) {
+                    tracing::error!(model = %dir.name, error = %why, "routing file ignored");
+                }
                 self.routing_problem = Some(format!("{why} (the routing in force stays)"));
                 self.dirty = true;
             }
         }
+    }
+
+    /// Takes `state` as the routing in force (read from the registry, or
+    /// just written to it).
+    pub fn adopt_routing(&mut self, name: &str, state: RoutingState) {
+        self.routing_problem = None;
+        if !state.same_routing(&self.routing) {
+            tracing::info!(model = %name, stable = ?state.stable, canary = ?state.canary, shadow = ?state.shadow,
+                unloaded = state.unloaded, by = %state.updated_by, "routing changed in the registry");
+            self.run = None;
+        }
+        if state.unloaded && !self.unloaded {
+            tracing::info!(model = %name, "model unloaded (recorded in the registry)");
+            crate::metrics::swap(name, "unload");
+            self.unload();
+        } else if !state.unloaded && self.unloaded {
+            tracing::info!(model = %name, "model loaded again (recorded in the registry)");
+            self.unloaded = false;
+        }
+        self.routing = state;
+        self.dirty = true;
     }
 
     /// Compares the directory with the slots: versions to load, versions
@@ -254,9 +277,7 @@ impl ModelState {
             self.dirty = true;
             tasks.push(LoadTask {
                 model: dir.name.clone(),
-                version: v.version,
-                dir: v.dir.clone(),
-                manifest: v.manifest_file(),
+                version: v.clone(),
                 target,
                 config: cfg.clone(),
             });
@@ -501,7 +522,7 @@ impl ModelState {
             "enabled": policy.is_some_and(|p| p.enabled),
             "steps": policy.map(|p| p.steps.clone()),
             "running": running,
-            "history": self.history,
+            "history": self.routing.history,
         })
     }
 

@@ -1,28 +1,53 @@
 //! The manager's rollout duties: start canaries when a policy says so,
-//! run the guardrail over each running canary, and apply verdicts and
-//! routing changes from the admin API. Every change is written back to
-//! `routing.json` (so a restart resumes where it was), logged, counted and
-//! kept in the model's recent history.
+//! run the guardrail over each running canary (on the leader only, on the
+//! traffic of every replica), and apply verdicts and routing changes from
+//! the admin API. Every change is a compare-and-swap on the model's
+//! `routing.json` in the registry against the state the decision was
+//! based on: a decision taken on a state someone else has changed since
+//! is dropped, never applied twice. Each one is logged, counted and kept
+//! in the stored history.
 
 use std::time::Instant;
 
-use quiver_contract::layout::{self, ROUTING_FILE};
-use quiver_contract::routing::RoutingState;
+use quiver_contract::routing::{RoutingEvent, RoutingState};
+use quiver_registry::{Registry, UpdateError, control};
 
+use super::fleet::{self, Sources};
 use super::model::{ModelState, Run, Wait};
-use super::{Manager, Reply, Verdict, VerdictAction};
+use super::{Manager, Reply, Verdict};
 use crate::error::ApiError;
-use crate::repository::{self, FileStamp};
 use crate::rollout::{Decision, decide};
+
+/// Who the guardrail is in `updated_by` and the history.
+const GUARDRAIL: &str = "rollout-guardrail";
 
 impl Manager {
     pub(super) fn guard_rollouts(&mut self, now: Instant) {
+        let Some(term) = self.fleet.term() else {
+            // Followers judge nothing; a run is started afresh on taking
+            // the lease.
+            for state in self.models.values_mut() {
+                state.run = None;
+            }
+            return;
+        };
+        let running = self.models.values().any(|s| !s.routing.canary.is_empty());
+        let traffic = if running {
+            let live = self.gw.live.load();
+            self.fleet.traffic(self.repo.registry(), &live)
+        } else {
+            Default::default()
+        };
+        let by = format!("{GUARDRAIL}@{} (term {term})", self.fleet.replica);
+        let registry = self.repo.registry().clone();
         for (name, state) in &mut self.models {
-            guard(name, state, now);
+            guard(&registry, &by, name, state, traffic.get(name), now);
         }
     }
 
-    pub(super) fn set_routing(&mut self, name: String, mut routing: RoutingState, reply: Reply) {
+    pub(super) fn set_routing(&mut self, name: String, routing: RoutingState, reply: Reply) {
+        let registry = self.repo.registry().clone();
+        let by = self.api_writer(routing.updated_by.as_str());
         let Some(state) = self.models.get_mut(&name) else {
             let _ = reply.send(Err(ApiError::NotFound(format!("unknown model '{name}'"))));
             return;
@@ -37,28 +62,25 @@ impl Manager {
             ))));
             return;
         }
-        let by = if routing.updated_by.is_empty() {
-            "api".to_string()
-        } else {
-            routing.updated_by.clone()
-        };
-        let reason = routing.reason.take();
-        routing.rolled_back.sort_unstable();
-        routing.rolled_back.dedup();
-        state.routing = routing;
-        state.run = None;
-        commit(
-            &name,
-            state,
-            &by,
-            reason.as_deref().unwrap_or("routing set through the API"),
-            "set",
-        );
-        state.waiters.push((Wait::Routing, reply));
-        self.rescan(&name);
+        let reason = routing
+            .reason
+            .clone()
+            .unwrap_or_else(|| "routing set through the API".into());
+        let result = commit(&registry, &name, state, &by, &reason, "set", None, true, |s| {
+            let mut next = routing.clone();
+            next.rolled_back.sort_unstable();
+            next.rolled_back.dedup();
+            next.history = std::mem::take(&mut s.history);
+            next.unloaded = s.unloaded;
+            *s = next;
+            Ok("set")
+        });
+        self.after_api_change(name, result, reply);
     }
 
     pub(super) fn verdict(&mut self, name: String, verdict: Verdict, reply: Reply) {
+        let registry = self.repo.registry().clone();
+        let by = self.api_writer(verdict.by.as_deref().unwrap_or(""));
         let Some(state) = self.models.get_mut(&name) else {
             let _ = reply.send(Err(ApiError::NotFound(format!("unknown model '{name}'"))));
             return;
@@ -66,141 +88,220 @@ impl Manager {
         let steps = state
             .config
             .as_ref()
-            .map(|c| c.settings.rollout.clone())
+            .map(|c| c.settings.rollout.steps.clone())
             .unwrap_or_default();
         let v = verdict.version;
-        let on_disk = state.is_present(v);
-        let r = &mut state.routing;
-        let bad = |m: String| Err(ApiError::BadRequest(m));
-        let outcome: Result<&'static str, ApiError> = match verdict.action {
-            VerdictAction::Start if !on_disk => bad(format!(
-                "model '{name}' has no version {v} in the repository"
-            )),
-            VerdictAction::Start if r.stable == Some(v) => {
-                bad(format!("version {v} is already stable"))
-            }
-            VerdictAction::Start => {
-                r.canary.clear();
-                r.canary.insert(v, steps.weight(0));
-                r.shadow.retain(|s| *s != v);
-                r.rolled_back.retain(|s| *s != v);
-                r.step = 0;
-                Ok("start")
-            }
-            VerdictAction::Advance if !r.canary.contains_key(&v) => {
-                bad(format!("version {v} is not a canary"))
-            }
-            VerdictAction::Advance if steps.is_last(r.step) => {
-                promote(r, v);
-                Ok("promote")
-            }
-            VerdictAction::Advance => {
-                r.step += 1;
-                r.canary.insert(v, steps.weight(r.step));
-                Ok("advance")
-            }
-            VerdictAction::Promote if !on_disk => bad(format!(
-                "model '{name}' has no version {v} in the repository"
-            )),
-            VerdictAction::Promote => {
-                promote(r, v);
-                Ok("promote")
-            }
-            VerdictAction::Rollback if !r.canary.contains_key(&v) && !r.shadow.contains(&v) => {
-                bad(format!("version {v} is neither a canary nor a shadow"))
-            }
-            VerdictAction::Rollback => {
-                rollback(r, v);
-                Ok("rollback")
-            }
+        let exists = state.is_present(v);
+        let reason = verdict
+            .reason
+            .clone()
+            .unwrap_or_else(|| "external verdict".into());
+        let result = commit(&registry, &name, state, &by, &reason, "verdict", None, false, |s| {
+            s.apply(verdict.action, v, &steps, exists)
+        });
+        if let Ok(label) = &result
+            && *label == "promote"
+            && let Some(s) = self.models.get_mut(&name)
+        {
+            s.baseline = None;
+        }
+        self.after_api_change(name, result, reply);
+    }
+
+    /// Records an unload (`unloaded: true`) or a load in the registry, so
+    /// every replica and every restart honours it.
+    pub(super) fn record_unloaded(&mut self, name: &str, unloaded: bool) -> Result<(), ApiError> {
+        let registry = self.repo.registry().clone();
+        let by = self.api_writer("");
+        let Some(state) = self.models.get_mut(name) else {
+            return Err(ApiError::NotFound(format!("unknown model '{name}'")));
         };
-        match outcome {
+        if state.routing.unloaded == unloaded {
+            return Ok(());
+        }
+        let (decision, reason) = if unloaded {
+            ("unload", "unloaded through the API")
+        } else {
+            ("load", "loaded through the API")
+        };
+        commit(&registry, name, state, &by, reason, decision, None, false, |s| {
+            s.unloaded = unloaded;
+            Ok(decision)
+        })
+        .map(|_| ())
+    }
+
+    /// `api@<replica>`, or the caller's own name with the replica added.
+    fn api_writer(&self, given: &str) -> String {
+        let who = if given.is_empty() { "api" } else { given };
+        format!("{who}@{}", self.fleet.replica)
+    }
+
+    fn after_api_change(
+        &mut self,
+        name: String,
+        result: Result<&'static str, ApiError>,
+        reply: Reply,
+    ) {
+        match result {
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
-            Ok(label) => {
-                state.run = None;
-                if label == "promote" {
-                    state.baseline = None;
+            Ok(_) => {
+                if let Some(state) = self.models.get_mut(&name) {
+                    state.waiters.push((Wait::Routing, reply));
                 }
-                let by = verdict.by.as_deref().unwrap_or("api");
-                let reason = verdict.reason.as_deref().unwrap_or("external verdict");
-                commit(&name, state, by, reason, label);
-                state.waiters.push((Wait::Routing, reply));
                 self.rescan(&name);
             }
         }
     }
 
-    /// Reads one model's directory now rather than at the next poll: to
+    /// Reads one model's folder now rather than at the next poll: to
     /// load what a routing change names, or to retire what a finished load
     /// replaces.
     pub(super) fn rescan(&mut self, name: &str) {
-        if let Ok(dir) = repository::scan_model(&self.gw.settings.repository, name) {
-            self.observe(dir, false);
+        match self.repo.model(name) {
+            Ok(Some(dir)) => self.observe(dir, false),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(model = %name, error = %e, "cannot read the model's folder"),
         }
     }
 }
 
-fn promote(r: &mut RoutingState, v: u64) {
-    r.stable = Some(v);
-    r.canary.clear();
-    r.shadow.retain(|s| *s != v);
-    r.step = 0;
-}
-
-fn rollback(r: &mut RoutingState, v: u64) {
-    r.canary.remove(&v);
-    r.shadow.retain(|s| *s != v);
-    if !r.rolled_back.contains(&v) {
-        r.rolled_back.push(v);
+/// Writes a routing change by compare-and-swap: `change` edits the state
+/// as stored now, or refuses it. On success the stored state is taken as
+/// the one in force and the decision is logged, counted and recorded in
+/// the history with who took it and, for the guardrail, on how many
+/// requests from how many replicas.
+#[allow(clippy::too_many_arguments)]
+fn commit(
+    registry: &Registry,
+    name: &str,
+    state: &mut ModelState,
+    by: &str,
+    reason: &str,
+    kind: &'static str,
+    weighed: Option<(u64, u32)>,
+    replace_invalid: bool,
+    mut change: impl FnMut(&mut RoutingState) -> Result<&'static str, String>,
+) -> Result<&'static str, ApiError> {
+    let mut decision = kind;
+    let result = control::update_routing(registry, name, replace_invalid, |s| {
+        decision = change(s)?;
+        s.updated_by = by.to_string();
+        s.updated_at = quiver_contract::time::rfc3339_now();
+        s.reason = Some(reason.to_string());
+        let event = RoutingEvent {
+            at: s.updated_at.clone(),
+            decision: decision.to_string(),
+            by: by.to_string(),
+            reason: reason.to_string(),
+            stable: s.stable,
+            canary: s.canary.clone(),
+            step: s.step,
+            requests: weighed.map(|w| w.0),
+            replicas: weighed.map(|w| w.1),
+        };
+        s.record(event);
+        Ok(())
+    });
+    let stored = match result {
+        Ok(s) => s,
+        Err(UpdateError::Refused(why)) => return Err(ApiError::BadRequest(why)),
+        Err(e) => {
+            tracing::error!(model = %name, error = %e, "cannot write the routing state; the change is not applied");
+            return Err(ApiError::NotReady(format!(
+                "the model registry did not take the change: {e}"
+            )));
+        }
+    };
+    if decision == "rollback" {
+        tracing::warn!(model = %name, by, reason, "rollout: rollback");
+    } else {
+        tracing::info!(model = %name, by, reason, stable = ?stored.stable, canary = ?stored.canary, "rollout: {decision}");
     }
-    r.step = 0;
+    crate::metrics::rollout_decision(name, decision);
+    state.adopt_routing(name, stored);
+    Ok(decision)
 }
 
-/// One guardrail pass over one model.
-fn guard(name: &str, state: &mut ModelState, now: Instant) {
+/// The guardrail's decision on a state differs from the stored one: it was
+/// changed by someone else since this replica last read it.
+const CHANGED: &str = "the routing state changed since it was read";
+
+/// Applies `edit` only to the state the guardrail looked at.
+fn guarded<'a>(
+    seen: &'a RoutingState,
+    edit: impl Fn(&mut RoutingState) -> &'static str + 'a,
+) -> impl FnMut(&mut RoutingState) -> Result<&'static str, String> + 'a {
+    move |s: &mut RoutingState| {
+        if !s.same_routing(seen) {
+            return Err(CHANGED.to_string());
+        }
+        Ok(edit(s))
+    }
+}
+
+/// One guardrail pass over one model, on the leader.
+fn guard(
+    registry: &Registry,
+    by: &str,
+    name: &str,
+    state: &mut ModelState,
+    traffic: Option<&std::collections::BTreeMap<u64, Sources>>,
+    now: Instant,
+) {
     if state.unloaded {
         return;
     }
     let Ok(cfg) = &state.config else { return };
-    let policy = cfg.settings.rollout.clone();
+    let seen = state.routing.clone();
+    // A running rollout follows the steps recorded when it started (the
+    // trainer may have started it with its own).
+    let mut policy = cfg.settings.rollout.clone();
+    if !seen.steps.is_empty() {
+        policy.steps = seen.steps.clone();
+    }
     let ready = state.ready_list();
-    if policy.enabled && state.routing.canary.is_empty() {
-        match state.routing.stable {
+    let report = |result: Result<&'static str, ApiError>| {
+        if let Err(e) = result {
+            tracing::info!(model = %name, error = %e, "guardrail decision dropped; it is taken again on the state in force");
+        }
+    };
+    if policy.enabled && seen.canary.is_empty() {
+        match seen.stable {
             None => {
                 if let Some(&v) = ready.last() {
-                    state.routing.stable = Some(v);
-                    commit(
-                        name,
-                        state,
-                        "rollout-guardrail",
-                        &format!("version {v} is the first stable version"),
-                        "init",
-                    );
+                    let why = format!("version {v} is the first stable version");
+                    report(commit(registry, name, state, by, &why, "init", None, false, guarded(&seen, |s| {
+                        s.stable = Some(v);
+                        "init"
+                    })));
                 }
             }
             Some(stable) => {
-                let r = &state.routing;
-                let next =
-                    ready.iter().rev().copied().find(|v| {
-                        *v > stable && !r.rolled_back.contains(v) && !r.shadow.contains(v)
-                    });
+                let next = ready.iter().rev().copied().find(|v| {
+                    *v > stable && !seen.rolled_back.contains(v) && !seen.shadow.contains(v)
+                });
                 if let Some(v) = next {
-                    state.routing.canary.insert(v, policy.weight(0));
-                    state.routing.step = 0;
-                    state.run = None;
                     let why = format!(
                         "version {v} is ready; canary at {:.0} %",
                         policy.weight(0) * 100.0
                     );
-                    commit(name, state, "rollout-guardrail", &why, "start");
+                    let steps = policy.steps.clone();
+                    report(commit(registry, name, state, by, &why, "start", None, false, guarded(&seen, |s| {
+                        s.steps = steps.clone();
+                        s.canary.insert(v, s.steps.first().copied().unwrap_or(1.0));
+                        s.step = 0;
+                        "start"
+                    })));
+                    state.run = None;
                 }
             }
         }
         return;
     }
-    let mut canaries = state.routing.canary.keys().copied();
+    let mut canaries = seen.canary.keys().copied();
     let (Some(c), None) = (canaries.next(), canaries.next()) else {
         // None, or several set by hand: the guardrail manages one at a time.
         state.run = None;
@@ -214,61 +315,61 @@ fn guard(name: &str, state: &mut ModelState, now: Instant) {
             _ => None,
         });
     if let Some(why) = failed {
-        rollback(&mut state.routing, c);
+        let why = format!("version {c} failed to load: {why}");
+        report(commit(registry, name, state, by, &why, "rollback", None, false, guarded(&seen, |s| {
+            s.rollback(c);
+            "rollback"
+        })));
         state.run = None;
-        commit(
-            name,
-            state,
-            "rollout-guardrail",
-            &format!("version {c} failed to load: {why}"),
-            "rollback",
-        );
         return;
     }
-    let Some(canary) = state.served(c).cloned() else {
-        return; // still loading
-    };
+    if state.served(c).is_none() {
+        return; // still loading here
+    }
     let table = state.table();
-    let stable = table.stable.and_then(|v| state.served(v).cloned());
-    let step = state.routing.step;
-    let instance = std::sync::Arc::as_ptr(&canary) as usize;
-    let fresh = !state.run.as_ref().is_some_and(|r| {
-        r.canary == c && r.step == step && r.stable == table.stable && r.canary_instance == instance
-    });
+    let step = seen.step;
+    let empty = Sources::new();
+    let canary_sources = traffic.and_then(|t| t.get(&c));
+    let stable_sources = table.stable.and_then(|v| traffic.and_then(|t| t.get(&v)));
+    let fresh = !state
+        .run
+        .as_ref()
+        .is_some_and(|r| r.canary == c && r.step == step && r.stable == table.stable);
     if fresh {
         state.run = Some(Run {
             canary: c,
             step,
             stable: table.stable,
             since: now,
-            canary_mark: canary.stats.snapshot(),
-            stable_mark: stable.as_ref().map(|s| s.stats.snapshot()),
-            canary_instance: instance,
+            canary_mark: canary_sources.cloned().unwrap_or_default(),
+            stable_mark: stable_sources.cloned().unwrap_or_default(),
         });
         state.dirty = true;
         return;
     }
     let Some(run) = &state.run else { return };
-    let canary_window = canary.stats.snapshot().since(&run.canary_mark);
-    let stable_window = match (&stable, &run.stable_mark) {
-        (Some(s), Some(mark)) => Some(s.stats.snapshot().since(mark)),
-        _ => None,
+    let (canary_window, canary_replicas) = fleet::window(canary_sources, &run.canary_mark);
+    let (stable_window, stable_replicas) = match table.stable {
+        Some(_) => fleet::window(stable_sources, &run.stable_mark),
+        None => fleet::window(None, &empty),
     };
     let dwell = now.saturating_duration_since(run.since);
-    if let Some(w) = &stable_window
-        && w.requests >= policy.min_requests
-    {
-        state.baseline = Some(w.clone());
+    if stable_window.requests >= policy.min_requests {
+        state.baseline = Some(stable_window.clone());
     }
-    let decision = decide(
-        &policy,
-        step,
-        &canary_window,
-        state.baseline.as_ref(),
-        dwell,
-    );
+    let decision = decide(&policy, step, &canary_window, state.baseline.as_ref(), dwell);
+    let mut replicas = canary_replicas;
+    for r in stable_replicas {
+        if !replicas.contains(&r) {
+            replicas.push(r);
+        }
+    }
+    let weighed = Some((
+        canary_window.requests + stable_window.requests,
+        replicas.len() as u32,
+    ));
     let summary = format!(
-        "canary v{c}: {} requests, {:.2} % errors, p99 {} µs; stable: {}",
+        "canary v{c}: {} requests, {:.2} % errors, p99 {} µs; stable: {}; from {} replica(s)",
         canary_window.requests,
         canary_window.error_rate() * 100.0,
         canary_window.quantile_us(0.99).unwrap_or(0),
@@ -281,71 +382,38 @@ fn guard(name: &str, state: &mut ModelState, now: Instant) {
                 b.error_rate() * 100.0,
                 b.quantile_us(0.99).unwrap_or(0)
             )),
+        replicas.len(),
     );
-    match decision {
+    let result = match decision {
         Decision::Hold => return,
         Decision::Advance => {
-            state.routing.step += 1;
-            let w = policy.weight(state.routing.step);
-            state.routing.canary.insert(c, w);
-            commit(
-                name,
-                state,
-                "rollout-guardrail",
-                &format!("step held ({summary}); canary at {:.0} %", w * 100.0),
-                "advance",
-            );
+            let w = policy.weight(step + 1);
+            let why = format!("step held ({summary}); canary at {:.0} %", w * 100.0);
+            let steps = policy.steps.clone();
+            commit(registry, name, state, by, &why, "advance", weighed, false, guarded(&seen, |s| {
+                s.apply(quiver_contract::routing::Action::Advance, c, &steps, true)
+                    .unwrap_or("advance")
+            }))
         }
         Decision::Promote => {
-            promote(&mut state.routing, c);
-            state.baseline = None;
-            commit(
-                name,
-                state,
-                "rollout-guardrail",
-                &format!("last step held ({summary}); version {c} is stable"),
-                "promote",
-            );
+            let why = format!("last step held ({summary}); version {c} is stable");
+            let result = commit(registry, name, state, by, &why, "promote", weighed, false, guarded(&seen, |s| {
+                s.promote(c);
+                "promote"
+            }));
+            if result.is_ok() {
+                state.baseline = None;
+            }
+            result
         }
         Decision::Rollback(why) => {
-            rollback(&mut state.routing, c);
-            commit(
-                name,
-                state,
-                "rollout-guardrail",
-                &format!("{why}; version {c} rolled back"),
-                "rollback",
-            );
+            let why = format!("{why} ({summary}); version {c} rolled back");
+            commit(registry, name, state, by, &why, "rollback", weighed, false, guarded(&seen, |s| {
+                s.rollback(c);
+                "rollback"
+            }))
         }
-    }
+    };
+    report(result);
     state.run = None;
-}
-
-/// Records a routing change: written to `routing.json`, logged, counted,
-/// and kept in the model's history.
-fn commit(name: &str, state: &mut ModelState, by: &str, reason: &str, decision: &'static str) {
-    let r = &mut state.routing;
-    r.updated_by = by.to_string();
-    r.updated_at = quiver_contract::time::rfc3339_now();
-    r.reason = Some(reason.to_string());
-    let path = state.dir.join(ROUTING_FILE);
-    match layout::write_atomic(&path, &r.to_json()) {
-        Ok(()) => state.routing_stamp = Some(FileStamp::of(&path)),
-        Err(e) => tracing::error!(model = %name, error = %e, path = %path.display(),
-            "cannot write the routing file; the change holds until restart only"),
-    }
-    if decision == "rollback" {
-        tracing::warn!(model = %name, by, reason, "rollout: rollback");
-    } else {
-        tracing::info!(model = %name, by, reason, stable = ?r.stable, canary = ?r.canary, "rollout: {decision}");
-    }
-    crate::metrics::rollout_decision(name, decision);
-    state.history.push_back(serde_json::json!({
-        "at": r.updated_at, "decision": decision, "by": by, "reason": reason,
-        "stable": r.stable, "canary": r.canary, "step": r.step,
-    }));
-    while state.history.len() > super::model::HISTORY {
-        state.history.pop_front();
-    }
-    state.dirty = true;
 }

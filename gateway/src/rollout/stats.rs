@@ -76,6 +76,43 @@ impl Snapshot {
         }
     }
 
+    /// Adds `other`'s counts: the traffic of two sources as one.
+    pub fn merge(&mut self, other: &Snapshot) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.latency_us.len() < other.latency_us.len() {
+            self.latency_us.resize(other.latency_us.len(), 0);
+        }
+        for (mine, theirs) in self.latency_us.iter_mut().zip(&other.latency_us) {
+            *mine += theirs;
+        }
+    }
+
+    /// The non-empty latency buckets as `(bucket, count)`, for reports.
+    pub fn sparse_latency(&self) -> Vec<(u32, u64)> {
+        self.latency_us
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (i as u32, *n))
+            .collect()
+    }
+
+    /// A snapshot from a report's counts; buckets out of range are dropped.
+    pub fn from_parts(requests: u64, errors: u64, sparse: &[(u32, u64)]) -> Snapshot {
+        let mut latency_us = vec![0; BUCKETS];
+        for &(i, n) in sparse {
+            if let Some(b) = latency_us.get_mut(i as usize) {
+                *b += n;
+            }
+        }
+        Snapshot {
+            requests,
+            errors,
+            latency_us,
+        }
+    }
+
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
             0.0
@@ -160,5 +197,24 @@ mod tests {
         assert_eq!(window.error_rate(), 1.0);
         assert!(window.quantile_us(0.5).unwrap() >= 10_000);
         assert_eq!(Snapshot::default().quantile_us(0.99), None);
+    }
+
+    #[test]
+    fn reports_round_trip_and_sources_merge() {
+        let a = VersionStats::default();
+        let b = VersionStats::default();
+        for _ in 0..50 {
+            a.record(Duration::from_micros(100), false);
+            b.record(Duration::from_millis(10), true);
+        }
+        let (sa, sb) = (a.snapshot(), b.snapshot());
+        let back = Snapshot::from_parts(sb.requests, sb.errors, &sb.sparse_latency());
+        assert_eq!(back, sb);
+        let mut both = Snapshot::default();
+        both.merge(&sa);
+        both.merge(&back);
+        assert_eq!((both.requests, both.errors), (100, 50));
+        assert!((100..=113).contains(&both.quantile_us(0.5).unwrap()));
+        assert!(both.quantile_us(0.99).unwrap() >= 10_000);
     }
 }
