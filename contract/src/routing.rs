@@ -33,9 +33,14 @@ pub struct RoutingState {
     /// measured, never returned.
     #[serde(default)]
     pub shadow: Vec<u64>,
-    /// Index into the model's rollout steps of the running canary.
+    /// Index into the rollout steps of the running canary.
     #[serde(default)]
     pub step: usize,
+    /// The canary weights of the running rollout, recorded by whoever
+    /// started it so every writer advances it alike; empty: the serving
+    /// policy's steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<f64>,
     /// Versions a rollout rolled back: never started again automatically.
     #[serde(default)]
     pub rolled_back: Vec<u64>,
@@ -55,6 +60,24 @@ pub struct RoutingState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RoutingEvent>,
 }
+
+/// A rollout verdict: what the guardrail, the trainer or an operator
+/// decided about one version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Begin a canary of this version at the first step.
+    Start,
+    /// Move the canary to the next step (promote after the last).
+    Advance,
+    /// Make this version stable now.
+    Promote,
+    /// Take this canary or shadow out of traffic.
+    Rollback,
+}
+
+/// The steps used when neither the state nor a policy names any.
+pub const DEFAULT_STEPS: [f64; 4] = [0.05, 0.25, 0.5, 1.0];
 
 /// One routing decision, as kept in `history`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +112,7 @@ impl Default for RoutingState {
             canary: BTreeMap::new(),
             shadow: Vec::new(),
             step: 0,
+            steps: Vec::new(),
             rolled_back: Vec::new(),
             updated_by: String::new(),
             updated_at: String::new(),
@@ -175,8 +199,94 @@ impl RoutingState {
             && self.canary == other.canary
             && self.shadow == other.shadow
             && self.step == other.step
+            && self.steps == other.steps
             && self.rolled_back == other.rolled_back
             && self.unloaded == other.unloaded
+    }
+
+    /// The steps of the running rollout: its own, else `policy`'s.
+    fn active_steps<'a>(&'a self, policy: &'a [f64]) -> &'a [f64] {
+        match (self.steps.is_empty(), policy.is_empty()) {
+            (false, _) => &self.steps,
+            (true, false) => policy,
+            (true, true) => &DEFAULT_STEPS,
+        }
+    }
+
+    /// Applies a verdict on `version`. `policy` is the writer's steps (used
+    /// and recorded when a canary starts); `exists`: the version is in the
+    /// registry. Returns the decision's name, or why it cannot apply to
+    /// this state (nothing changed then).
+    pub fn apply(
+        &mut self,
+        action: Action,
+        version: u64,
+        policy: &[f64],
+        exists: bool,
+    ) -> Result<&'static str, String> {
+        let v = version;
+        match action {
+            Action::Start | Action::Promote if !exists => {
+                Err(format!("there is no version {v} in the registry"))
+            }
+            Action::Start if self.stable == Some(v) => Err(format!("version {v} is already stable")),
+            Action::Start => {
+                self.steps = self.active_steps(policy).to_vec();
+                self.canary.clear();
+                self.canary.insert(v, self.steps[0]);
+                self.shadow.retain(|s| *s != v);
+                self.rolled_back.retain(|s| *s != v);
+                self.step = 0;
+                Ok("start")
+            }
+            Action::Advance if !self.canary.contains_key(&v) => {
+                Err(format!("version {v} is not a canary"))
+            }
+            Action::Advance => {
+                let steps = self.active_steps(policy).to_vec();
+                if self.step + 1 >= steps.len() {
+                    self.promote(v);
+                    Ok("promote")
+                } else {
+                    self.step += 1;
+                    self.canary.insert(v, steps[self.step]);
+                    Ok("advance")
+                }
+            }
+            Action::Promote => {
+                self.promote(v);
+                Ok("promote")
+            }
+            Action::Rollback if !self.canary.contains_key(&v) && !self.shadow.contains(&v) => {
+                Err(format!("version {v} is neither a canary nor a shadow"))
+            }
+            Action::Rollback => {
+                self.rollback(v);
+                Ok("rollback")
+            }
+        }
+    }
+
+    /// Makes `v` stable and ends any canary.
+    pub fn promote(&mut self, v: u64) {
+        self.stable = Some(v);
+        self.canary.clear();
+        self.shadow.retain(|s| *s != v);
+        self.step = 0;
+        self.steps.clear();
+    }
+
+    /// Takes `v` out of traffic and remembers it was rolled back.
+    pub fn rollback(&mut self, v: u64) {
+        self.canary.remove(&v);
+        self.shadow.retain(|s| *s != v);
+        if !self.rolled_back.contains(&v) {
+            self.rolled_back.push(v);
+        }
+        self.step = 0;
+        if self.canary.is_empty() {
+            self.steps.clear();
+        }
     }
 
     /// Appends a decision to `history`, dropping the oldest past [`HISTORY`].
@@ -241,6 +351,29 @@ mod tests {
             RoutingState::parse(br#"{"schema": 1, "canary": {"2": 0.1, "3": 0.2, "4": 0.7}}"#)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn verdicts_walk_the_recorded_steps() {
+        let mut s = RoutingState {
+            stable: Some(1),
+            ..RoutingState::default()
+        };
+        assert_eq!(s.apply(Action::Start, 2, &[0.5, 1.0], true), Ok("start"));
+        assert_eq!((s.canary[&2], s.steps.clone()), (0.5, vec![0.5, 1.0]));
+        // A writer with other policy steps still follows the recorded ones.
+        assert_eq!(s.apply(Action::Advance, 2, &[0.1, 0.2, 1.0], true), Ok("advance"));
+        assert_eq!(s.canary[&2], 1.0);
+        assert_eq!(s.apply(Action::Advance, 2, &[], true), Ok("promote"));
+        assert_eq!((s.stable, s.canary.len(), s.steps.len()), (Some(2), 0, 0));
+        assert!(s.apply(Action::Start, 3, &[], false).is_err());
+        assert_eq!(s.apply(Action::Start, 3, &[], true), Ok("start"));
+        assert_eq!(s.canary[&3], DEFAULT_STEPS[0]);
+        assert_eq!(s.apply(Action::Rollback, 3, &[], true), Ok("rollback"));
+        assert_eq!(s.rolled_back, vec![3]);
+        assert!(s.apply(Action::Rollback, 3, &[], true).is_err());
+        assert!(s.apply(Action::Advance, 3, &[], true).is_err());
+        assert!(s.validate().is_ok());
     }
 
     #[test]
