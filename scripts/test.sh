@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Sets up what the tests need (ONNX Runtime, the Python tools, the Kafka
-# broker) and runs
-# every test: unit and property tests, then end-to-end tests that start the
-# real quiver-gateway binary. Safe to run on a fresh machine of the kind in
+# broker, the S3-compatible store) and runs every test: unit and property
+# tests, then end-to-end tests that start the real binaries against them;
+# and validates the Kubernetes manifests and Dockerfiles offline. Safe to run on a fresh machine of the kind in
 # README.md; fast on a warm one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eval "$(scripts/setup.sh --broker)"
-export ORT_DYLIB_PATH QUIVER_PYTHON QUIVER_NISSHI
+export ORT_DYLIB_PATH QUIVER_PYTHON QUIVER_NISSHI QUIVER_MOTO
+
+scripts/validate-deploy.sh
 
 jobs="${CARGO_BUILD_JOBS:-2}"
 echo "quiver test: building (cargo -j$jobs)" >&2

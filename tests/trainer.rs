@@ -4,8 +4,8 @@
 //! (requests, then labels) and writes the prediction and label records to
 //! the local log the way the gateway's embedded logging does; the real
 //! `quiver-trainer` joins them, retrains on a drifted concept, publishes
-//! with lineage and parity, and drives the canary through the admin API to
-//! stable. Then: killed right after it publishes, it resumes without
+//! with lineage and parity, and drives the canary to stable through
+//! `routing.json` in the registry (it has no gateway URL). Then: killed right after it publishes, it resumes without
 //! publishing twice; a deliberately worse candidate (an untrained net,
 //! published regardless) is rolled back.
 //!
@@ -25,6 +25,7 @@ use quiver_contract::manifest::Manifest;
 use quiver_contract::records::{
     self, Label, LabelRecord, PredictionRecord, RecordTensor, TensorValues,
 };
+use quiver_contract::routing::RoutingState;
 use quiver_contract::segments::SegmentWriter;
 use quiver_tests::kafka::Broker;
 use quiver_tests::kafka::{Outgoing, produce};
@@ -66,13 +67,12 @@ impl Stream {
     }
 }
 
-fn config(dir: &Path, gateway: &str, worse: bool, kafka: Option<&str>) -> Result<PathBuf> {
+fn config(dir: &Path, worse: bool, kafka: Option<&str>) -> Result<PathBuf> {
     let (epochs, margin) = if worse { (0, -1e9) } else { (30, 0.0) };
     let text = format!(
         r#"model_repository = "{repo}"
 log_dir = "{log}"
 state_dir = "{state}"
-gateway_url = "{gateway}"
 poll_interval_ms = 50
 join_window_ms = 600000
 
@@ -96,6 +96,8 @@ quality_drop = 1.0
 [models.canary]
 min_samples = 150
 alpha = 0.01
+# The model's [rollout] steps (see `bootstrap`).
+steps = [0.5, 1.0]
 {kafka}"#,
         repo = dir.join("repo").display(),
         log = dir.join("log").display(),
@@ -115,7 +117,6 @@ fn trainer(config: &Path, dir: &Path, tag: &str) -> Result<Child> {
         .args(["--config"])
         .arg(config)
         .arg("run")
-        .env("QUIVER_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -286,8 +287,7 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
         ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
     ];
     let gw = Gateway::start_ready(&dir.join("repo"), &[], &env).await?;
-    let url = format!("http://{}", gw.addr);
-    let cfg = config(&dir, &url, false, None)?;
+    let cfg = config(&dir, false, None)?;
     let mut traffic = Traffic {
         stream: Stream(99),
         sink: Sink::Local {
@@ -322,20 +322,20 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
 
     // An untrained candidate, published regardless of offline quality,
     // loses on canary traffic and is rolled back.
-    let worse = config(&dir, &url, true, None)?;
+    let worse = config(&dir, true, None)?;
     let mut t = trainer(&worse, &dir, "c")?;
     traffic
         .until(&gw, &dir, "v3 rolled back", || {
             has_event(&dir, "rolled_back", 3)
         })
         .await?;
-    let routing = gw.get("/v2/models/m/routing").await?.json();
-    assert_eq!(routing["routing"]["stable"], 2);
-    assert!(
-        routing["routing"]["rolled_back"]
+    let routing = applied(&gw, "the rollback of v3", |r| {
+        r["rolled_back"]
             .as_array()
             .is_some_and(|a| a.contains(&json!(3)))
-    );
+    })
+    .await?;
+    assert_eq!(routing["stable"], 2);
     t.kill()?;
     t.wait()?;
     eprintln!("events:\n{:#?}", events(&dir));
@@ -355,7 +355,7 @@ fn bootstrap(dir: &Path) -> Result<()> {
         csv.push_str(&format!("{},{y}\n", cells.join(",")));
     }
     std::fs::write(dir.join("a.csv"), csv)?;
-    let cfg = config(dir, "http://127.0.0.1:1", false, None)?;
+    let cfg = config(dir, false, None)?;
     let status = Command::new(binary("quiver-trainer")?)
         .arg("--config")
         .arg(&cfg)
@@ -375,6 +375,27 @@ fn bootstrap(dir: &Path) -> Result<()> {
         r#"{"schema": 1, "stable": 1}"#,
     )?;
     Ok(())
+}
+
+/// The gateway's routing state once it shows what `done` wants: the
+/// trainer writes `routing.json` in the registry, and the gateway applies
+/// it at its next look there.
+async fn applied(
+    gw: &Gateway,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let routing = gw.get("/v2/models/m/routing").await?.json();
+        if done(&routing["routing"]) {
+            return Ok(routing["routing"].clone());
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway did not apply {what}: {routing}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Version 2 is stable, the only new version, trained from drifted data
@@ -402,8 +423,18 @@ async fn check_v2(dir: &Path, gw: &Gateway) -> Result<quiver_contract::manifest:
             .iter()
             .any(|e| e["event"] == "canary_step" && e["version"] == 2)
     );
-    let routing = gw.get("/v2/models/m/routing").await?.json();
-    assert_eq!(routing["routing"]["stable"], 2);
+    applied(gw, "the promotion of v2", |r| r["stable"] == 2).await?;
+    // The trainer's verdicts went into the registry's routing state.
+    let stored = RoutingState::parse(&std::fs::read(dir.join("repo/m/routing.json"))?)?;
+    let decisions: Vec<&str> = stored
+        .history
+        .iter()
+        .filter(|e| e.by == "quiver-trainer")
+        .map(|e| e.decision.as_str())
+        .collect();
+    for want in ["start", "advance", "promote"] {
+        assert!(decisions.contains(&want), "{want}: {:#?}", stored.history);
+    }
     Ok(lineage)
 }
 
@@ -474,8 +505,7 @@ async fn kafka_source_retrains_promotes_and_resumes_from_committed_offsets() -> 
         ("QUIVER_KAFKA__RETRY_INTERVAL_MS", "200"),
     ];
     let gw = Gateway::start_ready(&dir.join("repo"), &[], &env).await?;
-    let url = format!("http://{}", gw.addr);
-    let cfg = config(&dir, &url, false, Some(&bootstrap_servers))?;
+    let cfg = config(&dir, false, Some(&bootstrap_servers))?;
     let mut traffic = Traffic {
         stream: Stream(99),
         sink: Sink::Gateway,

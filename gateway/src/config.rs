@@ -474,6 +474,7 @@ impl GatewayConfig {
             access_key_id_env: s3c.access_key_id_env.clone(),
             secret_access_key_env: s3c.secret_access_key_env.clone(),
             timeout: s3c.timeout_ms.map(Duration::from_millis),
+            credentials: None,
         };
         validate_model_settings(&self.models)
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;

@@ -112,7 +112,7 @@ pub fn publish_version(
     files: &[(&str, &[u8])],
 ) -> Result<(), UpdateError> {
     let (model, version) = (manifest.model.as_str(), manifest.version);
-    let claim = version_key(model, version, ".claim");
+    let claim = version_key(model, version, "claim");
     let claimed = reg
         .put_if(&claim, manifest.created_at.as_deref().unwrap_or("").as_bytes(), &Expect::Absent)
         .map(|_| ());

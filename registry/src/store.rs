@@ -105,6 +105,9 @@ pub struct S3Settings {
     pub secret_access_key_env: Option<String>,
     /// Per request; the store is retried within it.
     pub timeout: Option<Duration>,
+    /// Credentials given by a program rather than read from the
+    /// environment (configs name variables instead, never secrets).
+    pub credentials: Option<(String, String)>,
 }
 
 /// The registry: where it is and how to reach it. Cheap to clone.
@@ -247,7 +250,7 @@ impl Registry {
                     if_none_match: known.map(|t| t.0.clone()),
                     ..GetOptions::default()
                 };
-                o.rt()?.block_on(async {
+                o.block_on(async {
                     match o.store.get_opts(&path, options).await {
                         Ok(got) => {
                             let tag = Tag(got.meta.e_tag.clone().unwrap_or_default());
@@ -462,6 +465,11 @@ impl ObjectBackend {
         if let Some(name) = &s3.secret_access_key_env {
             builder = builder.with_secret_access_key(env(name).unwrap_or_default());
         }
+        if let Some((id, secret)) = &s3.credentials {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+        }
         let store = builder
             .build()
             .map_err(|e| RegistryError::Location(location.into(), e.to_string()))?;
@@ -496,11 +504,35 @@ impl ObjectBackend {
         })
     }
 
-    fn run<T>(
+    fn run<T: Send>(
         &self,
-        fut: impl Future<Output = object_store::Result<T>>,
+        fut: impl Future<Output = object_store::Result<T>> + Send,
     ) -> Result<T, RegistryError> {
-        self.rt()?.block_on(fut).map_err(|e| self.error(e))
+        self.block_on(async { fut.await.map_err(|e| self.error(e)) })
+    }
+
+    /// Runs `fut` on the registry's runtime. Called from inside another
+    /// runtime (an async caller), it blocks on a thread of its own: a
+    /// runtime may not block a thread that drives another.
+    fn block_on<T: Send>(
+        &self,
+        fut: impl Future<Output = Result<T, RegistryError>> + Send,
+    ) -> Result<T, RegistryError> {
+        let rt = self.rt()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return rt.block_on(fut);
+        }
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| rt.block_on(fut))
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(RegistryError::Unreachable {
+                        store: self.shown.clone(),
+                        message: "the registry client thread panicked".into(),
+                    })
+                })
+        })
     }
 
     fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<Tag, RegistryError> {
@@ -511,9 +543,7 @@ impl ObjectBackend {
             mode,
             ..PutOptions::default()
         };
-        let result = self
-            .rt()?
-            .block_on(async { self.store.put_opts(&path, payload, opts).await });
+        let result = self.block_on(async { Ok(self.store.put_opts(&path, payload, opts).await) })?;
         match result {
             Ok(done) => Ok(Tag(done.e_tag.unwrap_or_default())),
             Err(

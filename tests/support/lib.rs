@@ -1,8 +1,10 @@
 //! Support for end-to-end tests: start the real `quiver-gateway` binary on
 //! port 0, talk to it over real HTTP on loopback, read its metrics; start
-//! a real Kafka-protocol broker ([`kafka`]).
+//! a real Kafka-protocol broker ([`kafka`]) and a real S3-compatible object
+//! store ([`s3`]).
 
 pub mod kafka;
+pub mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -55,6 +57,12 @@ impl Gateway {
     /// Starts the gateway on `repository` with extra args and env, and waits
     /// until it listens.
     pub fn start(repository: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Gateway> {
+        Gateway::start_at(&repository.to_string_lossy(), args, env)
+    }
+
+    /// As [`Gateway::start`], on a repository given as a path or an
+    /// `s3://` URL.
+    pub fn start_at(repository: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Gateway> {
         let mut cmd = Command::new(binary("quiver-gateway")?);
         cmd.arg("--model-repository")
             .arg(repository)
@@ -182,6 +190,11 @@ impl Gateway {
             bail!("kill -TERM failed");
         }
         Ok(())
+    }
+
+    /// The process id, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the process to exit, returning its exit code.

@@ -5,12 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quiver_contract::routing::DEFAULT_STEPS;
 use serde::{Deserialize, Serialize};
 
 use crate::onnx::{Interface, OutputKind, OutputSpec};
 use crate::train::Task;
 use crate::train::gbt::GbtSettings;
 use crate::train::mlp::MlpSettings;
+
+/// Keys of earlier versions whose job moved elsewhere; an old config that
+/// still has them gets a hint instead of only serde's unknown-field error.
+const REMOVED: [&str; 2] = ["gateway_url", "admin_token_env"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,16 +30,20 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub model_repository: PathBuf,
+    /// The model registry: a local directory or `s3://bucket/prefix`. The
+    /// trainer reaches the fleet only through it (versions, routing) and
+    /// the record topics, never through a gateway's URL.
+    pub model_repository: String,
+    /// Object-store settings for an `s3://` repository; each one left out
+    /// falls back to the standard `AWS_*` environment variable.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
     pub log_dir: PathBuf,
     pub state_dir: PathBuf,
     #[serde(default = "default_predictions")]
     pub predictions_topic: String,
     #[serde(default = "default_labels")]
     pub labels_topic: String,
-    pub gateway_url: String,
-    #[serde(default = "default_token_env")]
-    pub admin_token_env: String,
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
     #[serde(default = "default_join_window")]
@@ -46,6 +55,43 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+}
+
+/// `[s3]`: how to reach an `s3://` model repository. Secrets are named by
+/// environment variable, never written here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// An S3-compatible endpoint URL (`AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `AWS_REGION`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint (`AWS_ALLOW_HTTP`).
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+    /// The environment variable holding the access key id
+    /// (`AWS_ACCESS_KEY_ID` when left out).
+    #[serde(default)]
+    pub access_key_id_env: Option<String>,
+    /// The environment variable holding the secret access key
+    /// (`AWS_SECRET_ACCESS_KEY` when left out).
+    #[serde(default)]
+    pub secret_access_key_env: Option<String>,
+}
+
+impl S3Config {
+    pub fn settings(&self) -> quiver_registry::S3Settings {
+        quiver_registry::S3Settings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+            access_key_id_env: self.access_key_id_env.clone(),
+            secret_access_key_env: self.secret_access_key_env.clone(),
+            ..quiver_registry::S3Settings::default()
+        }
+    }
 }
 
 /// `[kafka]`: the topics `predictions_topic` and `labels_topic` are read
@@ -148,6 +194,10 @@ impl Default for Triggers {
 pub struct CanaryPolicy {
     pub min_samples: u64,
     pub alpha: f64,
+    /// The canary's share of traffic at each step, rising, the last 1.0.
+    /// Recorded into `routing.json` when the trainer starts a canary, so
+    /// every writer (and every gateway replica) walks the same steps.
+    pub steps: Vec<f64>,
 }
 
 impl Default for CanaryPolicy {
@@ -155,7 +205,32 @@ impl Default for CanaryPolicy {
         CanaryPolicy {
             min_samples: 200,
             alpha: 0.01,
+            steps: DEFAULT_STEPS.to_vec(),
         }
+    }
+}
+
+impl CanaryPolicy {
+    fn validate(&self, model: &str) -> Result<(), ConfigError> {
+        let invalid = |why: &str| {
+            Err(ConfigError::Invalid(format!(
+                "{model}: canary steps {:?} {why}",
+                self.steps
+            )))
+        };
+        if self.steps.is_empty() {
+            return invalid("are empty; give at least [1.0]");
+        }
+        if self.steps.iter().any(|w| !(*w > 0.0 && *w <= 1.0)) {
+            return invalid("must each lie in (0, 1]");
+        }
+        if self.steps.windows(2).any(|p| p[1] <= p[0]) {
+            return invalid("must rise strictly");
+        }
+        if self.steps.last() != Some(&1.0) {
+            return invalid("must end at 1.0 (all traffic before promotion)");
+        }
+        Ok(())
     }
 }
 
@@ -164,9 +239,6 @@ fn default_predictions() -> String {
 }
 fn default_labels() -> String {
     quiver_contract::records::LABELS_TOPIC.into()
-}
-fn default_token_env() -> String {
-    "QUIVER_ADMIN_TOKEN".into()
 }
 fn default_poll() -> u64 {
     500
@@ -199,8 +271,20 @@ impl Config {
         let shown = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(shown.clone(), e))?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse(shown, e.to_string()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let mut message = e.to_string();
+            if REMOVED
+                .iter()
+                .any(|k| message.contains(&format!("unknown field `{k}`")))
+            {
+                message.push_str(
+                    "\nThe trainer no longer calls a gateway: it reads and writes routing \
+                     state through the model registry (`model_repository`, `[s3]`). \
+                     Remove `gateway_url` and `admin_token_env`.",
+                );
+            }
+            ConfigError::Parse(shown, message)
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -214,13 +298,17 @@ impl Config {
                     m.name
                 )));
             }
+            m.canary.validate(&m.name)?;
         }
-        if !self.gateway_url.starts_with("http://") {
-            return Err(ConfigError::Invalid(
-                "gateway_url must start with http://".into(),
-            ));
+        if self.model_repository.is_empty() {
+            return Err(ConfigError::Invalid("model_repository is empty".into()));
         }
         Ok(())
+    }
+
+    /// The `[s3]` table as the registry takes it (all unset without one).
+    pub fn s3_settings(&self) -> quiver_registry::S3Settings {
+        self.s3.as_ref().map(S3Config::settings).unwrap_or_default()
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -273,5 +361,94 @@ mod tests {
         let kafka = config.kafka.unwrap();
         assert!(kafka.brokers.is_empty());
         assert_eq!(kafka.group_id, "quiver-trainer");
+        assert!(config.s3.is_none());
+        assert_eq!(config.models[0].canary.steps, DEFAULT_STEPS.to_vec());
+    }
+
+    const MINIMAL: &str = r#"
+model_repository = "s3://bucket/models"
+log_dir = "log"
+state_dir = "state"
+[[models]]
+name = "m"
+task = { kind = "classification", classes = 2 }
+input = "features"
+outputs = [{ name = "probabilities", kind = "probabilities" }]
+"#;
+
+    fn with_steps(steps: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(&format!("{MINIMAL}[models.canary]\nsteps = {steps}\n")).unwrap();
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn canary_steps_rise_to_one() {
+        assert_eq!(
+            with_steps("[0.5, 1.0]").unwrap().models[0].canary.steps,
+            vec![0.5, 1.0]
+        );
+        assert_eq!(
+            with_steps("[1.0]").unwrap().models[0].canary.steps,
+            vec![1.0]
+        );
+        for (bad, why) in [
+            ("[]", "empty"),
+            ("[0.5, 0.9]", "end at 1.0"),
+            ("[0.5, 0.5, 1.0]", "rise"),
+            ("[0.5, 0.25, 1.0]", "rise"),
+            ("[0.0, 1.0]", "(0, 1]"),
+            ("[-0.1, 1.0]", "(0, 1]"),
+            ("[0.5, 1.5]", "(0, 1]"),
+            ("[nan, 1.0]", "(0, 1]"),
+        ] {
+            let err = with_steps(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains("m: canary steps"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_s3_table_maps_to_the_registry_settings() {
+        let config: Config = toml::from_str(&format!(
+            "{MINIMAL}[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\n\
+             allow_http = true\naccess_key_id_env = \"MY_KEY\"\nsecret_access_key_env = \"MY_SECRET\"\n"
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        let s = config.s3_settings();
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s.allow_http, Some(true));
+        assert_eq!(s.access_key_id_env.as_deref(), Some("MY_KEY"));
+        assert_eq!(s.secret_access_key_env.as_deref(), Some("MY_SECRET"));
+        // Left out: every setting falls back to the AWS_* variables.
+        let plain: Config = toml::from_str(MINIMAL).unwrap();
+        let s = plain.s3_settings();
+        assert!(s.endpoint.is_none() && s.region.is_none() && s.allow_http.is_none());
+        // Secrets themselves have no key.
+        assert!(
+            toml::from_str::<Config>(&format!("{MINIMAL}[s3]\nsecret_access_key = \"x\"\n"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_old_config_with_a_gateway_url_is_told_why() {
+        let dir =
+            std::env::temp_dir().join(format!("quiver-trainer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.toml");
+        std::fs::write(
+            &path,
+            format!("gateway_url = \"http://127.0.0.1:8000\"\n{MINIMAL}"),
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `gateway_url`"), "{err}");
+        assert!(err.contains("through the model registry"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

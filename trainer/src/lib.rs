@@ -9,9 +9,11 @@
 //!   [`join`]: predictions with labels, [`window`]: the bounded training
 //!   window.
 //! - [`monitor`]: online quality, PSI drift, the candidate-vs-stable tests.
-//! - [`publish`]: train → evaluate → parity → write the version.
-//! - [`admin`]: the gateway's rollout admin API; [`run`]: the loop;
-//!   [`events`]: the events log; [`metrics`]: Prometheus names.
+//! - [`publish`]: train → evaluate → parity → write the version into the
+//!   registry (`quiver-registry`: a directory or S3).
+//! - [`rollout`]: the canary verdicts, written to the routing state in the
+//!   registry by compare-and-swap; [`run`]: the loop; [`events`]: the
+//!   events log; [`metrics`]: Prometheus names.
 //! - [`config`], [`csv`]: the config file and the bootstrap CSV.
 //!
 //! Training is hand-written over `ndarray` (MLP) and plain slices (GBT).
@@ -21,7 +23,6 @@
 //! matrix products per batch, which `ndarray` does at the same order of
 //! speed with no extra build time (numbers for this crate in the README).
 
-pub mod admin;
 pub mod config;
 pub mod csv;
 pub mod events;
@@ -31,6 +32,7 @@ pub mod monitor;
 pub mod onnx;
 pub mod parity;
 pub mod publish;
+pub mod rollout;
 pub mod run;
 pub mod source;
 pub mod train;

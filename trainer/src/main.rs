@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use quiver_registry::Registry;
 use quiver_trainer::config::Config;
 use quiver_trainer::{csv, metrics, publish, run};
 
@@ -22,18 +23,18 @@ struct Cli {
         default_value = "configs/trainer.toml"
     )]
     config: PathBuf,
-    /// Overrides `model_repository`.
+    /// Overrides `model_repository` (a directory or `s3://bucket/prefix`).
     #[arg(long, global = true, env = "QUIVER_TRAINER_MODEL_REPOSITORY")]
-    repo: Option<PathBuf>,
+    repo: Option<String>,
     /// Overrides `log_dir`.
     #[arg(long, global = true, env = "QUIVER_TRAINER_LOG_DIR")]
     log_dir: Option<PathBuf>,
     /// Overrides `state_dir`.
     #[arg(long, global = true, env = "QUIVER_TRAINER_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Overrides `gateway_url`.
-    #[arg(long, global = true, env = "QUIVER_TRAINER_GATEWAY_URL")]
-    gateway_url: Option<String>,
+    /// Overrides `metrics_addr` (an empty value turns metrics off).
+    #[arg(long, global = true, env = "QUIVER_TRAINER_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// Overrides `[kafka] brokers` (an empty value selects the local log).
     #[arg(long, global = true, env = "QUIVER_TRAINER_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
@@ -74,8 +75,8 @@ fn main() -> Result<()> {
     if let Some(s) = cli.state_dir {
         config.state_dir = s;
     }
-    if let Some(g) = cli.gateway_url {
-        config.gateway_url = g;
+    if let Some(a) = cli.metrics_addr {
+        config.metrics_addr = Some(a).filter(|a| !a.is_empty());
     }
     if let Some(b) = cli.kafka_brokers {
         let kafka = config.kafka.get_or_insert_with(Default::default);
@@ -97,8 +98,8 @@ fn main() -> Result<()> {
                 bail!("model '{model}' is not in {}", cli.config.display());
             };
             let (_, dataset) = csv::read(&data)?;
-            let repo = &config.model_repository;
-            let version = publish::next_version(repo, &model);
+            let repo = Registry::open(&config.model_repository, &config.s3_settings())?;
+            let version = publish::next_version(&repo, &model)?;
             let mut ranges = std::collections::BTreeMap::new();
             ranges.insert(
                 "csv".to_string(),
@@ -113,7 +114,7 @@ fn main() -> Result<()> {
             let candidate = publish::train_candidate(mc, &dataset, version, &meta, None, 0)?;
             let mut lineage = lineage;
             lineage.rows = candidate.rows as u64;
-            let manifest = publish::publish(repo, mc, version, &candidate, lineage)?;
+            let manifest = publish::publish(&repo, mc, version, &candidate, lineage)?;
             tracing::info!(
                 model, version, rows = candidate.rows, seconds = candidate.seconds,
                 examples_per_s = candidate.rows as f64 / candidate.seconds.max(1e-9),

@@ -3,13 +3,16 @@
 //! too, when there is one), refit on the whole window (`refit`, on by
 //! default: the same settings, the MLP for the epochs early stopping
 //! chose), export, check parity, then write the version into the
-//! repository: files first, `manifest.json` last, each by atomic rename.
+//! registry (a directory or an object store) through
+//! `quiver_registry::control::publish_version`: its number claimed, files
+//! first, `manifest.json` last, then the index bumped so replicas look.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use quiver_contract::layout::{self, MANIFEST_FILE, MODEL_FILE};
+use quiver_contract::layout::{MANIFEST_FILE, MODEL_FILE};
 use quiver_contract::manifest::{Lineage, Manifest, sha256_bytes};
+use quiver_registry::control::{self, version_key};
+use quiver_registry::{Registry, RegistryError, UpdateError};
 
 use crate::config::{Config, Family, ModelConfig};
 use crate::monitor::psi::Reference;
@@ -30,13 +33,14 @@ pub enum PublishError {
     Train(#[from] TrainError),
     #[error(transparent)]
     Parity(#[from] ParityError),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot publish version {version} of '{model}': {source}")]
     Write {
-        path: String,
-        source: std::io::Error,
+        model: String,
+        version: u64,
+        source: UpdateError,
     },
-    #[error("cannot read the repository: {0}")]
-    Repository(String),
+    #[error("cannot read the model registry: {0}")]
+    Repository(#[from] RegistryError),
     #[error("invalid model settings: {0}")]
     Settings(String),
 }
@@ -149,22 +153,39 @@ pub fn train_candidate(
     })
 }
 
-/// The newest version with a manifest, and every version directory.
-pub fn versions(repo: &Path, model: &str) -> Vec<u64> {
-    let mut out: Vec<u64> = std::fs::read_dir(repo.join(model))
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| layout::parse_version(&e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_unstable();
-    out
+/// The next free version number: one past every number in use, published
+/// or still being written (a version whose manifest is not there yet).
+pub fn next_version(reg: &Registry, model: &str) -> Result<u64, PublishError> {
+    let (_, in_use) = control::versions(reg, model)?;
+    Ok(in_use.last().map_or(1, |v| v + 1))
 }
 
-/// The next free version number.
-pub fn next_version(repo: &Path, model: &str) -> u64 {
-    versions(repo, model).last().map_or(1, |v| v + 1)
+/// A published version's file, `None` if it is not there.
+pub fn read_file(
+    reg: &Registry,
+    model: &str,
+    version: u64,
+    file: &str,
+) -> Result<Option<Vec<u8>>, PublishError> {
+    Ok(reg
+        .get(&version_key(model, version, file))?
+        .map(|d| d.bytes))
+}
+
+/// A version's manifest, checked to name the version it sits in; `None`
+/// if it is missing or invalid (logged).
+pub fn read_manifest(reg: &Registry, model: &str, version: u64) -> Option<Manifest> {
+    let key = version_key(model, version, MANIFEST_FILE);
+    let bytes = match read_file(reg, model, version, MANIFEST_FILE) {
+        Ok(b) => b?,
+        Err(e) => {
+            tracing::warn!(model, version, error = %e, "cannot read the manifest");
+            return None;
+        }
+    };
+    Manifest::parse(&bytes, &key, Some((model, version)))
+        .map_err(|e| tracing::warn!(model, version, error = %e, "invalid manifest"))
+        .ok()
 }
 
 /// The metadata written into the graph's `metadata_props`.
@@ -181,27 +202,13 @@ pub fn metadata(model: &str, version: u64, lineage: &Lineage) -> Vec<(String, St
 
 /// Writes the version: model and reference first, the manifest last.
 pub fn publish(
-    repo: &Path,
+    reg: &Registry,
     model: &ModelConfig,
     version: u64,
     candidate: &Candidate,
     lineage: Lineage,
 ) -> Result<Manifest, PublishError> {
-    let dir = layout::version_dir(repo, &model.name, version);
-    let write = |name: &str, bytes: &[u8]| {
-        let path = dir.join(name);
-        layout::write_atomic(&path, bytes).map_err(|source| PublishError::Write {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    std::fs::create_dir_all(&dir).map_err(|source| PublishError::Write {
-        path: dir.display().to_string(),
-        source,
-    })?;
     let reference = serde_json::to_vec(&candidate.reference).unwrap_or_default();
-    write(MODEL_FILE, &candidate.onnx)?;
-    write(REFERENCE_FILE, &reference)?;
     let mut m = Manifest::new(&model.name, version);
     m.sha256
         .insert(MODEL_FILE.into(), sha256_bytes(&candidate.onnx));
@@ -219,7 +226,12 @@ pub fn publish(
         m.metrics.insert("offline_parent".into(), s.clone());
     }
     m.parity_max_abs = Some(candidate.parity_max_abs);
-    write(MANIFEST_FILE, &m.to_json())?;
+    let files: [(&str, &[u8]); 2] = [(MODEL_FILE, &candidate.onnx), (REFERENCE_FILE, &reference)];
+    control::publish_version(reg, &m, &files).map_err(|source| PublishError::Write {
+        model: model.name.clone(),
+        version,
+        source,
+    })?;
     Ok(m)
 }
 

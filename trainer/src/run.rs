@@ -1,7 +1,9 @@
 //! The loop: poll predictions and labels → join → window and monitors →
 //! triggers → train, evaluate, check parity → publish → drive the canary
-//! through the gateway's admin API. One thread; a training run blocks
-//! polling while it runs, so one model never trains twice at once.
+//! (`rollout.rs`) through the routing state in the registry. One thread; a
+//! training run blocks polling while it runs, so one model never trains
+//! twice at once. The trainer reaches the fleet only through the registry
+//! and the record topics.
 //!
 //! Everything the loop knows (consumer positions, pending joins, windows,
 //! rollouts in progress, versions published) is one state file written by
@@ -14,20 +16,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use quiver_contract::layout::{self, MANIFEST_FILE, MODEL_FILE};
+use quiver_contract::layout::{self, MODEL_FILE};
 use quiver_contract::manifest::Manifest;
 use quiver_contract::records::{self, LabelRecord, PredictionRecord, now_ms};
+use quiver_registry::{Registry, RegistryError, control};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::Gateway;
 use crate::config::{Config, ModelConfig};
 use crate::events::Events;
 use crate::join::{Columns, Example, Joiner};
 use crate::metrics as m;
 use crate::monitor::psi::Reference;
 use crate::monitor::quality::Quality;
-use crate::monitor::stats::{ArmQuality, Verdict, step_verdict};
 use crate::publish::{self, REFERENCE_FILE};
+use crate::rollout::{self, Rollout};
 use crate::source::{self, RecordSource, SourceError};
 use crate::train::Task;
 use crate::window::Window;
@@ -44,6 +46,8 @@ pub enum RunError {
     State(String, String),
     #[error("events log: {0}")]
     Events(std::io::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -66,19 +70,12 @@ struct ModelState {
     published: Vec<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Rollout {
-    version: u64,
-    stable: Option<u64>,
-    started: bool,
-    step: usize,
-    /// When the current step began (ms since the Unix epoch): only
-    /// predictions made since count for it, so both arms are judged on the
-    /// same stretch of traffic even when labels arrive hours late.
-    #[serde(default)]
-    step_started_ms: u64,
-    candidate: ArmQuality,
-    stable_quality: ArmQuality,
+/// What the trainer reads of a published version, kept once read: a
+/// version never changes after its manifest is written.
+#[derive(Debug, Default)]
+struct VersionFiles {
+    manifest: Option<Manifest>,
+    reference: Option<Reference>,
 }
 
 pub struct Trainer {
@@ -86,7 +83,9 @@ pub struct Trainer {
     state: State,
     predictions: Box<dyn RecordSource>,
     labels: Box<dyn RecordSource>,
-    gateway: Gateway,
+    registry: Registry,
+    /// (model, version) → its manifest and training reference.
+    versions: BTreeMap<(String, u64), Arc<VersionFiles>>,
     events: Events,
 }
 
@@ -128,15 +127,24 @@ impl Trainer {
                     ..ModelState::default()
                 });
         }
-        let token = std::env::var(&config.admin_token_env).ok();
-        let gateway = Gateway::new(&config.gateway_url, token);
+        let registry = Registry::open(&config.model_repository, &config.s3_settings())?;
+        match registry.check() {
+            Ok(()) => {}
+            // Worth retrying from the loop: the store may come back, a
+            // local directory is created by the first publish.
+            Err(e @ (RegistryError::Unreachable { .. } | RegistryError::Io { .. })) => {
+                tracing::warn!(registry = %registry.describe(), error = %e, "model registry not reachable yet");
+            }
+            Err(e) => return Err(e.into()),
+        }
         let events = Events::open(&config.state_dir).map_err(RunError::Events)?;
         let mut trainer = Trainer {
             config,
             state,
             predictions,
             labels,
-            gateway,
+            registry,
+            versions: BTreeMap::new(),
             events,
         };
         trainer.adopt_orphans();
@@ -151,29 +159,27 @@ impl Trainer {
                 continue;
             };
             let known = ms.published.iter().copied().max().unwrap_or(0);
-            for v in publish::versions(&self.config.model_repository, &model.name) {
+            let published = match control::versions(&self.registry, &model.name) {
+                Ok((published, _)) => published,
+                Err(e) => {
+                    tracing::warn!(model = %model.name, error = %e, "cannot list versions; orphans not adopted");
+                    continue;
+                }
+            };
+            for v in published {
                 if v <= known {
                     continue;
                 }
-                let path = layout::version_dir(&self.config.model_repository, &model.name, v)
-                    .join(MANIFEST_FILE);
-                let ours = Manifest::read(&path, Some((&model.name, v))).is_ok_and(|m| {
-                    m.lineage
-                        .and_then(|l| l.code)
-                        .is_some_and(|c| c.starts_with("quiver-trainer"))
-                        && m.metrics.contains_key("offline_parent")
-                });
+                let ours =
+                    publish::read_manifest(&self.registry, &model.name, v).is_some_and(|m| {
+                        m.lineage
+                            .and_then(|l| l.code)
+                            .is_some_and(|c| c.starts_with("quiver-trainer"))
+                            && m.metrics.contains_key("offline_parent")
+                    });
                 if ours && ms.rollout.is_none() {
                     ms.published.push(v);
-                    ms.rollout = Some(Rollout {
-                        version: v,
-                        stable: None,
-                        started: false,
-                        step: 0,
-                        step_started_ms: 0,
-                        candidate: ArmQuality::default(),
-                        stable_quality: ArmQuality::default(),
-                    });
+                    ms.rollout = Some(Rollout::new(v, None));
                     self.events
                         .emit(&model.name, "resumed", Some(v), serde_json::json!({}));
                 }
@@ -309,21 +315,46 @@ impl Trainer {
             .map_err(|e| RunError::State(shown, e.to_string()))
     }
 
+    /// The routing state's stable version, else the newest published one.
     fn stable_version(&self, model: &str) -> Option<u64> {
-        self.gateway
-            .routing(model)
+        control::read_routing(&self.registry, model)
+            .map_err(|e| tracing::warn!(model, error = %e, "cannot read the routing state"))
             .ok()
-            .and_then(|r| r.stable)
+            .and_then(|(r, _)| r.stable)
             .or_else(|| {
-                publish::versions(&self.config.model_repository, model)
-                    .into_iter()
-                    .rev()
-                    .find(|&v| {
-                        layout::version_dir(&self.config.model_repository, model, v)
-                            .join(MODEL_FILE)
-                            .is_file()
-                    })
+                control::versions(&self.registry, model)
+                    .map_err(|e| tracing::warn!(model, error = %e, "cannot list versions"))
+                    .ok()
+                    .and_then(|(published, _)| published.last().copied())
             })
+    }
+
+    /// A published version's manifest and training reference, read from
+    /// the registry once (a failed read is tried again next time).
+    fn version_files(&mut self, model: &str, version: u64) -> Arc<VersionFiles> {
+        let key = (model.to_string(), version);
+        if let Some(files) = self.versions.get(&key) {
+            return files.clone();
+        }
+        let Some(manifest) = publish::read_manifest(&self.registry, model, version) else {
+            return Arc::default();
+        };
+        let reference = match publish::read_file(&self.registry, model, version, REFERENCE_FILE) {
+            Ok(bytes) => bytes.and_then(|b| serde_json::from_slice::<Reference>(&b).ok()),
+            Err(e) => {
+                tracing::warn!(model, version, error = %e, "cannot read the training reference");
+                return Arc::new(VersionFiles {
+                    manifest: Some(manifest),
+                    reference: None,
+                });
+            }
+        };
+        let files = Arc::new(VersionFiles {
+            manifest: Some(manifest),
+            reference,
+        });
+        self.versions.insert(key, files.clone());
+        files
     }
 
     fn step(&mut self, model: &ModelConfig) {
@@ -341,6 +372,7 @@ impl Trainer {
 
     fn trigger(&mut self, model: &ModelConfig) -> Option<String> {
         let stable = self.stable_version(&model.name);
+        let files = stable.map(|v| self.version_files(&model.name, v));
         let ms = self.state.models.get(&model.name)?;
         let t = &model.triggers;
         if ms.window.len() < t.min_rows.max(2) || ms.window.new_rows == 0 {
@@ -352,16 +384,11 @@ impl Trainer {
         if t.schedule_ms > 0 && now_ms().saturating_sub(ms.last_training_ms) >= t.schedule_ms {
             return Some("schedule".into());
         }
-        let dir =
-            stable.map(|v| layout::version_dir(&self.config.model_repository, &model.name, v));
         let recent = (ms.window.new_rows as usize).min(ms.window.len());
-        if let Some(dir) = &dir
+        if let Some(files) = &files
             && recent >= t.min_rows
         {
-            if let Some(reference) = std::fs::read(dir.join(REFERENCE_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Reference>(&b).ok())
-            {
+            if let Some(reference) = &files.reference {
                 let rows: Vec<&[f32]> = ms
                     .window
                     .examples()
@@ -393,8 +420,9 @@ impl Trainer {
                     return Some(format!("feature drift (PSI {worst:.3})"));
                 }
             }
-            let offline = Manifest::read(&dir.join(MANIFEST_FILE), None)
-                .ok()
+            let offline = files
+                .manifest
+                .as_ref()
                 .and_then(|m| m.metrics.get("offline").cloned());
             let q = &ms.since_training;
             if let Some(off) = offline
@@ -419,8 +447,15 @@ impl Trainer {
 
     fn retrain(&mut self, model: &ModelConfig, reason: &str) {
         let stable = self.stable_version(&model.name);
-        let repo = self.config.model_repository.clone();
-        let version = publish::next_version(&repo, &model.name);
+        let version = match publish::next_version(&self.registry, &model.name) {
+            Ok(v) => v,
+            Err(e) => {
+                // The trigger still holds: tried again next turn.
+                tracing::warn!(model = %model.name, error = %e, "cannot number the next version");
+                return;
+            }
+        };
+        let stable_files = stable.map(|v| self.version_files(&model.name, v));
         let Some(ms) = self.state.models.get_mut(&model.name) else {
             return;
         };
@@ -456,15 +491,11 @@ impl Trainer {
         lineage.trained_through_ms = ms.window.examples().map(|e| e.timestamp_ms).max();
         // Held-out rows the stable version trained on would flatter it:
         // the comparison starts after the newest row it saw.
-        let stable_through = stable.and_then(|v| {
-            Manifest::read(
-                &layout::version_dir(&repo, &model.name, v).join(MANIFEST_FILE),
-                None,
-            )
-            .ok()
-            .and_then(|m| m.lineage)
-            .and_then(|l| l.trained_through_ms)
-        });
+        let stable_through = stable_files
+            .as_ref()
+            .and_then(|f| f.manifest.as_ref())
+            .and_then(|m| m.lineage.as_ref())
+            .and_then(|l| l.trained_through_ms);
         let fresh_from = stable_through.map_or(0, |t| {
             ms.window
                 .examples()
@@ -476,7 +507,10 @@ impl Trainer {
         });
         let meta = publish::metadata(&model.name, version, &lineage);
         let stable_bytes = stable.and_then(|v| {
-            std::fs::read(layout::version_dir(&repo, &model.name, v).join(MODEL_FILE)).ok()
+            publish::read_file(&self.registry, &model.name, v, MODEL_FILE)
+                .map_err(|e| tracing::warn!(model = %model.name, version = v, error = %e, "cannot read the stable model"))
+                .ok()
+                .flatten()
         });
         let candidate = match publish::train_candidate(
             model,
@@ -520,20 +554,12 @@ impl Trainer {
             return;
         }
         lineage.rows = candidate.rows as u64;
-        match publish::publish(&repo, model, version, &candidate, lineage) {
+        match publish::publish(&self.registry, model, version, &candidate, lineage) {
             Ok(manifest) => {
                 metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "published").increment(1);
                 if let Some(ms) = self.state.models.get_mut(&model.name) {
                     ms.published.push(version);
-                    ms.rollout = Some(Rollout {
-                        version,
-                        stable,
-                        started: false,
-                        step: 0,
-                        step_started_ms: 0,
-                        candidate: ArmQuality::default(),
-                        stable_quality: ArmQuality::default(),
-                    });
+                    ms.rollout = Some(Rollout::new(version, stable));
                 }
                 self.events.emit(&model.name, "published", Some(version), serde_json::json!({
                     "parent": stable, "lineage": manifest.lineage, "parity_max_abs": manifest.parity_max_abs}));
@@ -562,128 +588,8 @@ impl Trainer {
         else {
             return;
         };
-        let name = model.name.clone();
-        let routing = match self.gateway.routing(&name) {
-            Ok(routing) => routing,
-            Err(e) => {
-                tracing::warn!(model = %name, error = %e, "gateway routing unavailable");
-                return;
-            }
-        };
-        let mut done = false;
-        if routing.stable == Some(r.version) {
-            self.events.emit(
-                &name,
-                "promoted",
-                Some(r.version),
-                serde_json::json!({"steps": r.step}),
-            );
-            done = true;
-        } else if routing.rolled_back.contains(&r.version) {
-            self.events.emit(
-                &name,
-                "rolled_back",
-                Some(r.version),
-                serde_json::json!({"by": routing.updated_by, "reason": routing.reason}),
-            );
-            done = true;
-        } else if !r.started {
-            r.stable = routing.stable.or(r.stable);
-            match self
-                .gateway
-                .verdict(&name, "start", r.version, "retrained candidate")
-            {
-                Ok(_) => {
-                    r.started = true;
-                    r.step_started_ms = now_ms();
-                    self.events.emit(
-                        &name,
-                        "canary_started",
-                        Some(r.version),
-                        serde_json::json!({"stable": r.stable}),
-                    );
-                }
-                Err(e) => {
-                    tracing::info!(model = %name, version = r.version, error = %e, "canary not started yet")
-                }
-            }
-        } else {
-            let classifier = matches!(model.task, Task::Classification { .. });
-            // Quality is compared on concurrent traffic only: under drift,
-            // rows from another time are a biased yardstick. Once the
-            // candidate takes all traffic after a judged step, stable gets
-            // none; it then needs only its sample (the latency and error
-            // guardrails stay the gateway's).
-            let full = routing.canary.get(&r.version).is_some_and(|&w| w >= 1.0);
-            let alone = full && r.step > 0;
-            let verdict = step_verdict(
-                &r.candidate,
-                &r.stable_quality,
-                alone,
-                model.canary.min_samples,
-                model.canary.alpha,
-                classifier,
-            );
-            let stats = serde_json::json!({
-                "candidate_n": r.candidate.loss.n, "candidate_loss": r.candidate.loss.mean,
-                "candidate_accuracy": r.candidate.correct as f64 / r.candidate.loss.n.max(1) as f64,
-                "stable_n": r.stable_quality.loss.n, "stable_loss": r.stable_quality.loss.mean,
-                "stable_accuracy": r.stable_quality.correct as f64 / r.stable_quality.loss.n.max(1) as f64});
-            match verdict {
-                Verdict::NotEnoughData => {}
-                Verdict::Worse => {
-                    match self.gateway.verdict(
-                        &name,
-                        "rollback",
-                        r.version,
-                        "online quality worse than stable",
-                    ) {
-                        Ok(_) => {
-                            self.events
-                                .emit(&name, "rolled_back", Some(r.version), stats);
-                            done = true;
-                        }
-                        Err(e) => tracing::warn!(model = %name, error = %e, "rollback refused"),
-                    }
-                }
-                Verdict::NotWorse => match self.gateway.verdict(
-                    &name,
-                    "advance",
-                    r.version,
-                    if alone {
-                        "all traffic after the judged steps, enough labelled rows"
-                    } else {
-                        "online quality not worse than stable"
-                    },
-                ) {
-                    Ok(_) => {
-                        r.step += 1;
-                        // Each step judges both arms afresh, on the traffic
-                        // they share at its weights.
-                        r.candidate = ArmQuality::default();
-                        r.stable_quality = ArmQuality::default();
-                        r.step_started_ms = now_ms();
-                        self.events
-                            .emit(&name, "canary_step", Some(r.version), stats);
-                        if self
-                            .gateway
-                            .routing(&name)
-                            .is_ok_and(|s| s.stable == Some(r.version))
-                        {
-                            self.events.emit(
-                                &name,
-                                "promoted",
-                                Some(r.version),
-                                serde_json::json!({"steps": r.step}),
-                            );
-                            done = true;
-                        }
-                    }
-                    Err(e) => tracing::warn!(model = %name, error = %e, "advance refused"),
-                },
-            }
-        }
-        if let Some(ms) = self.state.models.get_mut(&name) {
+        let done = rollout::step(&self.registry, &mut self.events, model, &mut r);
+        if let Some(ms) = self.state.models.get_mut(&model.name) {
             ms.rollout = if done { None } else { Some(r) };
         }
     }

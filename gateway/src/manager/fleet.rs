@@ -41,6 +41,9 @@ pub(super) struct Fleet {
     leading: Option<(u64, u64)>,
     /// Other replicas' reports as last read, by key.
     reports: BTreeMap<String, (Tag, TrafficReport)>,
+    /// The counts this replica last reported: an idle replica writes
+    /// nothing.
+    reported: Option<BTreeMap<String, BTreeMap<u64, VersionTraffic>>>,
     problem: Option<String>,
 }
 
@@ -56,6 +59,7 @@ impl Fleet {
             next_lease: now,
             leading: None,
             reports: BTreeMap::new(),
+            reported: None,
             problem: None,
         }
     }
@@ -74,10 +78,15 @@ impl Fleet {
         if now >= self.next_report {
             self.next_report = now + self.report_every;
             let report = self.report(live);
-            let key = fleet::traffic_file(&self.replica);
-            match registry.put(&key, &report.to_json()) {
-                Ok(_) => self.ok(),
-                Err(e) => self.failed(&format!("cannot write the traffic report: {e}")),
+            if self.reported.as_ref() != Some(&report.models) {
+                let key = fleet::traffic_file(&self.replica);
+                match registry.put(&key, &report.to_json()) {
+                    Ok(_) => {
+                        self.reported = Some(report.models);
+                        self.ok();
+                    }
+                    Err(e) => self.failed(&format!("cannot write the traffic report: {e}")),
+                }
             }
         }
         if now >= self.next_lease {

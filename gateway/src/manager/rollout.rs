@@ -131,10 +131,13 @@ impl Manager {
         .map(|_| ())
     }
 
-    /// `api@<replica>`, or the caller's own name with the replica added.
+    /// The caller's own name if it gave one, else `api@<replica>`.
     fn api_writer(&self, given: &str) -> String {
-        let who = if given.is_empty() { "api" } else { given };
-        format!("{who}@{}", self.fleet.replica)
+        if given.is_empty() {
+            format!("api@{}", self.fleet.replica)
+        } else {
+            given.to_string()
+        }
     }
 
     fn after_api_change(
