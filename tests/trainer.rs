@@ -660,3 +660,165 @@ fn kafka_source_resumes_from_committed_offsets_or_a_sought_position() -> Result<
     assert!(c.seek("0:12").is_err());
     Ok(())
 }
+
+/// The closed loop on a fleet: two gateway replicas on one S3 registry
+/// (moto), both logging to Kafka, and the trainer reading the registry
+/// through the same URL. Predictions from both replicas reach the trainer,
+/// and its candidate is promoted on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
+    use quiver_registry::{Registry, S3Settings, control};
+    use quiver_tests::s3::S3Server;
+
+    let broker = Broker::start()?;
+    let s3 = S3Server::start()?;
+    s3.create_bucket("loop")?;
+    let url = s3.url("loop", "registry");
+    let dir = scratch("fleet-loop")?;
+    // Version 1 trained from concept A, then moved into the store the way
+    // a publisher writes it: files, manifest last, index.
+    bootstrap(&dir)?;
+    let reg = Registry::open(
+        &url,
+        &S3Settings {
+            endpoint: Some(s3.endpoint()),
+            region: Some("us-east-1".into()),
+            allow_http: Some(true),
+            credentials: Some(("test".into(), "test".into())),
+            ..S3Settings::default()
+        },
+    )?;
+    let v1 = dir.join("repo/m/1");
+    let manifest = Manifest::read(&v1.join("manifest.json"), Some(("m", 1)))?;
+    let files: Vec<(String, Vec<u8>)> = manifest
+        .sha256
+        .keys()
+        .map(|f| Ok((f.clone(), std::fs::read(v1.join(f))?)))
+        .collect::<Result<_>>()?;
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(f, b)| (f.as_str(), b.as_slice())).collect();
+    control::publish_version(&reg, &manifest, &refs)?;
+    control::write_config(&reg, "m", &std::fs::read_to_string(dir.join("repo/m/config.toml"))?)?;
+    control::update_routing(&reg, "m", false, |s| {
+        s.stable = Some(1);
+        Ok(())
+    })?;
+
+    let bootstrap_servers = broker.bootstrap();
+    let s3_env = s3.env();
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let spool = dir.join(format!("spool-{i}"));
+        let cache = dir.join(format!("cache-{i}"));
+        let id = format!("loop-g{i}");
+        let mut env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend([
+            ("QUIVER_ADMIN_TOKEN", TOKEN),
+            ("QUIVER_FLEET__REPLICA_ID", id.as_str()),
+            ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "100"),
+            ("QUIVER_REPOSITORY__CACHE_DIR", cache.to_str().context("cache")?),
+            ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
+            ("QUIVER_KAFKA__BROKERS", bootstrap_servers.as_str()),
+            ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("spool")?),
+            ("QUIVER_KAFKA__RETRY_INTERVAL_MS", "200"),
+        ]);
+        gateways.push(Gateway::start_at(&url, &[], &env)?);
+    }
+    for gw in &gateways {
+        gw.wait_ready().await?;
+    }
+    // The trainer reads and writes the same registry, by URL.
+    let cfg = config(&dir, false, Some(&bootstrap_servers))?;
+    let text = std::fs::read_to_string(&cfg)?.replace(
+        &format!("model_repository = \"{}\"", dir.join("repo").display()),
+        &format!("model_repository = \"{url}\""),
+    );
+    assert!(text.contains(&url));
+    std::fs::write(&cfg, text)?;
+    let log = std::fs::File::create(dir.join("trainer-a.log"))?;
+    let mut t = Command::new(binary("quiver-trainer")?)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .envs(s3_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let mut traffic = Traffic {
+        stream: Stream(99),
+        sink: Sink::Gateway,
+        next_id: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut turn = 0usize;
+    while !has_event(&dir, "promoted", 2) {
+        if Instant::now() > deadline {
+            bail!(
+                "no promotion; events: {:#?}\ntrainer log:\n{}",
+                events(&dir),
+                std::fs::read_to_string(dir.join("trainer-a.log")).unwrap_or_default()
+            );
+        }
+        // Alternate replicas: each logs its own predictions.
+        traffic.send(&gateways[turn % 2], 50, true).await?;
+        turn += 1;
+    }
+    // Promoted on both replicas.
+    for gw in &gateways {
+        applied(gw, "the promotion of v2 on every replica", |r| r["stable"] == 2).await?;
+        let logged = gw
+            .metric("quiver_log_records_total", &["stream=\"predictions\"", "outcome=\"produced\""])
+            .await
+            .unwrap_or(0.0);
+        assert!(logged > 0.0, "a replica logged no prediction");
+    }
+    // Every prediction either replica logged reached the trainer: once
+    // traffic stops, its positions reach the topic's end.
+    let ends = |topic: &str| -> Result<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap_servers)
+            .set("group.id", "fleet-loop-check")
+            .create()?;
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut total = 0;
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) =
+                    consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                total += high;
+            }
+        }
+        Ok(total)
+    };
+    let sent = ends("quiver.predictions")?;
+    assert!(sent >= (traffic.next_id as i64), "{sent} predictions for {} requests", traffic.next_id);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let consumed: i64 = state_positions(&dir)?
+            .get("quiver.predictions")
+            .map(|p| p.values().sum())
+            .unwrap_or(0);
+        if consumed >= sent {
+            break;
+        }
+        if Instant::now() > until {
+            bail!("the trainer consumed {consumed} of {sent} predictions");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The trainer's verdicts are in the registry's history.
+    let (stored, _) = control::read_routing(&reg, "m")?;
+    assert!(
+        stored
+            .history
+            .iter()
+            .any(|e| e.by == "quiver-trainer" && e.decision == "promote"),
+        "{:#?}",
+        stored.history
+    );
+    t.kill()?;
+    t.wait()?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
