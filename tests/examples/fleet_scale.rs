@@ -210,10 +210,9 @@ async fn main() {
     let _ = writeln!(md, "# Fleet on an S3-compatible store\n");
     let _ = writeln!(
         md,
-        "{REPLICAS} `quiver-gateway` replicas (release build) on one registry in moto {}, default \
-         polling (1 s), on one 2-core machine shared with the store and the driver. Command: \
-         `cargo run --release -p quiver-tests --example fleet_scale`.\n",
-        "5.2.5"
+        "{REPLICAS} `quiver-gateway` replicas (release build) on one registry in moto 5.2.5, \
+         default polling (1 s), on one 2-core machine shared with the store and the driver. \
+         Command: `cargo run --release -p quiver-tests --example fleet_scale`.\n"
     );
     let _ = writeln!(md, "| measure | p50 | max |\n|---|---:|---:|");
     let _ = writeln!(
