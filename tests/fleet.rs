@@ -18,38 +18,19 @@ use bytes::Bytes;
 use quiver_contract::fleet::{INDEX_FILE, LEASE_FILE, Lease, RegistryIndex};
 use quiver_contract::manifest::{Manifest, sha256_bytes};
 use quiver_contract::routing::RoutingState;
-use quiver_registry::{Registry, S3Settings, control};
+use quiver_registry::{Registry, control};
 use quiver_tests::s3::S3Server;
-use quiver_tests::{Gateway, Reply, Rng, example_models, scratch, send};
+use quiver_tests::{
+    Gateway, Reply, Rng, example_file, infer_keyed, mlp_body, publish_onnx, scratch, send,
+    version_of,
+};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "fleet-token";
 const BUCKET: &str = "quiver";
 
-fn example_file(model: &str, version: u64) -> Vec<u8> {
-    std::fs::read(example_models().join(format!("{model}/{version}/model.onnx"))).unwrap()
-}
 
-/// The registry as a publisher (the trainer, a CI job) opens it.
-fn registry(s3: &S3Server, prefix: &str) -> Registry {
-    let settings = S3Settings {
-        endpoint: Some(s3.endpoint()),
-        region: Some("us-east-1".into()),
-        allow_http: Some(true),
-        credentials: Some(("test".into(), "test".into())),
-        ..S3Settings::default()
-    };
-    let reg = Registry::open(&s3.url(BUCKET, prefix), &settings).unwrap();
-    reg.check().unwrap();
-    reg
-}
 
-/// Publishes `onnx` as `model`/`version`: files, manifest last, index.
-fn publish(reg: &Registry, model: &str, version: u64, onnx: &[u8]) {
-    let mut m = Manifest::new(model, version);
-    m.sha256.insert("model.onnx".into(), sha256_bytes(onnx));
-    control::publish_version(reg, &m, &[("model.onnx", onnx)]).unwrap();
-}
 
 struct Fleet {
     s3: S3Server,
@@ -62,9 +43,10 @@ struct Fleet {
 async fn fleet(prefix: &str, model: &str, config: &str, n: usize, extra: &[(&str, &str)]) -> Fleet {
     let s3 = S3Server::start().unwrap();
     s3.create_bucket(BUCKET).unwrap();
-    let reg = registry(&s3, prefix);
+    let reg = s3.registry(BUCKET, prefix).unwrap();
+    reg.check().unwrap();
     control::write_config(&reg, model, config).unwrap();
-    publish(&reg, model, 1, &example_file("mlp", 1));
+    publish_onnx(&reg, model, 1, &example_file("mlp", 1)).unwrap();
     let url = s3.url(BUCKET, prefix);
     let mut gateways = Vec::new();
     for i in 0..n {
@@ -97,28 +79,8 @@ async fn start_replica(s3: &S3Server, url: &str, id: &str, extra: &[(&str, &str)
     gw
 }
 
-fn infer_body(x: &[f32]) -> Value {
-    json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": x}]})
-}
 
-async fn infer_keyed(gw: &Gateway, model: &str, key: &str, x: &[f32]) -> Reply {
-    let body = Bytes::from(serde_json::to_vec(&infer_body(x)).unwrap());
-    send(
-        gw.addr,
-        "POST",
-        &format!("/v2/models/{model}/infer"),
-        &[("x-quiver-key", key.to_string())],
-        body,
-    )
-    .await
-    .unwrap()
-}
 
-fn version_of(r: &Reply) -> u64 {
-    r.header("x-quiver-model-version")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 async fn admin(gw: &Gateway, method: &str, path: &str, body: Value) -> Reply {
     send(
@@ -181,7 +143,7 @@ fn spawn_traffic(
             }
             // A killed replica refuses connections: that is not the
             // fleet's answer, skip it.
-            let body = Bytes::from(serde_json::to_vec(&infer_body(&x)).unwrap());
+            let body = Bytes::from(serde_json::to_vec(&mlp_body(&x)).unwrap());
             let r = send(
                 gw.addr,
                 "POST",
@@ -205,7 +167,7 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
     let f = fleet("follow", "m", STATIC_CONFIG, 3, &[]).await;
     // A version published into S3 reaches every replica.
     let published = Instant::now();
-    publish(&f.reg, "m", 2, &example_file("mlp", 2));
+    publish_onnx(&f.reg, "m", 2, &example_file("mlp", 2)).unwrap();
     for gw in &f.gateways {
         let until = Instant::now() + Duration::from_secs(30);
         while !serves(gw, "m", 2).await {
@@ -313,7 +275,7 @@ async fn a_failing_canary_is_rolled_back_once_by_the_leader_on_every_replicas_tr
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = spawn_traffic(f.gateways.clone(), "r", 0.5, stop.clone());
     // The flaky model has the mlp's interface; half the requests break it.
-    publish(&f.reg, "r", 2, &example_file("flaky", 1));
+    publish_onnx(&f.reg, "r", 2, &example_file("flaky", 1)).unwrap();
     let v = wait_routing(&f.gateways[2], "r", "the rollback", |v| {
         v["routing"]["rolled_back"] == json!([2])
     })
@@ -358,7 +320,7 @@ async fn a_killed_leader_is_replaced_and_the_rollout_completes() {
     let stop = Arc::new(AtomicBool::new(false));
     let all = f.gateways.clone();
     let traffic = spawn_traffic(all, "p", 0.0, stop.clone());
-    publish(&f.reg, "p", 2, &example_file("mlp", 2));
+    publish_onnx(&f.reg, "p", 2, &example_file("mlp", 2)).unwrap();
     // Mid-rollout: the canary has taken its first step.
     wait_routing(&f.gateways[0], "p", "the first step", |v| {
         history(v).iter().any(|h| h["decision"] == "advance")
@@ -399,7 +361,7 @@ async fn a_killed_leader_is_replaced_and_the_rollout_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_through_replicas_and_the_registry_lose_no_update() {
     let f = fleet("race", "c", STATIC_CONFIG, 2, &[]).await;
-    publish(&f.reg, "c", 2, &example_file("mlp", 2));
+    publish_onnx(&f.reg, "c", 2, &example_file("mlp", 2)).unwrap();
     for gw in &f.gateways {
         let until = Instant::now() + Duration::from_secs(30);
         while !serves(gw, "c", 2).await {

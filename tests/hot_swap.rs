@@ -17,14 +17,14 @@ use quiver_gateway::backend::Backend;
 use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
 use quiver_gateway::config::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
-use quiver_tests::{Gateway, Reply, Rng, as_f32, example_models, scratch, send};
+use quiver_tests::{
+    Gateway, Reply, Rng, as_f32, example_file, example_models, infer_keyed, mlp_body, scratch, send,
+    version_of,
+};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-admin-token";
 
-fn example_file(model: &str, version: u64) -> Vec<u8> {
-    std::fs::read(example_models().join(format!("{model}/{version}/model.onnx"))).unwrap()
-}
 
 /// Writes `<repo>/<model>/<version>/model.onnx`, then (optionally) the
 /// manifest with its checksum, last and atomically.
@@ -84,22 +84,7 @@ impl Expected {
     }
 }
 
-fn infer_body(x: &[f32]) -> Value {
-    json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": x}]})
-}
 
-async fn infer_keyed(gw: &Gateway, model: &str, key: &str, x: &[f32]) -> Reply {
-    let body = Bytes::from(serde_json::to_vec(&infer_body(x)).unwrap());
-    send(
-        gw.addr,
-        "POST",
-        &format!("/v2/models/{model}/infer"),
-        &[("x-quiver-key", key.to_string())],
-        body,
-    )
-    .await
-    .unwrap()
-}
 
 async fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body: Value) -> Reply {
     let mut headers = vec![("content-type", "application/json".to_string())];
@@ -117,11 +102,6 @@ async fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body
     .unwrap()
 }
 
-fn version_of(r: &Reply) -> u64 {
-    r.header("x-quiver-model-version")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Waits until `check` holds on the model's routing view.
 async fn wait_routing(
@@ -504,7 +484,7 @@ async fn a_canary_with_errors_is_rolled_back() {
         assert_eq!((r.status, version_of(&r)), (200, 1));
     }
     let r = gw
-        .post_json("/v2/models/r/versions/2/infer", &infer_body(&[0.1; 16]))
+        .post_json("/v2/models/r/versions/2/infer", &mlp_body(&[0.1; 16]))
         .await
         .unwrap();
     assert_eq!((r.status, version_of(&r)), (200, 2));
@@ -634,7 +614,7 @@ async fn routing_through_the_admin_api_is_guarded_and_survives_a_restart() {
     );
     // A version in the URL pins it.
     let r = gw
-        .post_json("/v2/models/s/versions/1/infer", &infer_body(&[0.2; 16]))
+        .post_json("/v2/models/s/versions/1/infer", &mlp_body(&[0.2; 16]))
         .await
         .unwrap();
     assert_eq!(version_of(&r), 1);
@@ -757,7 +737,7 @@ async fn shadows_get_copies_and_their_agreement_is_measured() {
         30.0
     );
     // Pinned requests are nobody's users: no shadow copies.
-    gw.post_json("/v2/models/h/versions/1/infer", &infer_body(&[0.5; 16]))
+    gw.post_json("/v2/models/h/versions/1/infer", &mlp_body(&[0.5; 16]))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

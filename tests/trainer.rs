@@ -667,7 +667,7 @@ fn kafka_source_resumes_from_committed_offsets_or_a_sought_position() -> Result<
 /// and its candidate is promoted on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
-    use quiver_registry::{Registry, S3Settings, control};
+    use quiver_registry::control;
     use quiver_tests::s3::S3Server;
 
     let broker = Broker::start()?;
@@ -678,16 +678,7 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
     // Version 1 trained from concept A, then moved into the store the way
     // a publisher writes it: files, manifest last, index.
     bootstrap(&dir)?;
-    let reg = Registry::open(
-        &url,
-        &S3Settings {
-            endpoint: Some(s3.endpoint()),
-            region: Some("us-east-1".into()),
-            allow_http: Some(true),
-            credentials: Some(("test".into(), "test".into())),
-            ..S3Settings::default()
-        },
-    )?;
+    let reg = s3.registry("loop", "registry")?;
     let v1 = dir.join("repo/m/1");
     let manifest = Manifest::read(&v1.join("manifest.json"), Some(("m", 1)))?;
     let files: Vec<(String, Vec<u8>)> = manifest

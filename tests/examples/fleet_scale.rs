@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quiver_contract::fleet::{LEASE_FILE, Lease};
-use quiver_contract::manifest::{Manifest, sha256_bytes};
-use quiver_registry::{Registry, S3Settings, control};
+use quiver_registry::control;
 use quiver_tests::s3::S3Server;
-use quiver_tests::{Gateway, example_models, root, scratch, send};
+use quiver_tests::{Gateway, example_models, publish_onnx, root, scratch, send};
 use serde_json::json;
 
 const BUCKET: &str = "quiver";
@@ -33,11 +32,6 @@ const REPLICAS: usize = 3;
 const CHANGES: usize = 50;
 const TOKEN: &str = "measure";
 
-fn publish(reg: &Registry, model: &str, version: u64, onnx: &[u8]) {
-    let mut m = Manifest::new(model, version);
-    m.sha256.insert("model.onnx".into(), sha256_bytes(onnx));
-    control::publish_version(reg, &m, &[("model.onnx", onnx)]).unwrap();
-}
 
 fn quantiles(mut xs: Vec<Duration>) -> (f64, f64) {
     xs.sort();
@@ -81,19 +75,12 @@ async fn idle_requests(s3: &S3Server, secs: u64) -> (f64, usize) {
 async fn main() {
     let s3 = S3Server::start().unwrap();
     s3.create_bucket(BUCKET).unwrap();
-    let settings = S3Settings {
-        endpoint: Some(s3.endpoint()),
-        region: Some("us-east-1".into()),
-        allow_http: Some(true),
-        credentials: Some(("test".into(), "test".into())),
-        ..S3Settings::default()
-    };
     let url = s3.url(BUCKET, "models");
-    let reg = Registry::open(&url, &settings).unwrap();
+    let reg = s3.registry(BUCKET, "models").unwrap();
     let v1 = std::fs::read(example_models().join("mlp/1/model.onnx")).unwrap();
     let v2 = std::fs::read(example_models().join("mlp/2/model.onnx")).unwrap();
     control::write_config(&reg, "m", "version_policy = { latest = 2 }\n").unwrap();
-    publish(&reg, "m", 1, &v1);
+    publish_onnx(&reg, "m", 1, &v1).unwrap();
 
     let env_owned = s3.env();
     let mut gateways = Vec::new();
@@ -121,7 +108,7 @@ async fn main() {
         let version = n + 2;
         let onnx = if n % 2 == 0 { &v2 } else { &v1 };
         let t = Instant::now();
-        publish(&reg, "m", version, onnx);
+        publish_onnx(&reg, "m", version, onnx).unwrap();
         for gw in &gateways {
             while !ready(gw, "m", version).await {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -167,7 +154,7 @@ async fn main() {
     for k in 1..50 {
         let name = format!("m{k:02}");
         control::write_config(&reg, &name, "version_policy = { latest = 1 }\n").unwrap();
-        publish(&reg, &name, 1, &v1);
+        publish_onnx(&reg, &name, 1, &v1).unwrap();
     }
     for gw in &gateways {
         for k in 1..50 {

@@ -332,6 +332,57 @@ pub fn as_f32(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
+/// The bytes of an example model version.
+#[allow(clippy::expect_used)]
+pub fn example_file(model: &str, version: u64) -> Vec<u8> {
+    std::fs::read(example_models().join(format!("{model}/{version}/model.onnx")))
+        .expect("the example model exists")
+}
+
+/// Publishes `onnx` as `model`/`version` the way Quiver's publishers do:
+/// the file, its manifest last, then the registry index.
+pub fn publish_onnx(
+    reg: &quiver_registry::Registry,
+    model: &str,
+    version: u64,
+    onnx: &[u8],
+) -> Result<()> {
+    let mut m = quiver_contract::manifest::Manifest::new(model, version);
+    m.sha256.insert(
+        "model.onnx".into(),
+        quiver_contract::manifest::sha256_bytes(onnx),
+    );
+    quiver_registry::control::publish_version(reg, &m, &[("model.onnx", onnx)])?;
+    Ok(())
+}
+
+/// A one-row request for the example `mlp` (`features`, FP32 `[1, 16]`).
+pub fn mlp_body(x: &[f32]) -> serde_json::Value {
+    serde_json::json!({"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": x}]})
+}
+
+/// `POST /v2/models/{model}/infer` of [`mlp_body`] with an `x-quiver-key`.
+#[allow(clippy::expect_used)]
+pub async fn infer_keyed(gw: &Gateway, model: &str, key: &str, x: &[f32]) -> Reply {
+    let body = Bytes::from(serde_json::to_vec(&mlp_body(x)).expect("JSON"));
+    send(
+        gw.addr,
+        "POST",
+        &format!("/v2/models/{model}/infer"),
+        &[("x-quiver-key", key.to_string())],
+        body,
+    )
+    .await
+    .expect("the gateway answers")
+}
+
+/// The version that answered (`x-quiver-model-version`), 0 if none.
+pub fn version_of(r: &Reply) -> u64 {
+    r.header("x-quiver-model-version")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A scratch directory under the target dir, emptied first.
 pub fn scratch(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;

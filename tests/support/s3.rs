@@ -106,6 +106,19 @@ impl S3Server {
         .collect()
     }
 
+    /// The registry at `s3://bucket/prefix`, opened as a publisher (the
+    /// trainer, a CI job) opens it, with this store's credentials.
+    pub fn registry(&self, bucket: &str, prefix: &str) -> Result<quiver_registry::Registry> {
+        let settings = quiver_registry::S3Settings {
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            allow_http: Some(true),
+            credentials: Some(("test".into(), "test".into())),
+            ..quiver_registry::S3Settings::default()
+        };
+        Ok(quiver_registry::Registry::open(&self.url(bucket, prefix), &settings)?)
+    }
+
     /// `s3://bucket/prefix`.
     pub fn url(&self, bucket: &str, prefix: &str) -> String {
         format!("s3://{bucket}/{}", prefix.trim_start_matches('/'))
