@@ -164,7 +164,14 @@ const STATIC_CONFIG: &str = "version_policy = \"all\"\nmax_batch_size = 32\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_follow_versions_routing_and_unloads_in_s3() {
-    let f = fleet("follow", "m", STATIC_CONFIG, 3, &[]).await;
+    let f = fleet(
+        "follow",
+        "m",
+        STATIC_CONFIG,
+        3,
+        &[("QUIVER_REPOSITORY__FULL_SCAN_INTERVAL_MS", "1000")],
+    )
+    .await;
     // A version published into S3 reaches every replica.
     let published = Instant::now();
     publish_onnx(&f.reg, "m", 2, &example_file("mlp", 2)).unwrap();
@@ -232,6 +239,20 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
         while !serves(gw, "m", 2).await {
             assert!(Instant::now() < until, "not served after the load; log:\n{}", gw.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A version uploaded by hand, without the index, is found by the
+    // periodic full listing.
+    let v3 = example_file("mlp", 1);
+    let mut m = Manifest::new("m", 3);
+    m.sha256.insert("model.onnx".into(), sha256_bytes(&v3));
+    f.s3.put_object(BUCKET, "follow/m/3/model.onnx", &v3).unwrap();
+    f.s3.put_object(BUCKET, "follow/m/3/manifest.json", &m.to_json()).unwrap();
+    for gw in &f.gateways {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !serves(gw, "m", 3).await {
+            assert!(Instant::now() < until, "a hand upload never served; log:\n{}", gw.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     // Every replica shows the same history, with who decided.

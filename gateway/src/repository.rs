@@ -159,8 +159,14 @@ impl Repository {
                 // An unreadable index is only a lost change signal: list.
                 RegistryIndex::parse(&doc.bytes).ok().map(|i| i.models)
             }
+            // No index (a store filled by hand): listed at the first poll,
+            // when the index goes away, and every full-scan interval; never
+            // at every poll.
             Fresh::Missing => {
-                self.index_tag = None;
+                let lost = self.index_tag.take().is_some();
+                if !(lost || full || due) {
+                    return Ok(None);
+                }
                 None
             }
             Fresh::Unchanged if !(full || due) => return Ok(None),
