@@ -122,7 +122,9 @@ cat >"$dir/gateway.toml" <<EOF
 addr = "127.0.0.1:$port"
 [repository]
 path = "$dir/repo"
-poll_interval_ms = 500
+# The trainer's canary verdicts reach the gateway through routing.json in
+# the repository: a local directory is cheap to poll often.
+poll_interval_ms = 100
 [log]
 # The local prediction log the trainer reads (no broker).
 dir = "$dir/log"
