@@ -24,7 +24,7 @@ use bytes::Bytes;
 use quiver_contract::fleet::{LEASE_FILE, Lease};
 use quiver_registry::control;
 use quiver_tests::s3::S3Server;
-use quiver_tests::{Gateway, example_models, publish_onnx, root, scratch, send};
+use quiver_tests::{Gateway, Rng, example_models, publish_onnx, root, scratch, send};
 use serde_json::json;
 
 const BUCKET: &str = "quiver";
@@ -94,7 +94,6 @@ async fn main() {
             ("QUIVER_FLEET__REPLICA_ID", id.as_str()),
             ("QUIVER_REPOSITORY__CACHE_DIR", cache.as_str()),
             ("QUIVER_ADMIN_TOKEN", TOKEN),
-            ("RUST_LOG", "warn"),
         ]);
         let gw = Gateway::start_at(&url, &[], &env).unwrap();
         gw.wait_ready().await.unwrap();
@@ -102,9 +101,13 @@ async fn main() {
     }
     eprintln!("fleet: {REPLICAS} replicas ready on {url}");
 
-    // Publish → served everywhere.
+    // Publish → served everywhere. Each change waits a random part of a
+    // poll interval first, so changes do not fall in step with the polls.
+    let mut rng = Rng::new(7);
+    let mut jitter = || Duration::from_millis((rng.f32().abs() * 1000.0) as u64 % 1000);
     let mut publish_times = Vec::new();
     for n in 0..CHANGES as u64 {
+        tokio::time::sleep(jitter()).await;
         let version = n + 2;
         let onnx = if n % 2 == 0 { &v2 } else { &v1 };
         let t = Instant::now();
@@ -125,6 +128,7 @@ async fn main() {
         let stable = if n % 2 == 0 { last } else { last - 1 };
         let marker = format!("change-{n}");
         let body = json!({"schema": 2, "stable": stable, "reason": marker});
+        tokio::time::sleep(jitter()).await;
         let t = Instant::now();
         let r = send(
             gateways[0].addr,
