@@ -19,9 +19,10 @@
 //! broker is away, or to a local directory without a broker.
 //!
 //! Around them: [`config`] (the gateway's TOML file), [`repository`] (the
-//! model folders on disk), [`manager`] (the one owner of what is loaded
-//! and how it is routed: watches the repository, runs loads, publishes the
-//! live set), [`loader`] (version directory → served version),
+//! model registry, on disk or in an object store, as the manager reads it),
+//! [`manager`] (the one owner of what is loaded and how it is routed:
+//! watches the registry, runs loads, publishes the live set, takes part in
+//! the fleet's guardrail), [`loader`] (version directory → served version),
 //! [`rollout`] (canary guardrail policy and statistics), [`model`] (a
 //! version's interface), [`tensor`] (typed tensor buffers),
 //! [`metrics`] (names and recorder), [`error`] (API errors → HTTP status),

@@ -2,7 +2,14 @@
 //! each model's traffic is routed. It runs on its own thread and is fed by
 //! a bounded inbox: commands from the admin API, results from the load
 //! workers. On its clock it reads the repository (new, changed and removed
-//! versions, config and routing files) and runs the rollout guardrail.
+//! versions, config and routing files), writes this replica's traffic
+//! report, keeps or seeks the fleet's guardrail lease ([`fleet`]), and,
+//! while it leads, runs the rollout guardrail ([`rollout`]). Every routing
+//! change it makes is a compare-and-swap in the registry.
+//!
+//! Its parts: [`model`] (one model's files, slots and routing), [`fleet`]
+//! (reports, lease, merged traffic), [`rollout`] (guardrail, verdicts,
+//! routing changes).
 //!
 //! Every change ends the same way: build the whole live set anew and
 //! publish it with one `ArcSwap::store`. Loading (ONNX Runtime sessions,
