@@ -3,12 +3,12 @@
 //! a bounded inbox: commands from the admin API, results from the load
 //! workers. On its clock it reads the repository (new, changed and removed
 //! versions, config and routing files), writes this replica's traffic
-//! report, keeps or seeks the fleet's guardrail lease ([`fleet`]), and,
-//! while it leads, runs the rollout guardrail ([`rollout`]). Every routing
+//! report, keeps or seeks the fleet's guardrail lease (`fleet`), and,
+//! while it leads, runs the rollout guardrail (`rollout`). Every routing
 //! change it makes is a compare-and-swap in the registry.
 //!
-//! Its parts: [`model`] (one model's files, slots and routing), [`fleet`]
-//! (reports, lease, merged traffic), [`rollout`] (guardrail, verdicts,
+//! Its parts: `model` (one model's files, slots and routing), `fleet`
+//! (reports, lease, merged traffic), `rollout` (guardrail, verdicts,
 //! routing changes).
 //!
 //! Every change ends the same way: build the whole live set anew and
