@@ -28,6 +28,9 @@ pub(super) type Sources = BTreeMap<SourceKey, Snapshot>;
 /// Reports not rewritten for this long belong to replicas gone for good;
 /// the leader deletes them.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How often a leader with no canary running reads the reports anyway, to
+/// delete those of replicas gone for good.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) struct Fleet {
     pub replica: String,
@@ -36,6 +39,7 @@ pub(super) struct Fleet {
     report_every: Duration,
     next_report: Instant,
     next_lease: Instant,
+    next_sweep: Instant,
     /// The lease's term and end (ms since the epoch) while this replica
     /// leads.
     leading: Option<(u64, u64)>,
@@ -57,6 +61,7 @@ impl Fleet {
             report_every: settings.report_interval,
             next_report: now,
             next_lease: now,
+            next_sweep: now + SWEEP_EVERY,
             leading: None,
             reports: BTreeMap::new(),
             reported: None,
@@ -70,6 +75,15 @@ impl Fleet {
         // Stop a little before the lease ends, so a slow tick never
         // decides on a lease another replica may already hold.
         (now_ms() + self.lease_ttl.as_millis() as u64 / 10 < until).then_some(term)
+    }
+
+    /// Whether the reports are due a read even with no canary running.
+    pub fn sweep_due(&mut self, now: Instant) -> bool {
+        if now < self.next_sweep {
+            return false;
+        }
+        self.next_sweep = now + SWEEP_EVERY;
+        true
     }
 
     /// Writes this replica's report and claims or renews the lease, each

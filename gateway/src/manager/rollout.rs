@@ -32,7 +32,7 @@ impl Manager {
             return;
         };
         let running = self.models.values().any(|s| !s.routing.canary.is_empty());
-        let traffic = if running {
+        let traffic = if running || self.fleet.sweep_due(now) {
             let live = self.gw.live.load();
             self.fleet.traffic(self.repo.registry(), &live)
         } else {
