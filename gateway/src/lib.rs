@@ -21,7 +21,9 @@
 //! Around them: [`config`] (the gateway's TOML file), [`repository`] (the
 //! model folders on disk), [`manager`] (the one owner of what is loaded
 //! and how it is routed: watches the repository, runs loads, publishes the
-//! live set), [`loader`] (version directory → served version),
+//! live set), [`loader`] (version directory → served version, ZipMap
+//! outputs rewritten by `quiver-onnx`), [`probe`] (batchability from what
+//! the model does at warm-up),
 //! [`rollout`] (canary guardrail policy and statistics), [`model`] (a
 //! version's interface), [`tensor`] (typed tensor buffers),
 //! [`metrics`] (names and recorder), [`error`] (API errors → HTTP status),
@@ -41,6 +43,7 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod prediction_log;
+pub mod probe;
 pub mod protocol;
 pub mod repository;
 pub mod rollout;

@@ -37,7 +37,7 @@ pub struct UnzipError(String);
 
 impl From<WireError> for UnzipError {
     fn from(e: WireError) -> Self {
-        UnzipError(e.0)
+        UnzipError(e.to_string())
     }
 }
 

@@ -2,6 +2,7 @@
 //! each instance runs on its own OS thread (see `batcher`), never on the
 //! async runtime.
 
+pub mod maps;
 pub mod onnx;
 
 use crate::tensor::Tensor;
