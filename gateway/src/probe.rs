@@ -53,10 +53,12 @@ pub fn not_following(outputs: &[TensorSpec], runs: &[Run]) -> Option<String> {
     None
 }
 
-/// The outputs as served: a declared dimension stays where the runs agree
-/// with it or it is dynamic; where they contradict it, or the declared
-/// rank is wrong, the runs' dimension (or -1 where the runs differ). When
-/// `batched`, the first dimension is -1.
+/// The outputs as served. When `batched`, the first dimension is -1;
+/// otherwise, when the runs had different rows, it is what they agree on
+/// (-1 if they differ). Other dimensions keep a declared -1 (the probe
+/// holds every other input dimension at 1, so it learns nothing about
+/// them); a declared size the runs contradict, or a wrong declared rank,
+/// gives way to the runs' size (-1 where the runs differ).
 pub fn served_shapes(declared: &[TensorSpec], runs: &[Run], batched: bool) -> Vec<TensorSpec> {
     declared
         .iter()
@@ -82,10 +84,12 @@ fn served_shape(declared: &[i64], seen: &[&[i64]], batched: bool) -> Vec<i64> {
         return declared.to_vec();
     }
     let rank_fits = declared.len() == first.len();
+    let rows_varied = seen.len() > 1;
     (0..first.len())
         .map(|k| {
             let agreed = seen.iter().all(|s| s[k] == first[k]);
-            if (batched && k == 0) || (rank_fits && declared[k] == -1) || !agreed {
+            let kept_dynamic = rank_fits && declared[k] == -1 && !(k == 0 && rows_varied);
+            if (batched && k == 0) || kept_dynamic || !agreed {
                 -1
             } else {
                 first[k]
@@ -146,7 +150,8 @@ mod tests {
         assert_eq!(why, "output 'total' has 1 rows when the input has 2");
         let served = served_shapes(&declared, &runs, false);
         assert_eq!(served[0].shape, vec![-1, 2]);
-        assert_eq!(served[1].shape, vec![-1]);
+        // One row whatever the rows: that is its shape.
+        assert_eq!(served[1].shape, vec![1]);
         let scalar = runs_of_one(vec![vec![]]);
         assert_eq!(
             not_following(&[spec("s", &[])], &scalar).unwrap(),
