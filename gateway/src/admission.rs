@@ -144,6 +144,8 @@ mod tests {
             ],
             outputs: vec![t("y", DataType::Fp32, &[-1])],
             max_batch_size,
+            unbatched: None,
+            class_labels: Vec::new(),
         }
     }
 

@@ -237,9 +237,20 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelDefaults {
-    /// Most rows one batch may hold. Only models whose first dimension is
-    /// dynamic are batched; 0 turns batching off.
+    /// Most rows one batch may hold; 0 turns batching off.
     pub max_batch_size: usize,
+    /// Whether requests are batched together: `"auto"` runs 1, 2 and 3
+    /// rows of zeros through the model at warm-up and batches it when
+    /// every output follows the rows, whatever shapes the graph declares;
+    /// `"on"` batches it whatever the probe saw (its inputs still need a
+    /// dynamic first dimension); `"off"` never batches it.
+    pub batching: Batching,
+    /// Outputs that are a sequence of maps (a classifier's ZipMap, the
+    /// default of skl2onnx and onnxmltools): `"tensor"` serves them as FP32
+    /// `[batch, classes]`, columns in class-label order, with the labels
+    /// in the model's metadata (`parameters.classlabels`); `"raw"` serves
+    /// ONNX Runtime's maps as BYTES `[batch]`, one JSON object per row.
+    pub zipmap: ZipMapOutput,
     /// While the model is busy, how long a queued request may wait for
     /// others to join its batch, in microseconds. An idle model never waits.
     pub max_queue_delay_us: u64,
@@ -272,6 +283,8 @@ impl Default for ModelDefaults {
     fn default() -> Self {
         ModelDefaults {
             max_batch_size: 64,
+            batching: Batching::Auto,
+            zipmap: ZipMapOutput::Tensor,
             max_queue_delay_us: 500,
             preferred_batch_sizes: Vec::new(),
             max_queue_size: 1024,
@@ -284,6 +297,21 @@ impl Default for ModelDefaults {
             rollout: RolloutPolicy::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZipMapOutput {
+    Tensor,
+    Raw,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -452,7 +480,13 @@ impl GatewayConfig {
             });
         }
         let replica_id = match f.replica_id.clone().filter(|r| !r.is_empty()) {
-            Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => id,
+            Some(id)
+                if id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+            {
+                id
+            }
             Some(id) => {
                 return Err(ConfigError::Invalid {
                     key: "fleet.replica_id",
@@ -548,7 +582,13 @@ fn default_replica_id() -> String {
         .unwrap_or_else(|| "gateway".into());
     let host: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     format!("{host}-{}", std::process::id())
 }
@@ -563,6 +603,9 @@ pub fn validate_model_settings(m: &ModelDefaults) -> Result<(), (&'static str, S
     }
     if m.max_queue_size == 0 {
         return Err(("max_queue_size", "must be at least 1".into()));
+    }
+    if m.batching == Batching::On && m.max_batch_size == 0 {
+        return Err(("batching", "\"on\" needs max_batch_size above 0".into()));
     }
     m.rollout.validate().map_err(|e| ("rollout", e))?;
     if let Some(p) = m

@@ -22,7 +22,9 @@
 //! model registry, on disk or in an object store, as the manager reads it),
 //! [`manager`] (the one owner of what is loaded and how it is routed:
 //! watches the registry, runs loads, publishes the live set, takes part in
-//! the fleet's guardrail), [`loader`] (version directory → served version),
+//! the fleet's guardrail), [`loader`] (version directory → served version,
+//! ZipMap outputs rewritten by `quiver-onnx`), [`probe`] (batchability
+//! from what the model does at warm-up),
 //! [`rollout`] (canary guardrail policy and statistics), [`model`] (a
 //! version's interface), [`tensor`] (typed tensor buffers),
 //! [`metrics`] (names and recorder), [`error`] (API errors → HTTP status),
@@ -42,6 +44,7 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod prediction_log;
+pub mod probe;
 pub mod protocol;
 pub mod repository;
 pub mod rollout;

@@ -1,6 +1,8 @@
 //! One version directory → a served version: manifest and checksums,
-//! sessions, the interface (read from the graph, narrowed by config),
-//! warm-up through every instance, then its batcher. Runs on a load
+//! the model's ZipMap outputs rewritten into tensors, sessions, the
+//! interface (read from the graph, narrowed by config, with the shapes
+//! the batching probe saw), warm-up through every instance, then its
+//! batcher. Runs on a load
 //! worker thread; any failure comes back as the reason the manager shows.
 
 use std::path::Path;
@@ -9,15 +11,18 @@ use std::time::Duration;
 
 use ort::environment::Environment;
 
+use quiver_contract::manifest::{Manifest, TensorDecl};
+use quiver_onnx::zipmap;
+
 use crate::backend::Backend;
 use crate::backend::onnx::{OnnxBackend, SessionOptions};
 use crate::batcher::Batcher;
 use crate::batcher::policy::BatchLimits;
-use quiver_contract::manifest::{Manifest, TensorDecl};
-
+use crate::config::{Batching, ModelDefaults, ZipMapOutput};
 use crate::live::ServedVersion;
 use crate::metrics::VersionMetrics;
-use crate::model::{ModelSpec, TensorSpec, apply_overrides, has_batch_dimension};
+use crate::model::{ModelSpec, TensorSpec, apply_overrides};
+use crate::probe;
 use crate::repository::{MODEL_FILE, ModelConfig};
 use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
@@ -73,8 +78,10 @@ fn declared_matches(
     Ok(())
 }
 
-/// Loads one version: `instances` sessions, the interface read from the
-/// graph (narrowed by config), a warm-up batch through every instance.
+/// Loads one version: the model read and, unless `zipmap = "raw"`, its
+/// ZipMap outputs rewritten into tensors; `instances` sessions; the
+/// interface read from the graph (narrowed by config); the batching probe
+/// on the first instance, then a warm-up batch through every other.
 pub fn load_version(
     name: &str,
     version: u64,
@@ -87,31 +94,63 @@ pub fn load_version(
         intra_op_threads: s.intra_op_threads,
         execution_provider: s.execution_provider,
     };
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut class_labels = Vec::new();
+    let mut rewritten = None;
+    if s.zipmap == ZipMapOutput::Tensor {
+        match zipmap::unzip(&bytes) {
+            Ok(unzipped) => {
+                for kept in &unzipped.kept {
+                    tracing::warn!(model = name, version, "ZipMap kept as maps: {kept}");
+                }
+                class_labels = unzipped.outputs;
+                rewritten = unzipped.model;
+            }
+            // ONNX Runtime says best what is wrong with a file it cannot read.
+            Err(e) => tracing::debug!(model = name, version, "no ZipMap rewrite: {e}"),
+        }
+    }
+    let model = rewritten.as_deref().unwrap_or(&bytes);
     let mut instances = Vec::with_capacity(s.instances);
     for _ in 0..s.instances {
-        instances.push(OnnxBackend::load(env, file, &options).map_err(|e| e.to_string())?);
+        instances
+            .push(OnnxBackend::from_bytes(env, model, file, &options).map_err(|e| e.to_string())?);
     }
-    let first = instances.first().ok_or("no instances configured")?;
+    let first = instances.first_mut().ok_or("no instances configured")?;
     let inputs = apply_overrides(
         first.input_specs().map_err(|e| e.to_string())?,
         &cfg.inputs,
         "input",
     )?;
-    let outputs = apply_overrides(first.output_specs().to_vec(), &cfg.outputs, "output")?;
-    let batched = s.max_batch_size > 0 && has_batch_dimension(&inputs, &outputs);
+    let declared = apply_overrides(first.output_specs().to_vec(), &cfg.outputs, "output")?;
+    let (outputs, unbatched) = probe_batching(first, &inputs, &declared, s, (name, version))?;
+    for (d, o) in declared.iter().zip(&outputs) {
+        if d.shape != o.shape {
+            tracing::info!(model = name, version, output = %d.name, declared = ?d.shape, served = ?o.shape,
+                "the graph declares another shape than the model gives");
+        }
+    }
     let spec = Arc::new(ModelSpec {
         name: name.to_string(),
         version,
         inputs,
         outputs,
-        max_batch_size: if batched { s.max_batch_size } else { 0 },
+        max_batch_size: if unbatched.is_none() {
+            s.max_batch_size
+        } else {
+            0
+        },
+        unbatched,
+        class_labels,
     });
     let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(instances.len());
-    for mut instance in instances {
-        let out = instance
-            .run(warmup_inputs(&spec.inputs))
-            .map_err(|e| format!("warm-up failed: {e}"))?;
-        check_outputs(&spec.outputs, &out)?;
+    for (i, mut instance) in instances.into_iter().enumerate() {
+        if i > 0 {
+            let out = instance
+                .run(probe_inputs(&spec.inputs, 1))
+                .map_err(|e| format!("warm-up failed: {e}"))?;
+            check_outputs(&spec.outputs, &out)?;
+        }
         backends.push(Box::new(instance));
     }
     let limits = BatchLimits {
@@ -135,12 +174,73 @@ pub fn load_version(
     })
 }
 
-/// One row of zeros (dynamic dimensions set to 1) for every input.
-fn warmup_inputs(inputs: &[TensorSpec]) -> Vec<Tensor> {
+/// Warms `backend` up and decides batching from what it does (see
+/// [`probe`]): the outputs as served, and why the model is not batched
+/// (`None` when it is).
+fn probe_batching(
+    backend: &mut OnnxBackend,
+    inputs: &[TensorSpec],
+    declared: &[TensorSpec],
+    s: &ModelDefaults,
+    (model, version): (&str, u64),
+) -> Result<(Vec<TensorSpec>, Option<String>), String> {
+    let off = s.max_batch_size == 0 || s.batching == Batching::Off;
+    let mut reason = if off {
+        Some("batching is off in the model's config".to_string())
+    } else {
+        probe::input_blocker(inputs)
+    };
+    if s.batching == Batching::On
+        && let Some(why) = &reason
+    {
+        return Err(format!("batching = \"on\", but {why}"));
+    }
+    let rows: &[i64] = if reason.is_some() { &[1] } else { &probe::ROWS };
+    let mut runs = Vec::with_capacity(rows.len());
+    for &n in rows {
+        match backend.run(probe_inputs(inputs, n)) {
+            Ok(out) => {
+                check_datatypes(declared, &out)?;
+                runs.push(probe::Run {
+                    rows: n,
+                    shapes: out.into_iter().map(|t| t.shape).collect(),
+                });
+            }
+            Err(e) if runs.is_empty() => return Err(format!("warm-up failed: {e}")),
+            Err(e) => {
+                reason = Some(format!("the model fails on {n} rows of zeros: {e}"));
+                break;
+            }
+        }
+    }
+    let reason = reason.or_else(|| probe::not_following(declared, &runs));
+    let batched = s.batching == Batching::On || reason.is_none();
+    if batched && let Some(why) = &reason {
+        tracing::warn!(model, version, "batching = \"on\" although {why}");
+    }
+    let outputs = probe::served_shapes(declared, &runs, batched);
+    if let Some(first) = runs.first() {
+        check_shapes(&outputs, &first.shapes)?;
+    }
+    Ok((outputs, if batched { None } else { reason }))
+}
+
+/// `rows` rows of zeros (other dynamic dimensions set to 1) for every
+/// input; the shapes as they are when the first dimension is fixed.
+fn probe_inputs(inputs: &[TensorSpec], rows: i64) -> Vec<Tensor> {
     inputs
         .iter()
         .map(|s| {
-            let shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let shape: Vec<i64> = s
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(k, &d)| match (k, d) {
+                    (0, -1) => rows,
+                    (_, -1) => 1,
+                    _ => d,
+                })
+                .collect();
             let n = element_count(&shape).unwrap_or(0);
             Tensor {
                 name: s.name.clone(),
@@ -169,23 +269,36 @@ fn zeros(dt: DataType, n: usize) -> TensorData {
     }
 }
 
-/// The warm-up answer must have the declared outputs, types and ranks.
+/// The warm-up answer must have the outputs' types, ranks and fixed
+/// dimensions.
 fn check_outputs(specs: &[TensorSpec], got: &[Tensor]) -> Result<(), String> {
+    check_datatypes(specs, got)?;
+    let shapes: Vec<Vec<i64>> = got.iter().map(|t| t.shape.clone()).collect();
+    check_shapes(specs, &shapes)
+}
+
+fn check_datatypes(specs: &[TensorSpec], got: &[Tensor]) -> Result<(), String> {
     for (s, t) in specs.iter().zip(got) {
-        let fits = t.datatype() == s.datatype
-            && t.shape.len() == s.shape.len()
-            && t.shape
-                .iter()
-                .zip(&s.shape)
-                .all(|(&g, &w)| w == -1 || g == w);
-        if !fits {
+        if t.datatype() != s.datatype {
             return Err(format!(
-                "warm-up output '{}' is {} {:?}, declared {} {:?}",
+                "warm-up output '{}' is {}, declared {}",
                 s.name,
                 t.datatype(),
-                t.shape,
-                s.datatype,
-                s.shape
+                s.datatype
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_shapes(specs: &[TensorSpec], got: &[Vec<i64>]) -> Result<(), String> {
+    for (s, shape) in specs.iter().zip(got) {
+        let fits = shape.len() == s.shape.len()
+            && shape.iter().zip(&s.shape).all(|(&g, &w)| w == -1 || g == w);
+        if !fits {
+            return Err(format!(
+                "warm-up output '{}' has shape {shape:?}, expected {:?}",
+                s.name, s.shape
             ));
         }
     }

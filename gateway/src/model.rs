@@ -1,6 +1,10 @@
 //! What a served model version looks like from outside: its inputs and
-//! outputs (name, datatype, shape) and whether it is batched. Read from the
-//! ONNX graph, narrowed by `[[input]]`/`[[output]]` in the model's config.
+//! outputs (name, datatype, shape), whether it is batched, and the class
+//! labels of the outputs rewritten from a ZipMap. Read from the ONNX graph,
+//! narrowed by `[[input]]`/`[[output]]` in the model's config, with the
+//! output shapes the warm-up probe saw.
+
+pub use quiver_onnx::zipmap::{ClassLabels, Labels};
 
 use crate::repository::TensorOverride;
 use crate::tensor::DataType;
@@ -27,23 +31,40 @@ pub struct ModelSpec {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     /// Most rows per batch; 0 when the model is not batched (its first
-    /// dimension is fixed, or batching is turned off).
+    /// dimension is fixed, an output does not follow the rows, or batching
+    /// is turned off).
     pub max_batch_size: usize,
+    /// Why the model is not batched; `None` when it is.
+    pub unbatched: Option<String>,
+    /// The labels of each output's columns, for outputs served as a tensor
+    /// in place of a ZipMap's maps.
+    pub class_labels: Vec<ClassLabels>,
 }
 
 impl ModelSpec {
     pub fn is_batched(&self) -> bool {
         self.max_batch_size > 0
     }
-}
 
-/// Whether every input and output has a dynamic first dimension, the
-/// condition for concatenating requests along it.
-pub fn has_batch_dimension(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> bool {
-    inputs
-        .iter()
-        .chain(outputs)
-        .all(|t| t.shape.first() == Some(&-1))
+    /// The metadata's `parameters`: `{"classlabels": {output: [labels]}}`,
+    /// `None` without class labels.
+    pub fn parameters(&self) -> Option<serde_json::Value> {
+        if self.class_labels.is_empty() {
+            return None;
+        }
+        let labels: serde_json::Map<String, serde_json::Value> = self
+            .class_labels
+            .iter()
+            .map(|c| {
+                let list = match &c.labels {
+                    Labels::Int64(v) => serde_json::json!(v),
+                    Labels::Strings(v) => serde_json::json!(v),
+                };
+                (c.output.clone(), list)
+            })
+            .collect();
+        Some(serde_json::json!({ "classlabels": labels }))
+    }
 }
 
 /// Applies config overrides to the tensors read from the graph. An override
@@ -137,18 +158,5 @@ mod tests {
                 .unwrap_err()
                 .contains("INT64")
         );
-    }
-
-    #[test]
-    fn batch_dimension_needs_every_tensor_dynamic_first() {
-        assert!(has_batch_dimension(
-            &[spec("x", &[-1, 4])],
-            &[spec("y", &[-1])]
-        ));
-        assert!(!has_batch_dimension(
-            &[spec("x", &[2, 4])],
-            &[spec("y", &[-1])]
-        ));
-        assert!(!has_batch_dimension(&[spec("x", &[])], &[]));
     }
 }

@@ -74,9 +74,14 @@ pub fn environment() -> Result<&'static Environment, ParityError> {
 }
 
 /// Runs `model` (ONNX bytes) on `x` (`rows × features`) and returns every
-/// FP32 output, in graph order, flattened.
+/// FP32 output, in graph order, flattened. A ZipMap output (the default
+/// of skl2onnx's and onnxmltools' classifiers) is run as the gateway
+/// serves it: the `[rows, classes]` probabilities, columns in key order.
 pub fn run_onnx(model: &[u8], x: &[f32], features: usize) -> Result<Vec<Vec<f32>>, ParityError> {
     let env = environment()?;
+    let unzipped =
+        quiver_onnx::zipmap::unzip(model).map_err(|e| ParityError::Load(e.to_string()))?;
+    let model = unzipped.model.as_deref().unwrap_or(model);
     let load = |e: ort::Error| ParityError::Load(e.to_string());
     let mut session: Session = Session::builder(env)
         .map_err(load)?

@@ -232,3 +232,52 @@ fn the_stable_comparison_uses_rows_stable_has_not_seen() {
         assert!(c.offline["accuracy"] > 0.6 && stable["accuracy"] > 0.6);
     }
 }
+
+/// A classifier ending in a ZipMap (skl2onnx's and onnxmltools' default)
+/// runs in the parity check as the gateway serves it: the probabilities
+/// tensor, columns in key order, whatever order the labels are listed in.
+#[test]
+fn parity_runs_zipmap_classifiers_as_their_probabilities() {
+    use quiver_trainer::onnx::{Dim, GraphBuilder, attr_ints, attr_strings, proto};
+    let x = [0.0f32, 1.0, 2.0, 2.0, 0.5, -1.0];
+    let softmax = |row: &[f32]| {
+        let e: Vec<f32> = row.iter().map(|v| v.exp()).collect();
+        let s: f32 = e.iter().sum();
+        e.into_iter().map(|v| v / s).collect::<Vec<f32>>()
+    };
+    let p: Vec<Vec<f32>> = x.chunks(3).map(softmax).collect();
+    let cases = [
+        (attr_ints("classlabels_int64s", vec![3, 5, 7]), [0, 1, 2]),
+        (
+            attr_strings("classlabels_strings", &["emu", "cat", "dog"]),
+            [1, 2, 0],
+        ),
+    ];
+    for (labels, columns) in cases {
+        let mut g = GraphBuilder::new("zipmap");
+        g.input("x", proto::FLOAT, &[Dim::Batch, Dim::Fixed(3)]);
+        g.node("Softmax", &["x"], &["probabilities"], vec![]);
+        g.ml_node(
+            "ZipMap",
+            &["probabilities"],
+            &["output_probability"],
+            vec![labels],
+        );
+        // The builder declares tensors only; the rewrite replaces this
+        // declaration (a sequence of maps in a real export) anyway.
+        g.output(
+            "output_probability",
+            proto::FLOAT,
+            &[Dim::Batch, Dim::Fixed(3)],
+        );
+        let got = parity::run_onnx(&g.finish(1, &[]), &x, 3).unwrap();
+        let want: Vec<f32> = p
+            .iter()
+            .flat_map(|row| columns.iter().map(|&c| row[c]))
+            .collect();
+        assert_eq!(got.len(), 1);
+        for (a, b) in got[0].iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The engine behind a model instance. The trait is small and synchronous:
 //! each instance runs on its own OS thread (see `batcher`), never on the
-//! async runtime.
+//! async runtime. [`onnx`] is ONNX Runtime; [`maps`] reads the outputs it
+//! gives as a sequence of maps (a ZipMap kept as it is).
 
+pub mod maps;
 pub mod onnx;
 
 use crate::tensor::Tensor;

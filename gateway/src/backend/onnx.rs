@@ -93,49 +93,104 @@ pub struct OnnxBackend {
     session: Session,
     input_names: Vec<String>,
     outputs: Vec<TensorSpec>,
+    /// Per output: whether ONNX Runtime gives a sequence of maps.
+    maps: Vec<bool>,
 }
 
 impl OnnxBackend {
+    /// A session on the model file as it is.
     pub fn load(
         env: &Environment,
         model: &Path,
         options: &SessionOptions,
     ) -> Result<Self, BackendError> {
         let load = |e: String| BackendError::Load(format!("{}: {e}", model.display()));
-        let builder = Session::builder(env)
-            .map_err(|e| load(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load(e.to_string()))?
-            .with_intra_threads(options.intra_op_threads)
-            .map_err(|e| load(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load(e.to_string()))?;
-        let mut builder =
-            with_execution_provider(builder, options.execution_provider).map_err(load)?;
-        let session = builder
+        let session = builder(env, options)
+            .map_err(load)?
             .commit_from_file(model)
             .map_err(|e| load(e.to_string()))?;
+        Self::new(session)
+    }
+
+    /// A session on model bytes (rewritten at load) read from `file`;
+    /// external data files, if any, are found next to it.
+    pub fn from_bytes(
+        env: &Environment,
+        bytes: &[u8],
+        file: &Path,
+        options: &SessionOptions,
+    ) -> Result<Self, BackendError> {
+        let load = |e: String| BackendError::Load(format!("{}: {e}", file.display()));
+        let mut builder = builder(env, options).map_err(load)?;
+        if let Some(dir) = file.parent().and_then(Path::to_str) {
+            builder = builder
+                .with_config_entry("session.model_external_initializers_file_folder_path", dir)
+                .map_err(|e| load(e.to_string()))?;
+        }
+        let session = builder
+            .commit_from_memory(bytes)
+            .map_err(|e| load(e.to_string()))?;
+        Self::new(session)
+    }
+
+    fn new(session: Session) -> Result<Self, BackendError> {
         let input_names = session
             .inputs()
             .iter()
             .map(|i| i.name().to_string())
             .collect();
-        let outputs = specs(session.outputs().iter().map(|o| (o.name(), o.dtype())))?;
+        let mut outputs = Vec::new();
+        let mut maps = Vec::new();
+        for o in session.outputs() {
+            let is_maps = super::maps::is_readable(o.dtype());
+            outputs.push(if is_maps {
+                TensorSpec {
+                    name: o.name().to_string(),
+                    datatype: DataType::Bytes,
+                    shape: vec![-1],
+                }
+            } else {
+                spec(o.name(), o.dtype())?
+            });
+            maps.push(is_maps);
+        }
         Ok(OnnxBackend {
             session,
             input_names,
             outputs,
+            maps,
         })
     }
 
     /// The graph's inputs, as the protocol describes them.
     pub fn input_specs(&self) -> Result<Vec<TensorSpec>, BackendError> {
-        specs(self.session.inputs().iter().map(|i| (i.name(), i.dtype())))
+        self.session
+            .inputs()
+            .iter()
+            .map(|i| spec(i.name(), i.dtype()))
+            .collect()
     }
 
+    /// The graph's outputs, as the protocol describes them; a sequence of
+    /// maps is BYTES `[rows]`, one JSON object per row.
     pub fn output_specs(&self) -> &[TensorSpec] {
         &self.outputs
     }
+}
+
+fn builder(
+    env: &Environment,
+    options: &SessionOptions,
+) -> Result<ort::session::builder::SessionBuilder, String> {
+    let builder = Session::builder(env)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| e.to_string())?
+        .with_intra_threads(options.intra_op_threads)
+        .map_err(|e| e.to_string())?
+        .with_inter_threads(1)
+        .map_err(|e| e.to_string())?;
+    with_execution_provider(builder, options.execution_provider)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -196,30 +251,23 @@ fn datatype_of(ty: TensorElementType) -> Option<DataType> {
     })
 }
 
-fn specs<'a>(
-    outlets: impl Iterator<Item = (&'a str, &'a ValueType)>,
-) -> Result<Vec<TensorSpec>, BackendError> {
-    outlets
-        .map(|(name, ty)| {
-            let ValueType::Tensor {
-                ty: elem, shape, ..
-            } = ty
-            else {
-                return Err(BackendError::Unsupported(format!(
-                    "'{name}' is not a tensor ({ty:?})"
-                )));
-            };
-            let datatype = datatype_of(*elem).ok_or_else(|| {
-                BackendError::Unsupported(format!("'{name}' has element type {elem:?}"))
-            })?;
-            let shape = shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect();
-            Ok(TensorSpec {
-                name: name.to_string(),
-                datatype,
-                shape,
-            })
-        })
-        .collect()
+fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, BackendError> {
+    let ValueType::Tensor {
+        ty: elem, shape, ..
+    } = ty
+    else {
+        return Err(BackendError::Unsupported(format!(
+            "'{name}' is not a tensor ({ty})"
+        )));
+    };
+    let datatype = datatype_of(*elem)
+        .ok_or_else(|| BackendError::Unsupported(format!("'{name}' has element type {elem:?}")))?;
+    let shape = shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect();
+    Ok(TensorSpec {
+        name: name.to_string(),
+        datatype,
+        shape,
+    })
 }
 
 fn to_value(t: Tensor) -> Result<DynValue, BackendError> {
@@ -309,10 +357,19 @@ impl Backend for OnnxBackend {
             .map_err(|e| BackendError::Run(e.to_string()))?;
         self.outputs
             .iter()
-            .map(|spec| {
+            .zip(&self.maps)
+            .map(|(spec, &maps)| {
                 let value = outputs.get(&spec.name).ok_or_else(|| {
                     BackendError::Run(format!("ONNX Runtime returned no output '{}'", spec.name))
                 })?;
+                if maps {
+                    let rows = super::maps::json_rows(&spec.name, value)?;
+                    return Ok(Tensor {
+                        name: spec.name.clone(),
+                        shape: vec![rows.len() as i64],
+                        data: TensorData::Bytes(rows),
+                    });
+                }
                 from_value(spec, value)
             })
             .collect()

@@ -402,6 +402,8 @@ mod tests {
             inputs: vec![t("x")],
             outputs: vec![t("y")],
             max_batch_size: 8,
+            unbatched: None,
+            class_labels: Vec::new(),
         })
     }
 

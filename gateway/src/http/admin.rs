@@ -70,8 +70,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `POST /v2/repository/index`: every model and version with its state.
-/// An optional body `{"ready": true}` lists only ready versions.
+/// `POST /v2/repository/index`: every model and version with its state,
+/// and why a version is not ready or not batched. An optional body `{"ready": true}` lists only ready versions.
 pub async fn index(
     gw: &Gateway,
     req: Request<Incoming>,
@@ -96,8 +96,17 @@ pub async fn index(
                 continue;
             }
             let mut row = serde_json::json!({"name": name, "version": v.to_string(), "state": e.state.as_str()});
-            if let Some(reason) = e.reason.as_ref().or(entry.problem.as_ref()) {
-                row["reason"] = reason.clone().into();
+            let unbatched = e
+                .served
+                .as_ref()
+                .and_then(|s| s.spec.unbatched.as_ref())
+                .map(|why| format!("served unbatched: {why}"));
+            let reasons: Vec<String> = (e.reason.as_ref().or(entry.problem.as_ref()).cloned())
+                .into_iter()
+                .chain(unbatched)
+                .collect();
+            if !reasons.is_empty() {
+                row["reason"] = reasons.join("; ").into();
             }
             rows.push(row);
         }

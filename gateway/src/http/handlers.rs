@@ -65,6 +65,10 @@ struct ModelMetadata<'a> {
     outputs: &'a [TensorSpec],
     /// Not in the protocol; Triton's model config carries it.
     max_batch_size: usize,
+    /// `{"classlabels": {output: [labels]}}` for outputs served in place
+    /// of a ZipMap's maps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<serde_json::Value>,
 }
 
 pub fn model_metadata(
@@ -95,6 +99,7 @@ pub fn model_metadata(
             inputs: &served.spec.inputs,
             outputs: &served.spec.outputs,
             max_batch_size: served.spec.max_batch_size,
+            parameters: served.spec.parameters(),
         },
     ))
 }

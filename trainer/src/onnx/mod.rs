@@ -1,11 +1,12 @@
-//! The ONNX writer: [`proto`] holds the protobuf messages, [`GraphBuilder`]
+//! The ONNX writer: [`proto`] (from `quiver-onnx`, shared with the
+//! gateway) holds the protobuf messages, [`GraphBuilder`]
 //! assembles a graph from them and encodes a model: opset 17 (plus
 //! `ai.onnx.ml` 3 when a tree ensemble is used), IR version 8 (what ONNX
 //! Runtime 1.31 and the gateway accept), one named dynamic batch dimension.
 //! [`Interface`] carries the served model's tensor names, so a retrained
 //! version is a drop-in replacement for clients.
 
-pub mod proto;
+pub use quiver_onnx::proto;
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
