@@ -338,8 +338,109 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     assert_eq!(routing["stable"], 2);
     t.kill()?;
     t.wait()?;
+
+    // A candidate that must beat stable by an impossible margin is
+    // rejected; one held to an impossible parity bound fails. Neither
+    // publishes, and stable keeps serving.
+    let text = std::fs::read_to_string(&cfg)?;
+    let rejecting = dir.join("rejecting.toml");
+    std::fs::write(
+        &rejecting,
+        text.replace("min_improvement = 0\n", "min_improvement = 1000000\n"),
+    )?;
+    let mut t = trainer(&rejecting, &dir, "d")?;
+    traffic
+        .until(&gw, &dir, "a rejected candidate", || {
+            events(&dir).iter().any(|e| e["event"] == "rejected")
+        })
+        .await?;
+    t.kill()?;
+    t.wait()?;
+    let failing = dir.join("failing.toml");
+    std::fs::write(
+        &failing,
+        text.replace("holdout_fraction = 0.2\n", "holdout_fraction = 0.2\nparity_bound = 1e-12\n"),
+    )?;
+    let mut t = trainer(&failing, &dir, "e")?;
+    traffic
+        .until(&gw, &dir, "a failed training", || {
+            events(&dir).iter().any(|e| e["event"] == "retrain_failed")
+        })
+        .await?;
+    t.kill()?;
+    t.wait()?;
+    assert_eq!(versions(&dir), vec![1, 2, 3], "a rejected or failed run published");
+    check_runs(&dir, &cfg)?;
     eprintln!("events:\n{:#?}", events(&dir));
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The run records, as `quiver-trainer runs --json` prints them: the
+/// bootstrap, v2 (promoted), v3 (rolled back), a rejected and a failed
+/// attempt, each with its data, settings and metrics; v2's manifest names
+/// its run.
+fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
+    let out = Command::new(binary("quiver-trainer")?)
+        .arg("--config")
+        .arg(cfg)
+        .args(["runs", "--model", "m", "--json"])
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let published = |v: u64| {
+        runs.iter()
+            .find(|r| r["outcome"]["kind"] == "published" && r["outcome"]["version"] == v)
+            .with_context(|| format!("no run published v{v}: {runs:#?}"))
+    };
+    assert_eq!(published(1)?["trigger"], "bootstrap");
+    let v2 = published(2)?;
+    assert_eq!(v2["rollout"]["result"], "promoted", "{v2:#}");
+    assert_eq!(v2["parent"], 1);
+    assert!(v2["rows"].as_u64().is_some_and(|n| n > 0) && v2["held_rows"].as_u64().is_some_and(|n| n > 0));
+    assert!(v2["offline"]["log_loss"].as_f64().is_some() && v2["stable_offline"]["log_loss"].as_f64().is_some());
+    assert!(v2["parity_max_abs"].as_f64().is_some_and(|p| p <= 1e-4));
+    assert!(v2["data"]["predictions"].as_str().is_some_and(|d| d.starts_with("quiver.predictions ")));
+    assert_eq!(v2["config"]["name"], "m");
+    assert_eq!(v2["seed"], 7);
+    assert!(v2["config_sha256"].as_str().is_some_and(|h| h.len() == 64));
+    let manifest = Manifest::read(&dir.join("repo/m/2/manifest.json"), Some(("m", 2)))?;
+    assert_eq!(
+        manifest.lineage.and_then(|l| l.run).as_deref(),
+        v2["id"].as_str()
+    );
+    assert_eq!(published(3)?["rollout"]["result"], "rolled_back");
+    let rejected = runs
+        .iter()
+        .find(|r| r["outcome"]["kind"] == "rejected")
+        .context("no rejected run")?;
+    assert!(
+        rejected["outcome"]["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("min_improvement")),
+        "{rejected:#}"
+    );
+    let failed = runs
+        .iter()
+        .find(|r| r["outcome"]["kind"] == "failed")
+        .context("no failed run")?;
+    assert!(
+        failed["outcome"]["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("ONNX Runtime and the trainer differ")),
+        "{failed:#}"
+    );
+    // The table for people.
+    let out = Command::new(binary("quiver-trainer")?)
+        .arg("--config")
+        .arg(cfg)
+        .args(["runs", "--model", "m"])
+        .output()?;
+    let table = String::from_utf8(out.stdout)?;
+    assert!(table.contains("published v2, promoted") && table.contains("rejected: "), "{table}");
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //!   canaries (with weights) and shadows, and where a rollout stands.
 //! - [`fleet`]: `<root>/.quiver/`: the registry index that replicas poll,
 //!   the guardrail leader's lease, and each replica's traffic report.
+//! - [`runs`]: `<model>/runs/<run>.json`, one record per training attempt.
 //! - [`records`]: the prediction, label and ingress records, the same on
 //!   Kafka and in the local log.
 //! - [`segments`]: the local log, directories of JSON-lines segment files
@@ -25,5 +26,6 @@ pub mod layout;
 pub mod manifest;
 pub mod records;
 pub mod routing;
+pub mod runs;
 pub mod segments;
 pub mod time;

@@ -10,8 +10,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The manifest schema this crate reads and writes.
-pub const SCHEMA: u32 = 1;
+/// The manifest schema this crate writes; it also reads schema 1.
+pub const SCHEMA: u32 = 2;
+/// The oldest manifest schema this crate reads. Schema 2 added the
+/// lineage's `run`.
+pub const MIN_SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -70,6 +73,9 @@ pub struct Lineage {
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The training run that made it: `<model>/runs/<run>.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +87,7 @@ pub enum ManifestError {
     },
     #[error("{path} is not a valid manifest: {message}")]
     Invalid { path: String, message: String },
-    #[error("{path} has schema {found}; this build reads schema {SCHEMA}")]
+    #[error("{path} has schema {found}; this build reads schemas {MIN_SCHEMA} to {SCHEMA}")]
     Schema { path: String, found: u32 },
     #[error("checksum mismatch for {file}: manifest says {expected}, file has {actual}")]
     Checksum {
@@ -137,7 +143,7 @@ impl Manifest {
             .get("schema")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| invalid("missing integer field 'schema'".into()))?;
-        if schema != u64::from(SCHEMA) {
+        if !(u64::from(MIN_SCHEMA)..=u64::from(SCHEMA)).contains(&schema) {
             return Err(ManifestError::Schema {
                 path: shown,
                 found: u32::try_from(schema).unwrap_or(u32::MAX),
@@ -267,11 +273,14 @@ mod tests {
     fn refuses_newer_schema_bad_json_and_escaping_names() {
         let dir = scratch("bad");
         let path = dir.join("manifest.json");
-        std::fs::write(&path, br#"{"schema": 2, "model": "m", "version": 1}"#).unwrap();
+        std::fs::write(&path, br#"{"schema": 3, "model": "m", "version": 1}"#).unwrap();
         assert!(matches!(
             Manifest::read(&path, None),
-            Err(ManifestError::Schema { found: 2, .. })
+            Err(ManifestError::Schema { found: 3, .. })
         ));
+        // Schema 1 (no run in the lineage) is still read.
+        std::fs::write(&path, br#"{"schema": 1, "model": "m", "version": 1}"#).unwrap();
+        assert!(Manifest::read(&path, None).is_ok());
         std::fs::write(&path, b"{\"schema\": 1, \"model\": ").unwrap();
         assert!(matches!(
             Manifest::read(&path, None),

@@ -10,6 +10,7 @@ use quiver_contract::fleet::{INDEX_FILE, LEASE_FILE, Lease, RegistryIndex, SCHEM
 use quiver_contract::layout::{self, CONFIG_FILE, MANIFEST_FILE, ROUTING_FILE};
 use quiver_contract::manifest::Manifest;
 use quiver_contract::routing::RoutingState;
+use quiver_contract::runs::{RUNS_DIR, RunRecord, run_key};
 
 use crate::cas::{Change, UpdateError, update};
 use crate::store::{Entry, Expect, Registry, RegistryError, Tag};
@@ -138,6 +139,53 @@ pub fn publish_version(
         &Expect::Absent,
     )?;
     bump_index(reg, model)
+}
+
+/// Writes (or rewrites) a run record. One trainer owns a model's runs, so
+/// a plain write suffices.
+pub fn write_run(reg: &Registry, run: &RunRecord) -> Result<(), RegistryError> {
+    reg.put(&run_key(&run.model, &run.id), &run.to_json()).map(|_| ())
+}
+
+/// One run record, `None` when there is none by that id.
+pub fn read_run(reg: &Registry, model: &str, id: &str) -> Result<Option<RunRecord>, RegistryError> {
+    let key = run_key(model, id);
+    match reg.get(&key)? {
+        None => Ok(None),
+        Some(doc) => RunRecord::parse(&doc.bytes)
+            .map(Some)
+            .map_err(|e| RegistryError::Invalid {
+                key,
+                message: e.to_string(),
+            }),
+    }
+}
+
+/// A model's run records, oldest first; unreadable ones are named in the
+/// second list.
+pub fn read_runs(
+    reg: &Registry,
+    model: &str,
+) -> Result<(Vec<RunRecord>, Vec<RegistryError>), RegistryError> {
+    let mut runs = Vec::new();
+    let mut bad = Vec::new();
+    for entry in reg.list(&format!("{model}/{RUNS_DIR}"))? {
+        let Some(id) = entry
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        match read_run(reg, model, id) {
+            Ok(Some(r)) => runs.push(r),
+            Ok(None) => {}
+            Err(e) => bad.push(e),
+        }
+    }
+    runs.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok((runs, bad))
 }
 
 /// What one listing of the registry found, by model.

@@ -11,6 +11,7 @@
 //! - [`monitor`]: online quality, PSI drift, the candidate-vs-stable tests.
 //! - [`publish`]: train → evaluate → parity → write the version into the
 //!   registry (`quiver-registry`: a directory or S3).
+//! - [`runs`]: a record of every training attempt in the registry.
 //! - [`rollout`]: the canary verdicts, written to the routing state in the
 //!   registry by compare-and-swap; [`run`]: the loop; [`events`]: the
 //!   events log; [`metrics`]: Prometheus names.
@@ -34,6 +35,7 @@ pub mod parity;
 pub mod publish;
 pub mod rollout;
 pub mod run;
+pub mod runs;
 pub mod source;
 pub mod train;
 pub mod window;

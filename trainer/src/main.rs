@@ -1,7 +1,10 @@
 //! `quiver-trainer run --config configs/trainer.toml`: the closed loop.
 //! `quiver-trainer bootstrap --config … --model m --data d.csv`: train and
 //! publish a first version from a CSV, so a demo can start from nothing.
+//! `quiver-trainer runs --model m`: the model's training runs, as recorded
+//! in the registry.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,7 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use quiver_registry::Registry;
 use quiver_trainer::config::Config;
-use quiver_trainer::{csv, metrics, publish, run};
+use quiver_contract::runs::Outcome;
+use quiver_trainer::{csv, metrics, publish, run, runs};
 
 #[derive(Parser)]
 #[command(name = "quiver-trainer", version, about = "The Quiver sidecar trainer")]
@@ -53,6 +57,14 @@ enum Command {
         model: String,
         #[arg(long)]
         data: PathBuf,
+    },
+    /// Print the training runs recorded in the registry for `model`
+    /// (`--json`: the records themselves, one per line).
+    Runs {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -109,18 +121,57 @@ fn main() -> Result<()> {
                     quiver_contract::manifest::sha256_file(&data)?
                 ),
             );
-            let lineage = publish::lineage(mc, None, ranges, dataset.rows());
+            let mut record = runs::start(mc, "bootstrap", None, ranges.clone(), dataset.rows());
+            let mut lineage = publish::lineage(mc, None, ranges, dataset.rows());
+            lineage.run = Some(record.id.clone());
             let meta = publish::metadata(&model, version, &lineage);
-            let candidate = publish::train_candidate(mc, &dataset, version, &meta, None, 0)?;
-            let mut lineage = lineage;
+            let candidate = match publish::train_candidate(mc, &dataset, version, &meta, None, 0) {
+                Ok(c) => c,
+                Err(e) => {
+                    record.outcome = Outcome::Failed {
+                        reason: e.to_string(),
+                    };
+                    runs::save(&repo, &record);
+                    return Err(e.into());
+                }
+            };
+            runs::trained(&mut record, &candidate);
             lineage.rows = candidate.rows as u64;
-            let manifest = publish::publish(&repo, mc, version, &candidate, lineage)?;
+            let manifest = match publish::publish(&repo, mc, version, &candidate, lineage) {
+                Ok(m) => m,
+                Err(e) => {
+                    record.outcome = Outcome::Failed {
+                        reason: e.to_string(),
+                    };
+                    runs::save(&repo, &record);
+                    return Err(e.into());
+                }
+            };
+            record.outcome = Outcome::Published { version };
+            runs::save(&repo, &record);
             tracing::info!(
                 model, version, rows = candidate.rows, seconds = candidate.seconds,
                 examples_per_s = candidate.rows as f64 / candidate.seconds.max(1e-9),
                 parity_max_abs = candidate.parity_max_abs, offline = ?manifest.metrics.get("offline"),
                 "published"
             );
+        }
+        Command::Runs { model, json } => {
+            let repo = Registry::open(&config.model_repository, &config.s3_settings())?;
+            let (records, bad) = quiver_registry::control::read_runs(&repo, &model)?;
+            for e in bad {
+                tracing::warn!(error = %e, "run record skipped");
+            }
+            let mut out = std::io::stdout().lock();
+            if json {
+                for r in &records {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else if records.is_empty() {
+                writeln!(out, "no training runs recorded for '{model}'")?;
+            } else {
+                write!(out, "{}", runs::table(&records))?;
+            }
         }
     }
     Ok(())

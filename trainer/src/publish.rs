@@ -250,6 +250,7 @@ pub fn lineage(
         config_sha256: Some(Config::model_sha256(config_model)),
         code: Some(code_version()),
         seed: Some(config_model.seed),
+        run: None,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Rollout {
     pub step_started_ms: u64,
     pub candidate: ArmQuality,
     pub stable_quality: ArmQuality,
+    /// The run record of the training that made the version.
+    #[serde(default)]
+    pub run: Option<String>,
 }
 
 impl Rollout {
@@ -48,6 +51,7 @@ impl Rollout {
             step_started_ms: 0,
             candidate: ArmQuality::default(),
             stable_quality: ArmQuality::default(),
+            run: None,
         }
     }
 }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use quiver_contract::layout::{self, MODEL_FILE};
 use quiver_contract::manifest::Manifest;
 use quiver_contract::records::{self, LabelRecord, PredictionRecord, now_ms};
+use quiver_contract::runs::Outcome;
 use quiver_registry::{Registry, RegistryError, control};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,7 @@ use crate::monitor::psi::Reference;
 use crate::monitor::quality::Quality;
 use crate::publish::{self, REFERENCE_FILE};
 use crate::rollout::{self, Rollout};
+use crate::runs;
 use crate::source::{self, RecordSource, SourceError};
 use crate::train::Task;
 use crate::window::Window;
@@ -487,7 +489,10 @@ impl Trainer {
             stable,
             serde_json::json!({"reason": reason, "rows": data.rows()}),
         );
+        let mut record = runs::start(model, reason, stable, ranges.clone(), data.rows());
+        runs::save(&self.registry, &record);
         let mut lineage = publish::lineage(model, stable, ranges, data.rows());
+        lineage.run = Some(record.id.clone());
         lineage.trained_through_ms = ms.window.examples().map(|e| e.timestamp_ms).max();
         // Held-out rows the stable version trained on would flatter it:
         // the comparison starts after the newest row it saw.
@@ -529,9 +534,14 @@ impl Trainer {
                     None,
                     serde_json::json!({"error": e.to_string()}),
                 );
+                record.outcome = Outcome::Failed {
+                    reason: e.to_string(),
+                };
+                runs::save(&self.registry, &record);
                 return;
             }
         };
+        runs::trained(&mut record, &candidate);
         metrics::gauge!(m::TRAINING_SECONDS, "model" => model.name.clone()).set(candidate.seconds);
         self.events.emit(
             &model.name,
@@ -551,15 +561,23 @@ impl Trainer {
                 None,
                 serde_json::json!({"why": "not better than stable by min_improvement"}),
             );
+            record.outcome = Outcome::Rejected {
+                reason: runs::rejection(model, &candidate),
+            };
+            runs::save(&self.registry, &record);
             return;
         }
         lineage.rows = candidate.rows as u64;
         match publish::publish(&self.registry, model, version, &candidate, lineage) {
             Ok(manifest) => {
                 metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "published").increment(1);
+                record.outcome = Outcome::Published { version };
+                runs::save(&self.registry, &record);
                 if let Some(ms) = self.state.models.get_mut(&model.name) {
                     ms.published.push(version);
-                    ms.rollout = Some(Rollout::new(version, stable));
+                    let mut rollout = Rollout::new(version, stable);
+                    rollout.run = Some(record.id.clone());
+                    ms.rollout = Some(rollout);
                 }
                 self.events.emit(&model.name, "published", Some(version), serde_json::json!({
                     "parent": stable, "lineage": manifest.lineage, "parity_max_abs": manifest.parity_max_abs}));
@@ -575,6 +593,10 @@ impl Trainer {
                     Some(version),
                     serde_json::json!({"error": e.to_string()}),
                 );
+                record.outcome = Outcome::Failed {
+                    reason: e.to_string(),
+                };
+                runs::save(&self.registry, &record);
             }
         }
     }
@@ -589,6 +611,12 @@ impl Trainer {
             return;
         };
         let done = rollout::step(&self.registry, &mut self.events, model, &mut r);
+        if done
+            && let Some(run) = &r.run
+            && let Ok((routing, _)) = control::read_routing(&self.registry, &model.name)
+        {
+            runs::rollout_ended(&self.registry, &model.name, run, r.version, &routing);
+        }
         if let Some(ms) = self.state.models.get_mut(&model.name) {
             ms.rollout = if done { None } else { Some(r) };
         }

@@ -1,0 +1,205 @@
+//! Training runs recorded in the registry (`<model>/runs/<run>.json`):
+//! every attempt, published or not, with its trigger, data, settings,
+//! metrics against stable, parity and outcome; the rollout's end is added
+//! when the trainer sees it. `quiver-trainer runs --model M` prints them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use quiver_contract::records::now_ms;
+use quiver_contract::routing::RoutingState;
+use quiver_contract::runs::{self, Outcome, RolloutEnd, RunRecord};
+use quiver_contract::time::rfc3339_now;
+use quiver_registry::{Registry, control};
+
+use crate::config::{Config, Family, ModelConfig};
+use crate::publish::{Candidate, code_version};
+use crate::train::metrics::primary_loss;
+
+/// A record for an attempt starting now, `Running` until it ends.
+pub fn start(
+    model: &ModelConfig,
+    trigger: &str,
+    parent: Option<u64>,
+    data: BTreeMap<String, String>,
+    rows: usize,
+) -> RunRecord {
+    RunRecord {
+        schema: runs::SCHEMA,
+        id: runs::run_id(now_ms()),
+        model: model.name.clone(),
+        trigger: trigger.to_string(),
+        started_at: rfc3339_now(),
+        seconds: 0.0,
+        rows_per_s: None,
+        parent,
+        data,
+        rows: rows as u64,
+        held_rows: 0,
+        family: match model.family {
+            Family::Mlp => "mlp",
+            Family::Gbt => "gbt",
+        }
+        .to_string(),
+        config: serde_json::to_value(model).unwrap_or_default(),
+        config_sha256: Config::model_sha256(model),
+        seed: model.seed,
+        code: code_version(),
+        offline: BTreeMap::new(),
+        stable_offline: None,
+        parity_max_abs: None,
+        outcome: Outcome::Running,
+        rollout: None,
+    }
+}
+
+/// Takes what a trained candidate measured.
+pub fn trained(run: &mut RunRecord, c: &Candidate) {
+    run.seconds = c.seconds;
+    run.rows = c.rows as u64;
+    run.held_rows = c.held_rows as u64;
+    run.rows_per_s = (c.seconds > 0.0).then(|| c.rows as f64 / c.seconds);
+    run.offline = c.offline.clone();
+    run.stable_offline = c.stable_offline.clone();
+    run.parity_max_abs = Some(c.parity_max_abs);
+}
+
+/// Why a candidate that did not beat stable was not published.
+pub fn rejection(model: &ModelConfig, c: &Candidate) -> String {
+    let task = c.trained.task();
+    let mine = primary_loss(task, &c.offline);
+    let theirs = c
+        .stable_offline
+        .as_ref()
+        .map_or(f64::NAN, |s| primary_loss(task, s));
+    format!(
+        "held-out loss {mine:.4} against stable's {theirs:.4} on the same {} rows: not better by min_improvement {}",
+        c.held_rows, model.min_improvement
+    )
+}
+
+/// Writes the record; a registry that cannot take it costs the record,
+/// never the training.
+pub fn save(reg: &Registry, run: &RunRecord) {
+    if let Err(e) = control::write_run(reg, run) {
+        tracing::warn!(model = %run.model, run = %run.id, error = %e, "cannot write the run record");
+    }
+}
+
+/// Adds how the rollout of the run's version ended, as the routing state
+/// tells it.
+pub fn rollout_ended(reg: &Registry, model: &str, run: &str, version: u64, routing: &RoutingState) {
+    let result = if routing.stable == Some(version) {
+        "promoted"
+    } else if routing.rolled_back.contains(&version) {
+        "rolled_back"
+    } else {
+        return;
+    };
+    let mut record = match control::read_run(reg, model, run) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(model, run, error = %e, "cannot read the run record");
+            return;
+        }
+    };
+    record.rollout = Some(RolloutEnd {
+        result: result.into(),
+        at: rfc3339_now(),
+        by: routing.updated_by.clone(),
+        reason: routing.reason.clone().unwrap_or_default(),
+    });
+    save(reg, &record);
+}
+
+/// The records as a table, oldest first.
+pub fn table(records: &[RunRecord]) -> String {
+    let mut out = String::from(
+        "run            started               trigger                 family rows    seconds  loss     stable   parity    outcome\n",
+    );
+    for r in records {
+        let loss = |m: &BTreeMap<String, f64>| {
+            m.get("log_loss")
+                .or_else(|| m.get("rmse"))
+                .map_or("-".to_string(), |v| format!("{v:.4}"))
+        };
+        let outcome = match &r.outcome {
+            Outcome::Running => "running".to_string(),
+            Outcome::Published { version } => format!("published v{version}"),
+            Outcome::Rejected { reason } => format!("rejected: {reason}"),
+            Outcome::Failed { reason } => format!("failed: {reason}"),
+        };
+        let rollout = r
+            .rollout
+            .as_ref()
+            .map_or(String::new(), |e| format!(", {}", e.result));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<21} {:<23} {:<6} {:<7} {:<8.2} {:<8} {:<8} {:<9} {outcome}{rollout}",
+            r.id,
+            r.started_at.get(..19).unwrap_or(&r.started_at),
+            r.trigger.chars().take(23).collect::<String>(),
+            r.family,
+            r.rows,
+            r.seconds,
+            loss(&r.offline),
+            r.stable_offline.as_ref().map_or("-".to_string(), loss),
+            r.parity_max_abs.map_or("-".to_string(), |p| format!("{p:.1e}")),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> ModelConfig {
+        let config: Config = toml::from_str(
+            r#"model_repository = "unused"
+log_dir = "log"
+state_dir = "state"
+[[models]]
+name = "m"
+task = { kind = "classification", classes = 2 }
+input = "features"
+outputs = [{ name = "probabilities", kind = "probabilities" }]
+"#,
+        )
+        .unwrap();
+        config.models[0].clone()
+    }
+
+    #[test]
+    fn a_record_is_written_then_completed_by_the_rollout() {
+        let root = std::env::temp_dir().join(format!("quiver-runs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let reg = Registry::open(root.to_str().unwrap(), &Default::default()).unwrap();
+        let m = model();
+        let mut run = start(&m, "new rows", Some(1), BTreeMap::new(), 1200);
+        save(&reg, &run);
+        let (read, bad) = control::read_runs(&reg, "m").unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(read, vec![run.clone()]);
+        assert_eq!(read[0].outcome, Outcome::Running);
+        run.outcome = Outcome::Published { version: 2 };
+        save(&reg, &run);
+        // Not over yet: nothing added.
+        let mut routing = RoutingState {
+            stable: Some(1),
+            ..RoutingState::default()
+        };
+        rollout_ended(&reg, "m", &run.id, 2, &routing);
+        assert_eq!(control::read_run(&reg, "m", &run.id).unwrap().unwrap().rollout, None);
+        routing.stable = Some(2);
+        routing.updated_by = "quiver-trainer".into();
+        rollout_ended(&reg, "m", &run.id, 2, &routing);
+        let done = control::read_run(&reg, "m", &run.id).unwrap().unwrap();
+        assert_eq!(done.rollout.as_ref().map(|r| r.result.as_str()), Some("promoted"));
+        let table = table(&[done]);
+        assert!(table.contains("published v2, promoted"), "{table}");
+        assert!(table.contains("new rows"), "{table}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
