@@ -440,6 +440,7 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
         .args(["runs", "--model", "m"])
         .output()?;
     let table = String::from_utf8(out.stdout)?;
+    eprintln!("{table}");
     assert!(table.contains("published v2, promoted") && table.contains("rejected: "), "{table}");
     Ok(())
 }
@@ -911,6 +912,8 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
     );
     t.kill()?;
     t.wait()?;
+    // The replicas write into the scratch directory until they stop.
+    drop(gateways);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

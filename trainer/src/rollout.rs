@@ -108,7 +108,15 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
             return false;
         }
     };
+    // The run record learns how the rollout ended before anyone can see
+    // the event.
+    let ended = |r: &Rollout, state: &RoutingState| {
+        if let Some(run) = &r.run {
+            crate::runs::rollout_ended(reg, name, run, r.version, state);
+        }
+    };
     if routing.stable == Some(r.version) {
+        ended(r, &routing);
         events.emit(
             name,
             "promoted",
@@ -118,6 +126,7 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
         return true;
     }
     if routing.rolled_back.contains(&r.version) {
+        ended(r, &routing);
         events.emit(
             name,
             "rolled_back",
@@ -178,7 +187,8 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
         Verdict::Worse => {
             let reason = "online quality worse than stable";
             match verdict(reg, name, Action::Rollback, r.version, steps, reason) {
-                Ok(_) => {
+                Ok((_, state)) => {
+                    ended(r, &state);
                     events.emit(name, "rolled_back", Some(r.version), stats);
                     true
                 }
@@ -204,6 +214,7 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
                     r.step_started_ms = now_ms();
                     events.emit(name, "canary_step", Some(r.version), stats);
                     if state.stable == Some(r.version) {
+                        ended(r, &state);
                         events.emit(
                             name,
                             "promoted",

@@ -172,16 +172,24 @@ impl Trainer {
                 if v <= known {
                     continue;
                 }
-                let ours =
-                    publish::read_manifest(&self.registry, &model.name, v).is_some_and(|m| {
-                        m.lineage
-                            .and_then(|l| l.code)
-                            .is_some_and(|c| c.starts_with("quiver-trainer"))
-                            && m.metrics.contains_key("offline_parent")
-                    });
+                let manifest = publish::read_manifest(&self.registry, &model.name, v);
+                let lineage = manifest.as_ref().and_then(|m| m.lineage.as_ref());
+                let ours = lineage
+                    .and_then(|l| l.code.as_deref())
+                    .is_some_and(|c| c.starts_with("quiver-trainer"))
+                    && manifest
+                        .as_ref()
+                        .is_some_and(|m| m.metrics.contains_key("offline_parent"));
                 if ours && ms.rollout.is_none() {
                     ms.published.push(v);
-                    ms.rollout = Some(Rollout::new(v, None));
+                    let mut rollout = Rollout::new(v, None);
+                    // Killed between publishing and recording it: the run
+                    // is named in the lineage; finish its record.
+                    rollout.run = lineage.and_then(|l| l.run.clone());
+                    if let Some(run) = &rollout.run {
+                        runs::published(&self.registry, &model.name, run, v);
+                    }
+                    ms.rollout = Some(rollout);
                     self.events
                         .emit(&model.name, "resumed", Some(v), serde_json::json!({}));
                 }
@@ -528,16 +536,17 @@ impl Trainer {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "failed").increment(1);
+                // The record first: whoever sees the event finds the run.
+                record.outcome = Outcome::Failed {
+                    reason: e.to_string(),
+                };
+                runs::save(&self.registry, &record);
                 self.events.emit(
                     &model.name,
                     "retrain_failed",
                     None,
                     serde_json::json!({"error": e.to_string()}),
                 );
-                record.outcome = Outcome::Failed {
-                    reason: e.to_string(),
-                };
-                runs::save(&self.registry, &record);
                 return;
             }
         };
@@ -555,16 +564,16 @@ impl Trainer {
         if !candidate.beats_stable(model) {
             metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "rejected")
                 .increment(1);
+            record.outcome = Outcome::Rejected {
+                reason: runs::rejection(model, &candidate),
+            };
+            runs::save(&self.registry, &record);
             self.events.emit(
                 &model.name,
                 "rejected",
                 None,
                 serde_json::json!({"why": "not better than stable by min_improvement"}),
             );
-            record.outcome = Outcome::Rejected {
-                reason: runs::rejection(model, &candidate),
-            };
-            runs::save(&self.registry, &record);
             return;
         }
         lineage.rows = candidate.rows as u64;
@@ -587,16 +596,16 @@ impl Trainer {
                 }
             }
             Err(e) => {
+                record.outcome = Outcome::Failed {
+                    reason: e.to_string(),
+                };
+                runs::save(&self.registry, &record);
                 self.events.emit(
                     &model.name,
                     "publish_failed",
                     Some(version),
                     serde_json::json!({"error": e.to_string()}),
                 );
-                record.outcome = Outcome::Failed {
-                    reason: e.to_string(),
-                };
-                runs::save(&self.registry, &record);
             }
         }
     }
@@ -611,12 +620,6 @@ impl Trainer {
             return;
         };
         let done = rollout::step(&self.registry, &mut self.events, model, &mut r);
-        if done
-            && let Some(run) = &r.run
-            && let Ok((routing, _)) = control::read_routing(&self.registry, &model.name)
-        {
-            runs::rollout_ended(&self.registry, &model.name, run, r.version, &routing);
-        }
         if let Some(ms) = self.state.models.get_mut(&model.name) {
             ms.rollout = if done { None } else { Some(r) };
         }

@@ -86,6 +86,17 @@ pub fn save(reg: &Registry, run: &RunRecord) {
     }
 }
 
+/// Marks a run still recorded as running as having published `version`
+/// (the trainer died between publishing and recording it).
+pub fn published(reg: &Registry, model: &str, run: &str, version: u64) {
+    if let Ok(Some(mut record)) = control::read_run(reg, model, run)
+        && record.outcome == Outcome::Running
+    {
+        record.outcome = Outcome::Published { version };
+        save(reg, &record);
+    }
+}
+
 /// Adds how the rollout of the run's version ended, as the routing state
 /// tells it.
 pub fn rollout_ended(reg: &Registry, model: &str, run: &str, version: u64, routing: &RoutingState) {

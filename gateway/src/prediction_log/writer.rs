@@ -222,7 +222,12 @@ impl KafkaSink {
     }
 
     fn spool(&mut self, stream: Stream, bytes: &[u8]) {
-        match self.spools[stream.index()].push(bytes) {
+        let spool = &mut self.spools[stream.index()];
+        let pushed = spool.push(bytes);
+        // The size first, then the count: whoever sees a record counted as
+        // spooled sees the spool holding it.
+        crate::metrics::log_spool(stream, spool.bytes(), spool.is_full());
+        match pushed {
             Ok(true) => crate::metrics::log_records(stream, "spooled", 1),
             Ok(false) => crate::metrics::log_records(stream, "dropped", 1),
             Err(e) => {
