@@ -229,7 +229,23 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
         ]).collect::<Vec<_>>(),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The restarted replica has read the model, and holds it unloaded.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let index = restarted
+            .post_json("/v2/repository/index", &json!({}))
+            .await
+            .unwrap()
+            .json();
+        let seen = index.as_array().unwrap().iter().any(|e| {
+            e["name"] == "m" && e["state"] == "UNAVAILABLE" && e["reason"] == "model unloaded"
+        });
+        if seen {
+            break;
+        }
+        assert!(Instant::now() < until, "the restart never read the model: {index}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!serves(&restarted, "m", 1).await, "a restart forgot the unload");
     drop(restarted);
     let r = admin(&f.gateways[2], "POST", "/v2/repository/models/m/load", json!({})).await;
