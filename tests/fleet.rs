@@ -29,9 +29,6 @@ use serde_json::{Value, json};
 const TOKEN: &str = "fleet-token";
 const BUCKET: &str = "quiver";
 
-
-
-
 struct Fleet {
     s3: S3Server,
     url: String,
@@ -50,7 +47,9 @@ async fn fleet(prefix: &str, model: &str, config: &str, n: usize, extra: &[(&str
     let url = s3.url(BUCKET, prefix);
     let mut gateways = Vec::new();
     for i in 0..n {
-        gateways.push(Arc::new(start_replica(&s3, &url, &format!("{prefix}-g{i}"), extra).await));
+        gateways.push(Arc::new(
+            start_replica(&s3, &url, &format!("{prefix}-g{i}"), extra).await,
+        ));
     }
     Fleet {
         s3,
@@ -64,7 +63,10 @@ async fn start_replica(s3: &S3Server, url: &str, id: &str, extra: &[(&str, &str)
     let cache = scratch(&format!("cache-{id}")).unwrap();
     let cache = cache.to_string_lossy().into_owned();
     let env_owned = s3.env();
-    let mut env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env_owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     env.extend([
         ("QUIVER_FLEET__REPLICA_ID", id),
         ("QUIVER_REPOSITORY__CACHE_DIR", cache.as_str()),
@@ -79,9 +81,6 @@ async fn start_replica(s3: &S3Server, url: &str, id: &str, extra: &[(&str, &str)
     gw
 }
 
-
-
-
 async fn admin(gw: &Gateway, method: &str, path: &str, body: Value) -> Reply {
     send(
         gw.addr,
@@ -95,11 +94,19 @@ async fn admin(gw: &Gateway, method: &str, path: &str, body: Value) -> Reply {
 }
 
 async fn routing(gw: &Gateway, model: &str) -> Value {
-    gw.get(&format!("/v2/models/{model}/routing")).await.unwrap().json()
+    gw.get(&format!("/v2/models/{model}/routing"))
+        .await
+        .unwrap()
+        .json()
 }
 
 /// Waits until `check` holds on the routing view of `gw`.
-async fn wait_routing(gw: &Gateway, model: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+async fn wait_routing(
+    gw: &Gateway,
+    model: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let until = Instant::now() + Duration::from_secs(90);
     loop {
         let v = routing(gw, model).await;
@@ -178,11 +185,18 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
     for gw in &f.gateways {
         let until = Instant::now() + Duration::from_secs(30);
         while !serves(gw, "m", 2).await {
-            assert!(Instant::now() < until, "v2 never served; log:\n{}", gw.log());
+            assert!(
+                Instant::now() < until,
+                "v2 never served; log:\n{}",
+                gw.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    eprintln!("published → served by 3 replicas: {:?}", published.elapsed());
+    eprintln!(
+        "published → served by 3 replicas: {:?}",
+        published.elapsed()
+    );
 
     // A canary set through replica 0 routes on replicas 1 and 2.
     let r = admin(
@@ -209,24 +223,45 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
 
     // An unload through replica 1 holds on every replica, and across a
     // restart; a load through replica 2 undoes it everywhere.
-    let r = admin(&f.gateways[1], "POST", "/v2/repository/models/m/unload", json!({})).await;
+    let r = admin(
+        &f.gateways[1],
+        "POST",
+        "/v2/repository/models/m/unload",
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     for gw in &f.gateways {
         let until = Instant::now() + Duration::from_secs(30);
         while serves(gw, "m", 1).await {
-            assert!(Instant::now() < until, "still serving after the unload; log:\n{}", gw.log());
+            assert!(
+                Instant::now() < until,
+                "still serving after the unload; log:\n{}",
+                gw.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let stored = f.s3.get_object(BUCKET, "follow/m/routing.json").unwrap().unwrap();
-    assert_eq!(serde_json::from_slice::<Value>(&stored).unwrap()["unloaded"], true);
+    let stored =
+        f.s3.get_object(BUCKET, "follow/m/routing.json")
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&stored).unwrap()["unloaded"],
+        true
+    );
     let restarted = Gateway::start_at(
         &f.url,
         &[],
-        &f.s3.env().iter().map(|(k, v)| (k.as_str(), v.as_str())).chain([
-            ("QUIVER_FLEET__REPLICA_ID", "follow-restarted"),
-            ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "200"),
-        ]).collect::<Vec<_>>(),
+        &f.s3
+            .env()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([
+                ("QUIVER_FLEET__REPLICA_ID", "follow-restarted"),
+                ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "200"),
+            ])
+            .collect::<Vec<_>>(),
     )
     .unwrap();
     // The restarted replica has read the model, and holds it unloaded.
@@ -243,17 +278,33 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
         if seen {
             break;
         }
-        assert!(Instant::now() < until, "the restart never read the model: {index}");
+        assert!(
+            Instant::now() < until,
+            "the restart never read the model: {index}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!serves(&restarted, "m", 1).await, "a restart forgot the unload");
+    assert!(
+        !serves(&restarted, "m", 1).await,
+        "a restart forgot the unload"
+    );
     drop(restarted);
-    let r = admin(&f.gateways[2], "POST", "/v2/repository/models/m/load", json!({})).await;
+    let r = admin(
+        &f.gateways[2],
+        "POST",
+        "/v2/repository/models/m/load",
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     for gw in &f.gateways {
         let until = Instant::now() + Duration::from_secs(30);
         while !serves(gw, "m", 2).await {
-            assert!(Instant::now() < until, "not served after the load; log:\n{}", gw.log());
+            assert!(
+                Instant::now() < until,
+                "not served after the load; log:\n{}",
+                gw.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -262,12 +313,18 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
     let v3 = example_file("mlp", 1);
     let mut m = Manifest::new("m", 3);
     m.sha256.insert("model.onnx".into(), sha256_bytes(&v3));
-    f.s3.put_object(BUCKET, "follow/m/3/model.onnx", &v3).unwrap();
-    f.s3.put_object(BUCKET, "follow/m/3/manifest.json", &m.to_json()).unwrap();
+    f.s3.put_object(BUCKET, "follow/m/3/model.onnx", &v3)
+        .unwrap();
+    f.s3.put_object(BUCKET, "follow/m/3/manifest.json", &m.to_json())
+        .unwrap();
     for gw in &f.gateways {
         let until = Instant::now() + Duration::from_secs(30);
         while !serves(gw, "m", 3).await {
-            assert!(Instant::now() < until, "a hand upload never served; log:\n{}", gw.log());
+            assert!(
+                Instant::now() < until,
+                "a hand upload never served; log:\n{}",
+                gw.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -281,7 +338,11 @@ async fn replicas_follow_versions_routing_and_unloads_in_s3() {
         .collect();
     assert_eq!(
         decisions,
-        vec![("set", "api@follow-g0"), ("unload", "api@follow-g1"), ("load", "api@follow-g2")]
+        vec![
+            ("set", "api@follow-g0"),
+            ("unload", "api@follow-g1"),
+            ("load", "api@follow-g2")
+        ]
     );
 }
 
@@ -299,7 +360,10 @@ p99_slack_ms = 500.0
 "#;
 
 fn history(v: &Value) -> Vec<Value> {
-    v["rollout"]["history"].as_array().cloned().unwrap_or_default()
+    v["rollout"]["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +386,10 @@ async fn a_failing_canary_is_rolled_back_once_by_the_leader_on_every_replicas_tr
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     let seen = traffic.await.unwrap();
-    assert!(seen.iter().any(|(v, s)| *v == 2 && *s == 500), "the canary never failed");
+    assert!(
+        seen.iter().any(|(v, s)| *v == 2 && *s == 500),
+        "the canary never failed"
+    );
     assert_eq!(v["routing"]["stable"], 1);
     let after = routing(&f.gateways[0], "r").await;
     let rollbacks: Vec<Value> = history(&after)
@@ -333,13 +400,19 @@ async fn a_failing_canary_is_rolled_back_once_by_the_leader_on_every_replicas_tr
     let rb = &rollbacks[0];
     let by = rb["by"].as_str().unwrap();
     assert!(by.starts_with("rollout-guardrail@rollback-g"), "{by}");
-    assert_eq!(rb["replicas"], 3, "the leader judged every replica's traffic: {rb}");
+    assert_eq!(
+        rb["replicas"], 3,
+        "the leader judged every replica's traffic: {rb}"
+    );
     assert!(rb["requests"].as_u64().unwrap() >= 60, "{rb}");
     // Exactly one replica decided it, once.
     let mut decided = 0.0;
     for gw in &f.gateways {
         decided += gw
-            .metric("quiver_rollout_decisions_total", &["model=\"r\"", "decision=\"rollback\""])
+            .metric(
+                "quiver_rollout_decisions_total",
+                &["model=\"r\"", "decision=\"rollback\""],
+            )
             .await
             .unwrap_or(0.0);
     }
@@ -364,7 +437,11 @@ async fn a_killed_leader_is_replaced_and_the_rollout_completes() {
     })
     .await;
     let lease = Lease::parse(&f.reg.get(LEASE_FILE).unwrap().unwrap().bytes).unwrap();
-    let leader: usize = lease.holder.trim_start_matches("failover-g").parse().unwrap();
+    let leader: usize = lease
+        .holder
+        .trim_start_matches("failover-g")
+        .parse()
+        .unwrap();
     // SIGKILL: no lease handed over, no report withdrawn. The traffic task
     // holds the gateways too, so the process is killed by signal.
     let killed = Instant::now();
@@ -392,7 +469,10 @@ async fn a_killed_leader_is_replaced_and_the_rollout_completes() {
         last["by"].as_str().unwrap().contains(&new_lease.holder),
         "the new leader promoted: {last}"
     );
-    eprintln!("leader killed → rollout completed by {}: {took:?}", new_lease.holder);
+    eprintln!(
+        "leader killed → rollout completed by {}: {took:?}",
+        new_lease.holder
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,7 +557,9 @@ async fn an_unchanged_registry_costs_one_conditional_get_a_poll_and_loads_nothin
     let f = fleet("polls", "m", STATIC_CONFIG, 1, &extra).await;
     let gw = &f.gateways[0];
     let loads = || async {
-        gw.metric("quiver_model_loads_total", &["model=\"m\""]).await.unwrap_or(0.0)
+        gw.metric("quiver_model_loads_total", &["model=\"m\""])
+            .await
+            .unwrap_or(0.0)
     };
     let polls = || async {
         gw.metric("quiver_registry_polls_total", &["result=\"unchanged\""])
@@ -494,7 +576,11 @@ async fn an_unchanged_registry_costs_one_conditional_get_a_poll_and_loads_nothin
     }
     let polled = polls().await - polls_before;
     let requests = f.s3.requests().unwrap();
-    assert_eq!(loads().await, loads_before, "an unchanged registry reloaded a version");
+    assert_eq!(
+        loads().await,
+        loads_before,
+        "an unchanged registry reloaded a version"
+    );
     // Conditional GETs of the index, plus the lease's renewals; no listing,
     // no download.
     let index_gets = requests
@@ -507,9 +593,15 @@ async fn an_unchanged_registry_costs_one_conditional_get_a_poll_and_loads_nothin
         "{polled} polls: {} store requests, {index_gets} index GETs, {lists} listings",
         requests.len()
     );
-    assert!(index_gets >= polled * 0.9, "{index_gets} index GETs for {polled} polls");
+    assert!(
+        index_gets >= polled * 0.9,
+        "{index_gets} index GETs for {polled} polls"
+    );
     assert_eq!(lists, 0, "an unchanged registry was listed");
-    assert!(others <= polled * 0.05, "{others} other requests for {polled} polls");
+    assert!(
+        others <= polled * 0.05,
+        "{others} other requests for {polled} polls"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,14 +627,20 @@ async fn a_broken_store_or_version_is_named_and_serving_goes_on() {
     // Wrong credentials.
     let refusing = S3Server::start_refusing_credentials().unwrap();
     let env_owned = refusing.env();
-    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env: Vec<(&str, &str)> = env_owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let gw = Gateway::start_at(&refusing.url(BUCKET, "models"), &[], &env).unwrap();
     wait_log(&gw, "refused the credentials").await;
 
     // A missing bucket.
     let s3 = S3Server::start().unwrap();
     let env_owned = s3.env();
-    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env: Vec<(&str, &str)> = env_owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let gw = Gateway::start_at(&s3.url("no-such-bucket", "models"), &[], &env).unwrap();
     wait_log(&gw, "bucket 'no-such-bucket' does not exist").await;
     drop(gw);
@@ -553,11 +651,16 @@ async fn a_broken_store_or_version_is_named_and_serving_goes_on() {
     let gw = f.gateways[0].clone();
     let gw = &*gw;
     let mut m = Manifest::new("m", 2);
-    m.sha256.insert("model.onnx".into(), sha256_bytes(b"something else"));
+    m.sha256
+        .insert("model.onnx".into(), sha256_bytes(b"something else"));
     control::publish_version(&f.reg, &m, &[("model.onnx", &example_file("mlp", 2))]).unwrap();
     let until = Instant::now() + Duration::from_secs(30);
     let reason = loop {
-        let index = gw.post_json("/v2/repository/index", &json!({})).await.unwrap().json();
+        let index = gw
+            .post_json("/v2/repository/index", &json!({}))
+            .await
+            .unwrap()
+            .json();
         let v2 = index
             .as_array()
             .unwrap()
@@ -573,7 +676,10 @@ async fn a_broken_store_or_version_is_named_and_serving_goes_on() {
         assert!(Instant::now() < until, "v2 never refused: {index}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(reason.contains("checksum mismatch for model.onnx"), "{reason}");
+    assert!(
+        reason.contains("checksum mismatch for model.onnx"),
+        "{reason}"
+    );
     let r = infer_keyed(gw, "m", "k", &[0.1; 16]).await;
     assert_eq!((r.status, version_of(&r)), (200, 1));
 
@@ -590,7 +696,11 @@ async fn a_broken_store_or_version_is_named_and_serving_goes_on() {
 async fn wait_log(gw: &Gateway, needle: &str) {
     let until = Instant::now() + Duration::from_secs(60);
     while !gw.log().contains(needle) {
-        assert!(Instant::now() < until, "log never said '{needle}':\n{}", gw.log());
+        assert!(
+            Instant::now() < until,
+            "log never said '{needle}':\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

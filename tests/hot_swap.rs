@@ -18,13 +18,12 @@ use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
 use quiver_gateway::config::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
 use quiver_tests::{
-    Gateway, Reply, Rng, as_f32, example_file, example_models, infer_keyed, mlp_body, scratch, send,
-    version_of,
+    Gateway, Reply, Rng, as_f32, example_file, example_models, infer_keyed, mlp_body, scratch,
+    send, version_of,
 };
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-admin-token";
-
 
 /// Writes `<repo>/<model>/<version>/model.onnx`, then (optionally) the
 /// manifest with its checksum, last and atomically.
@@ -84,8 +83,6 @@ impl Expected {
     }
 }
 
-
-
 async fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body: Value) -> Reply {
     let mut headers = vec![("content-type", "application/json".to_string())];
     if let Some(t) = token {
@@ -101,7 +98,6 @@ async fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body
     .await
     .unwrap()
 }
-
 
 /// Waits until `check` holds on the model's routing view.
 async fn wait_routing(

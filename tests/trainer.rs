@@ -359,7 +359,10 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     let failing = dir.join("failing.toml");
     std::fs::write(
         &failing,
-        text.replace("holdout_fraction = 0.2\n", "holdout_fraction = 0.2\nparity_bound = 1e-12\n"),
+        text.replace(
+            "holdout_fraction = 0.2\n",
+            "holdout_fraction = 0.2\nparity_bound = 1e-12\n",
+        ),
     )?;
     let mut t = trainer(&failing, &dir, "e")?;
     traffic
@@ -369,7 +372,11 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
         .await?;
     t.kill()?;
     t.wait()?;
-    assert_eq!(versions(&dir), vec![1, 2, 3], "a rejected or failed run published");
+    assert_eq!(
+        versions(&dir),
+        vec![1, 2, 3],
+        "a rejected or failed run published"
+    );
     check_runs(&dir, &cfg)?;
     eprintln!("events:\n{:#?}", events(&dir));
     std::fs::remove_dir_all(&dir)?;
@@ -386,7 +393,11 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
         .arg(cfg)
         .args(["runs", "--model", "m", "--json"])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let runs: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
         .lines()
         .map(serde_json::from_str)
@@ -400,10 +411,20 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
     let v2 = published(2)?;
     assert_eq!(v2["rollout"]["result"], "promoted", "{v2:#}");
     assert_eq!(v2["parent"], 1);
-    assert!(v2["rows"].as_u64().is_some_and(|n| n > 0) && v2["held_rows"].as_u64().is_some_and(|n| n > 0));
-    assert!(v2["offline"]["log_loss"].as_f64().is_some() && v2["stable_offline"]["log_loss"].as_f64().is_some());
+    assert!(
+        v2["rows"].as_u64().is_some_and(|n| n > 0)
+            && v2["held_rows"].as_u64().is_some_and(|n| n > 0)
+    );
+    assert!(
+        v2["offline"]["log_loss"].as_f64().is_some()
+            && v2["stable_offline"]["log_loss"].as_f64().is_some()
+    );
     assert!(v2["parity_max_abs"].as_f64().is_some_and(|p| p <= 1e-4));
-    assert!(v2["data"]["predictions"].as_str().is_some_and(|d| d.starts_with("quiver.predictions ")));
+    assert!(
+        v2["data"]["predictions"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("quiver.predictions "))
+    );
     assert_eq!(v2["config"]["name"], "m");
     assert_eq!(v2["seed"], 7);
     assert!(v2["config_sha256"].as_str().is_some_and(|h| h.len() == 64));
@@ -441,7 +462,10 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
         .output()?;
     let table = String::from_utf8(out.stdout)?;
     eprintln!("{table}");
-    assert!(table.contains("published v2, promoted") && table.contains("rejected: "), "{table}");
+    assert!(
+        table.contains("published v2, promoted") && table.contains("rejected: "),
+        "{table}"
+    );
     Ok(())
 }
 
@@ -788,9 +812,16 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
         .keys()
         .map(|f| Ok((f.clone(), std::fs::read(v1.join(f))?)))
         .collect::<Result<_>>()?;
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(f, b)| (f.as_str(), b.as_slice())).collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(f, b)| (f.as_str(), b.as_slice()))
+        .collect();
     control::publish_version(&reg, &manifest, &refs)?;
-    control::write_config(&reg, "m", &std::fs::read_to_string(dir.join("repo/m/config.toml"))?)?;
+    control::write_config(
+        &reg,
+        "m",
+        &std::fs::read_to_string(dir.join("repo/m/config.toml"))?,
+    )?;
     control::update_routing(&reg, "m", false, |s| {
         s.stable = Some(1);
         Ok(())
@@ -803,12 +834,18 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
         let spool = dir.join(format!("spool-{i}"));
         let cache = dir.join(format!("cache-{i}"));
         let id = format!("loop-g{i}");
-        let mut env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = s3_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         env.extend([
             ("QUIVER_ADMIN_TOKEN", TOKEN),
             ("QUIVER_FLEET__REPLICA_ID", id.as_str()),
             ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "100"),
-            ("QUIVER_REPOSITORY__CACHE_DIR", cache.to_str().context("cache")?),
+            (
+                "QUIVER_REPOSITORY__CACHE_DIR",
+                cache.to_str().context("cache")?,
+            ),
             ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
             ("QUIVER_KAFKA__BROKERS", bootstrap_servers.as_str()),
             ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("spool")?),
@@ -859,9 +896,15 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
     }
     // Promoted on both replicas.
     for gw in &gateways {
-        applied(gw, "the promotion of v2 on every replica", |r| r["stable"] == 2).await?;
+        applied(gw, "the promotion of v2 on every replica", |r| {
+            r["stable"] == 2
+        })
+        .await?;
         let logged = gw
-            .metric("quiver_log_records_total", &["stream=\"predictions\"", "outcome=\"produced\""])
+            .metric(
+                "quiver_log_records_total",
+                &["stream=\"predictions\"", "outcome=\"produced\""],
+            )
             .await
             .unwrap_or(0.0);
         assert!(logged > 0.0, "a replica logged no prediction");
@@ -885,7 +928,11 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
         Ok(total)
     };
     let sent = ends("quiver.predictions")?;
-    assert!(sent >= (traffic.next_id as i64), "{sent} predictions for {} requests", traffic.next_id);
+    assert!(
+        sent >= (traffic.next_id as i64),
+        "{sent} predictions for {} requests",
+        traffic.next_id
+    );
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let consumed: i64 = state_positions(&dir)?

@@ -40,7 +40,10 @@ pub enum FleetError {
     Schema(u32),
 }
 
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], schema: impl Fn(&T) -> u32) -> Result<T, FleetError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    schema: impl Fn(&T) -> u32,
+) -> Result<T, FleetError> {
     let doc: T = serde_json::from_slice(bytes).map_err(|e| FleetError::Json(e.to_string()))?;
     match schema(&doc) {
         SCHEMA => Ok(doc),
@@ -161,7 +164,10 @@ mod tests {
         let mut index = RegistryIndex::default();
         index.bump("fraud");
         index.bump("fraud");
-        assert_eq!(RegistryIndex::parse(&index.to_json()).unwrap().models["fraud"], 2);
+        assert_eq!(
+            RegistryIndex::parse(&index.to_json()).unwrap().models["fraud"],
+            2
+        );
         assert_eq!(
             RegistryIndex::parse(br#"{"schema": 2, "models": {}}"#),
             Err(FleetError::Schema(2))
@@ -191,6 +197,9 @@ mod tests {
             },
         );
         assert_eq!(TrafficReport::parse(&report.to_json()).unwrap(), report);
-        assert!(matches!(TrafficReport::parse(b"{"), Err(FleetError::Json(_))));
+        assert!(matches!(
+            TrafficReport::parse(b"{"),
+            Err(FleetError::Json(_))
+        ));
     }
 }

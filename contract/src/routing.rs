@@ -127,7 +127,9 @@ impl Default for RoutingState {
 pub enum RoutingError {
     #[error("not valid routing JSON: {0}")]
     Json(String),
-    #[error("routing schema {0} is not supported; this build reads schemas {MIN_SCHEMA} to {SCHEMA}")]
+    #[error(
+        "routing schema {0} is not supported; this build reads schemas {MIN_SCHEMA} to {SCHEMA}"
+    )]
     Schema(u32),
     #[error("canary weight of version {version} is {weight}; weights must lie in [0, 1]")]
     Weight { version: u64, weight: f64 },
@@ -229,7 +231,9 @@ impl RoutingState {
             Action::Start | Action::Promote if !exists => {
                 Err(format!("there is no version {v} in the registry"))
             }
-            Action::Start if self.stable == Some(v) => Err(format!("version {v} is already stable")),
+            Action::Start if self.stable == Some(v) => {
+                Err(format!("version {v} is already stable"))
+            }
             Action::Start => {
                 self.steps = self.active_steps(policy).to_vec();
                 self.canary.clear();
@@ -362,7 +366,10 @@ mod tests {
         assert_eq!(s.apply(Action::Start, 2, &[0.5, 1.0], true), Ok("start"));
         assert_eq!((s.canary[&2], s.steps.clone()), (0.5, vec![0.5, 1.0]));
         // A writer with other policy steps still follows the recorded ones.
-        assert_eq!(s.apply(Action::Advance, 2, &[0.1, 0.2, 1.0], true), Ok("advance"));
+        assert_eq!(
+            s.apply(Action::Advance, 2, &[0.1, 0.2, 1.0], true),
+            Ok("advance")
+        );
         assert_eq!(s.canary[&2], 1.0);
         assert_eq!(s.apply(Action::Advance, 2, &[], true), Ok("promote"));
         assert_eq!((s.stable, s.canary.len(), s.steps.len()), (Some(2), 0, 0));

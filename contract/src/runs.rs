@@ -82,10 +82,16 @@ pub struct RunRecord {
 pub enum Outcome {
     /// Still training (a record written at the start).
     Running,
-    Published { version: u64 },
+    Published {
+        version: u64,
+    },
     /// Trained, not better than stable (or refused by a check).
-    Rejected { reason: String },
-    Failed { reason: String },
+    Rejected {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// The end of a published version's rollout.
@@ -163,8 +169,12 @@ mod tests {
         assert_eq!(RunRecord::parse(&r.to_json()).unwrap(), r);
         for outcome in [
             Outcome::Running,
-            Outcome::Rejected { reason: "not better".into() },
-            Outcome::Failed { reason: "parity".into() },
+            Outcome::Rejected {
+                reason: "not better".into(),
+            },
+            Outcome::Failed {
+                reason: "parity".into(),
+            },
         ] {
             r.outcome = outcome;
             assert_eq!(RunRecord::parse(&r.to_json()).unwrap(), r);

@@ -122,7 +122,11 @@ pub struct Repository {
 }
 
 impl Repository {
-    pub fn new(registry: Registry, cache_dir: PathBuf, full_scan_interval: Option<Duration>) -> Self {
+    pub fn new(
+        registry: Registry,
+        cache_dir: PathBuf,
+        full_scan_interval: Option<Duration>,
+    ) -> Self {
         Repository {
             registry,
             cache_dir,
@@ -152,7 +156,9 @@ impl Repository {
         let due = self
             .full_scan_interval
             .is_some_and(|every| self.last_full_scan.is_none_or(|t| t.elapsed() >= every));
-        let index = self.registry.get_if_changed(INDEX_FILE, self.index_tag.as_ref())?;
+        let index = self
+            .registry
+            .get_if_changed(INDEX_FILE, self.index_tag.as_ref())?;
         let revisions = match index {
             Fresh::Changed(doc) => {
                 self.index_tag = Some(doc.tag.clone());
@@ -256,12 +262,14 @@ impl Repository {
         let key = control::config_key(model);
         match self.registry.get(&key)? {
             None => Ok(None),
-            Some(doc) => String::from_utf8(doc.bytes).map(Some).map_err(|_| {
-                RepositoryError::Config {
-                    path: key.into(),
-                    message: "not UTF-8".into(),
-                }
-            }),
+            Some(doc) => {
+                String::from_utf8(doc.bytes)
+                    .map(Some)
+                    .map_err(|_| RepositoryError::Config {
+                        path: key.into(),
+                        message: "not UTF-8".into(),
+                    })
+            }
         }
     }
 }
@@ -270,10 +278,7 @@ impl VersionDir {
     /// The version's files on local disk, checked against the manifest
     /// (downloaded first from an object store): the directory and the
     /// manifest's path, if any.
-    pub fn materialize(
-        &self,
-        model: &str,
-    ) -> Result<(PathBuf, Option<PathBuf>), String> {
+    pub fn materialize(&self, model: &str) -> Result<(PathBuf, Option<PathBuf>), String> {
         match &self.source {
             VersionSource::Local(dir) => Ok((
                 dir.clone(),
@@ -291,7 +296,12 @@ impl VersionDir {
 
 /// Downloads a version into `<cache>/<version>-<manifest hash>/` unless a
 /// checked copy is already there; other copies of the version go.
-fn download(registry: &Registry, cache: &Path, model: &str, version: u64) -> Result<PathBuf, String> {
+fn download(
+    registry: &Registry,
+    cache: &Path,
+    model: &str,
+    version: u64,
+) -> Result<PathBuf, String> {
     let key = control::version_key(model, version, MANIFEST_FILE);
     let bytes = registry
         .get(&key)
@@ -539,8 +549,8 @@ mod tests {
 
     #[test]
     fn model_config_rejects_unknown_keys() {
-        let err = load_model_config("m", Some("max_batch = 8\n"), &ModelDefaults::default())
-            .unwrap_err();
+        let err =
+            load_model_config("m", Some("max_batch = 8\n"), &ModelDefaults::default()).unwrap_err();
         assert!(err.to_string().contains("max_batch"), "{err}");
     }
 }

@@ -71,7 +71,9 @@ pub async fn run(
         // An object store that cannot be reached now may be reachable at
         // the next poll: the gateway starts, unready, and says why.
         None => match registry.check() {
-            Ok(()) => tracing::info!(repository = %registry.describe(), "model repository reachable"),
+            Ok(()) => {
+                tracing::info!(repository = %registry.describe(), "model repository reachable")
+            }
             Err(e) => tracing::error!(repository = %registry.describe(), error = %e,
                 "model repository not reachable; retrying at every poll"),
         },
@@ -91,7 +93,8 @@ pub async fn run(
 
     // Loading runs ONNX Runtime: on the manager's worker threads, never
     // a tokio worker.
-    let manager = crate::manager::start(Arc::clone(&gw), env, registry).map_err(ServeError::Thread)?;
+    let manager =
+        crate::manager::start(Arc::clone(&gw), env, registry).map_err(ServeError::Thread)?;
     if gw.manager.set(manager).is_err() {
         tracing::error!("model manager started twice");
     }

@@ -69,8 +69,8 @@ pub fn update<S: CasStore + ?Sized>(
 ) -> Result<Updated, UpdateError> {
     for attempt in 1..=MAX_ATTEMPTS {
         let current = store.read(key)?;
-        let next = change(current.as_ref().map(|d| d.bytes.as_slice()))
-            .map_err(UpdateError::Refused)?;
+        let next =
+            change(current.as_ref().map(|d| d.bytes.as_slice())).map_err(UpdateError::Refused)?;
         let bytes = match next {
             Change::Keep => {
                 return Ok(Updated {

@@ -115,7 +115,11 @@ pub fn publish_version(
     let (model, version) = (manifest.model.as_str(), manifest.version);
     let claim = version_key(model, version, "claim");
     let claimed = reg
-        .put_if(&claim, manifest.created_at.as_deref().unwrap_or("").as_bytes(), &Expect::Absent)
+        .put_if(
+            &claim,
+            manifest.created_at.as_deref().unwrap_or("").as_bytes(),
+            &Expect::Absent,
+        )
         .map(|_| ());
     match claimed {
         Err(RegistryError::Conflict { .. }) => {
@@ -125,7 +129,10 @@ pub fn publish_version(
         }
         other => other?,
     }
-    if reg.get(&version_key(model, version, MANIFEST_FILE))?.is_some() {
+    if reg
+        .get(&version_key(model, version, MANIFEST_FILE))?
+        .is_some()
+    {
         return Err(UpdateError::Refused(format!(
             "version {version} of '{model}' already exists"
         )));
@@ -144,7 +151,8 @@ pub fn publish_version(
 /// Writes (or rewrites) a run record. One trainer owns a model's runs, so
 /// a plain write suffices.
 pub fn write_run(reg: &Registry, run: &RunRecord) -> Result<(), RegistryError> {
-    reg.put(&run_key(&run.model, &run.id), &run.to_json()).map(|_| ())
+    reg.put(&run_key(&run.model, &run.id), &run.to_json())
+        .map(|_| ())
 }
 
 /// One run record, `None` when there is none by that id.
@@ -248,7 +256,12 @@ pub fn versions(reg: &Registry, model: &str) -> Result<(Vec<u64>, Vec<u64>), Reg
 /// Takes the guardrail's lease for `me`, renews it if `me` holds it, or
 /// leaves it to its holder until it expires. Returns the lease as stored:
 /// `me` leads while `holder == me` and it has not expired.
-pub fn claim_lease(reg: &Registry, me: &str, ttl: Duration, now_ms: u64) -> Result<Lease, UpdateError> {
+pub fn claim_lease(
+    reg: &Registry,
+    me: &str,
+    ttl: Duration,
+    now_ms: u64,
+) -> Result<Lease, UpdateError> {
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let done = update(reg, LEASE_FILE, |current| {
         let held = current.and_then(|b| Lease::parse(b).ok());
@@ -295,7 +308,8 @@ mod tests {
     use super::*;
 
     fn registry(tag: &str) -> Registry {
-        let root = std::env::temp_dir().join(format!("quiver-control-{tag}-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("quiver-control-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         Registry::open(root.to_str().unwrap(), &Default::default()).unwrap()

@@ -207,12 +207,7 @@ impl Registry {
             Backend::Object(o) => {
                 self.count();
                 let prefix = o.path("");
-                o.run(async {
-                    o.store
-                        .list_with_delimiter(Some(&prefix))
-                        .await
-                        .map(|_| ())
-                })
+                o.run(async { o.store.list_with_delimiter(Some(&prefix)).await.map(|_| ()) })
             }
         }
     }
@@ -351,9 +346,8 @@ impl Registry {
                 self.count();
                 let path = o.path(prefix);
                 let strip = o.path("").to_string();
-                let metas: Vec<object_store::ObjectMeta> = o.run(async {
-                    o.store.list(Some(&path)).try_collect().await
-                })?;
+                let metas: Vec<object_store::ObjectMeta> =
+                    o.run(async { o.store.list(Some(&path)).try_collect().await })?;
                 let mut out: Vec<Entry> = metas
                     .into_iter()
                     .map(|m| {
@@ -523,15 +517,12 @@ impl ObjectBackend {
             return rt.block_on(fut);
         }
         std::thread::scope(|scope| {
-            scope
-                .spawn(|| rt.block_on(fut))
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(RegistryError::Unreachable {
-                        store: self.shown.clone(),
-                        message: "the registry client thread panicked".into(),
-                    })
+            scope.spawn(|| rt.block_on(fut)).join().unwrap_or_else(|_| {
+                Err(RegistryError::Unreachable {
+                    store: self.shown.clone(),
+                    message: "the registry client thread panicked".into(),
                 })
+            })
         })
     }
 
@@ -543,11 +534,13 @@ impl ObjectBackend {
             mode,
             ..PutOptions::default()
         };
-        let result = self.block_on(async { Ok(self.store.put_opts(&path, payload, opts).await) })?;
+        let result =
+            self.block_on(async { Ok(self.store.put_opts(&path, payload, opts).await) })?;
         match result {
             Ok(done) => Ok(Tag(done.e_tag.unwrap_or_default())),
             Err(
-                object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. },
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
             ) if conditional => Err(RegistryError::Conflict { key: key.into() }),
             // An If-Match on a key deleted since it was read.
             Err(object_store::Error::NotFound { source, .. })
@@ -563,10 +556,12 @@ impl ObjectBackend {
         let store = self.shown.clone();
         let message = e.to_string();
         match e {
-            object_store::Error::NotFound { .. } if no_bucket(&message) => RegistryError::NoBucket {
-                store,
-                bucket: self.bucket.clone(),
-            },
+            object_store::Error::NotFound { .. } if no_bucket(&message) => {
+                RegistryError::NoBucket {
+                    store,
+                    bucket: self.bucket.clone(),
+                }
+            }
             object_store::Error::Unauthenticated { .. }
             | object_store::Error::PermissionDenied { .. } => {
                 RegistryError::Denied { store, message }
@@ -692,7 +687,8 @@ mod tests {
     use super::*;
 
     fn tempdir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("quiver-registry-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("quiver-registry-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -702,19 +698,31 @@ mod tests {
     fn local_conditional_writes_follow_s3_semantics() {
         let root = tempdir("cas");
         let reg = Registry::open(root.to_str().unwrap(), &S3Settings::default()).unwrap();
-        let t1 = reg.put_if("m/routing.json", b"one", &Expect::Absent).unwrap();
+        let t1 = reg
+            .put_if("m/routing.json", b"one", &Expect::Absent)
+            .unwrap();
         assert!(matches!(
             reg.put_if("m/routing.json", b"again", &Expect::Absent),
             Err(RegistryError::Conflict { .. })
         ));
-        let t2 = reg.put_if("m/routing.json", b"two", &Expect::Tag(t1.clone())).unwrap();
+        let t2 = reg
+            .put_if("m/routing.json", b"two", &Expect::Tag(t1.clone()))
+            .unwrap();
         assert!(matches!(
             reg.put_if("m/routing.json", b"stale", &Expect::Tag(t1.clone())),
             Err(RegistryError::Conflict { .. })
         ));
-        assert!(matches!(reg.get_if_changed("m/routing.json", Some(&t2)).unwrap(), Fresh::Unchanged));
-        assert!(matches!(reg.get_if_changed("m/routing.json", Some(&t1)).unwrap(), Fresh::Changed(d) if d.bytes == b"two"));
-        assert!(matches!(reg.get_if_changed("m/none.json", None).unwrap(), Fresh::Missing));
+        assert!(matches!(
+            reg.get_if_changed("m/routing.json", Some(&t2)).unwrap(),
+            Fresh::Unchanged
+        ));
+        assert!(
+            matches!(reg.get_if_changed("m/routing.json", Some(&t1)).unwrap(), Fresh::Changed(d) if d.bytes == b"two")
+        );
+        assert!(matches!(
+            reg.get_if_changed("m/none.json", None).unwrap(),
+            Fresh::Missing
+        ));
         // Lock files and temporaries are not listed.
         let keys: Vec<String> = reg.list("m").unwrap().into_iter().map(|e| e.key).collect();
         assert_eq!(keys, vec!["m/routing.json".to_string()]);
@@ -727,7 +735,10 @@ mod tests {
     fn keys_stay_inside_the_root() {
         let reg = Registry::open("/tmp", &S3Settings::default()).unwrap();
         for bad in ["", "../x", "a//b", "/abs", "a/./b", "a\\b"] {
-            assert!(matches!(reg.get(bad), Err(RegistryError::Invalid { .. })), "{bad}");
+            assert!(
+                matches!(reg.get(bad), Err(RegistryError::Invalid { .. })),
+                "{bad}"
+            );
         }
     }
 

@@ -32,7 +32,6 @@ const REPLICAS: usize = 3;
 const CHANGES: usize = 50;
 const TOKEN: &str = "measure";
 
-
 fn quantiles(mut xs: Vec<Duration>) -> (f64, f64) {
     xs.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -88,8 +87,10 @@ async fn main() {
         let id = format!("replica-{i}");
         let cache = scratch(&format!("measure-cache-{i}")).unwrap();
         let cache = cache.to_string_lossy().into_owned();
-        let mut env: Vec<(&str, &str)> =
-            env_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env_owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         env.extend([
             ("QUIVER_FLEET__REPLICA_ID", id.as_str()),
             ("QUIVER_REPOSITORY__CACHE_DIR", cache.as_str()),
@@ -222,12 +223,18 @@ async fn main() {
     let _ = writeln!(
         md,
         "| replica RSS with 50 models loaded | | {} MiB |",
-        rss.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / ")
+        rss.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
     let _ = writeln!(
         md,
         "| replica CPU while idle and polling, 50 models | | {} % of one core |\n",
-        cpu.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(" / ")
+        cpu.iter()
+            .map(|c| format!("{c:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
     let _ = writeln!(
         md,

@@ -116,7 +116,10 @@ impl S3Server {
             credentials: Some(("test".into(), "test".into())),
             ..quiver_registry::S3Settings::default()
         };
-        Ok(quiver_registry::Registry::open(&self.url(bucket, prefix), &settings)?)
+        Ok(quiver_registry::Registry::open(
+            &self.url(bucket, prefix),
+            &settings,
+        )?)
     }
 
     /// `s3://bucket/prefix`.

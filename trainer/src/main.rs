@@ -11,9 +11,9 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use quiver_contract::runs::Outcome;
 use quiver_registry::Registry;
 use quiver_trainer::config::Config;
-use quiver_contract::runs::Outcome;
 use quiver_trainer::{csv, metrics, publish, run, runs};
 
 #[derive(Parser)]

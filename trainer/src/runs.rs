@@ -156,7 +156,8 @@ pub fn table(records: &[RunRecord]) -> String {
             r.seconds,
             loss(&r.offline),
             r.stable_offline.as_ref().map_or("-".to_string(), loss),
-            r.parity_max_abs.map_or("-".to_string(), |p| format!("{p:.1e}")),
+            r.parity_max_abs
+                .map_or("-".to_string(), |p| format!("{p:.1e}")),
         );
     }
     out
@@ -202,12 +203,21 @@ outputs = [{ name = "probabilities", kind = "probabilities" }]
             ..RoutingState::default()
         };
         rollout_ended(&reg, "m", &run.id, 2, &routing);
-        assert_eq!(control::read_run(&reg, "m", &run.id).unwrap().unwrap().rollout, None);
+        assert_eq!(
+            control::read_run(&reg, "m", &run.id)
+                .unwrap()
+                .unwrap()
+                .rollout,
+            None
+        );
         routing.stable = Some(2);
         routing.updated_by = "quiver-trainer".into();
         rollout_ended(&reg, "m", &run.id, 2, &routing);
         let done = control::read_run(&reg, "m", &run.id).unwrap().unwrap();
-        assert_eq!(done.rollout.as_ref().map(|r| r.result.as_str()), Some("promoted"));
+        assert_eq!(
+            done.rollout.as_ref().map(|r| r.result.as_str()),
+            Some("promoted")
+        );
         let table = table(&[done]);
         assert!(table.contains("published v2, promoted"), "{table}");
         assert!(table.contains("new rows"), "{table}");

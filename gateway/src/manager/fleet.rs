@@ -178,16 +178,21 @@ impl Fleet {
         live: &LiveModels,
     ) -> BTreeMap<String, BTreeMap<u64, Sources>> {
         let mut out: BTreeMap<String, BTreeMap<u64, Sources>> = BTreeMap::new();
-        let mut add = |replica: &str, boot: u64, report: &BTreeMap<String, BTreeMap<u64, VersionTraffic>>| {
-            for (model, versions) in report {
-                for (version, t) in versions {
-                    out.entry(model.clone()).or_default().entry(*version).or_default().insert(
-                        (replica.to_string(), boot, t.instance),
-                        Snapshot::from_parts(t.requests, t.errors, &t.latency_us),
-                    );
+        let mut add =
+            |replica: &str, boot: u64, report: &BTreeMap<String, BTreeMap<u64, VersionTraffic>>| {
+                for (model, versions) in report {
+                    for (version, t) in versions {
+                        out.entry(model.clone())
+                            .or_default()
+                            .entry(*version)
+                            .or_default()
+                            .insert(
+                                (replica.to_string(), boot, t.instance),
+                                Snapshot::from_parts(t.requests, t.errors, &t.latency_us),
+                            );
+                    }
                 }
-            }
-        };
+            };
         let own = self.report(live);
         add(&self.replica, self.boot, &own.models);
         let own_key = fleet::traffic_file(&self.replica);
@@ -198,7 +203,11 @@ impl Fleet {
                 Vec::new()
             }
         };
-        let keys: Vec<String> = listed.into_iter().map(|e| e.key).filter(|k| *k != own_key).collect();
+        let keys: Vec<String> = listed
+            .into_iter()
+            .map(|e| e.key)
+            .filter(|k| *k != own_key)
+            .collect();
         self.reports.retain(|k, _| keys.contains(k));
         for key in keys {
             let known = self.reports.get(&key).map(|(t, _)| t.clone());

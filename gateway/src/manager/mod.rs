@@ -270,7 +270,8 @@ impl Manager {
                 self.fleet.tick(self.repo.registry(), &live, now);
                 self.guard_rollouts(now);
                 next_tick = now + tick;
-                metrics::counter!(REGISTRY_REQUESTS_TOTAL).absolute(self.repo.registry().requests());
+                metrics::counter!(REGISTRY_REQUESTS_TOTAL)
+                    .absolute(self.repo.registry().requests());
             }
             self.dispatch();
             // Publish first: a caller told "done" must find the new live

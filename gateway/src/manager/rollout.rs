@@ -66,15 +66,26 @@ impl Manager {
             .reason
             .clone()
             .unwrap_or_else(|| "routing set through the API".into());
-        let result = commit(&registry, &name, state, &by, &reason, "set", None, true, |s| {
-            let mut next = routing.clone();
-            next.rolled_back.sort_unstable();
-            next.rolled_back.dedup();
-            next.history = std::mem::take(&mut s.history);
-            next.unloaded = s.unloaded;
-            *s = next;
-            Ok("set")
-        });
+        let result = commit(
+            &registry,
+            &name,
+            state,
+            &Writer {
+                by: &by,
+                reason: &reason,
+                weighed: None,
+            },
+            true,
+            |s| {
+                let mut next = routing.clone();
+                next.rolled_back.sort_unstable();
+                next.rolled_back.dedup();
+                next.history = std::mem::take(&mut s.history);
+                next.unloaded = s.unloaded;
+                *s = next;
+                Ok("set")
+            },
+        );
         self.after_api_change(name, result, reply);
     }
 
@@ -96,9 +107,18 @@ impl Manager {
             .reason
             .clone()
             .unwrap_or_else(|| "external verdict".into());
-        let result = commit(&registry, &name, state, &by, &reason, "verdict", None, false, |s| {
-            s.apply(verdict.action, v, &steps, exists)
-        });
+        let result = commit(
+            &registry,
+            &name,
+            state,
+            &Writer {
+                by: &by,
+                reason: &reason,
+                weighed: None,
+            },
+            false,
+            |s| s.apply(verdict.action, v, &steps, exists),
+        );
         if let Ok(label) = &result
             && *label == "promote"
             && let Some(s) = self.models.get_mut(&name)
@@ -124,10 +144,21 @@ impl Manager {
         } else {
             ("load", "loaded through the API")
         };
-        commit(&registry, name, state, &by, reason, decision, None, false, |s| {
-            s.unloaded = unloaded;
-            Ok(decision)
-        })
+        commit(
+            &registry,
+            name,
+            state,
+            &Writer {
+                by: &by,
+                reason,
+                weighed: None,
+            },
+            false,
+            |s| {
+                s.unloaded = unloaded;
+                Ok(decision)
+            },
+        )
         .map(|_| ())
     }
 
@@ -171,24 +202,32 @@ impl Manager {
     }
 }
 
+/// Who makes a routing change and why; for the guardrail, the requests it
+/// weighed and how many replicas served them.
+struct Writer<'a> {
+    by: &'a str,
+    reason: &'a str,
+    weighed: Option<(u64, u32)>,
+}
+
 /// Writes a routing change by compare-and-swap: `change` edits the state
-/// as stored now, or refuses it. On success the stored state is taken as
-/// the one in force and the decision is logged, counted and recorded in
-/// the history with who took it and, for the guardrail, on how many
-/// requests from how many replicas.
-#[allow(clippy::too_many_arguments)]
+/// as stored now and names the decision, or refuses it. On success the
+/// stored state is taken as the one in force and the decision is logged,
+/// counted and recorded in the history with who took it and why.
 fn commit(
     registry: &Registry,
     name: &str,
     state: &mut ModelState,
-    by: &str,
-    reason: &str,
-    kind: &'static str,
-    weighed: Option<(u64, u32)>,
+    writer: &Writer,
     replace_invalid: bool,
     mut change: impl FnMut(&mut RoutingState) -> Result<&'static str, String>,
 ) -> Result<&'static str, ApiError> {
-    let mut decision = kind;
+    let Writer {
+        by,
+        reason,
+        weighed,
+    } = *writer;
+    let mut decision = "";
     let result = control::update_routing(registry, name, replace_invalid, |s| {
         decision = change(s)?;
         s.updated_by = by.to_string();
@@ -276,10 +315,21 @@ fn guard(
             None => {
                 if let Some(&v) = ready.last() {
                     let why = format!("version {v} is the first stable version");
-                    report(commit(registry, name, state, by, &why, "init", None, false, guarded(&seen, |s| {
-                        s.stable = Some(v);
-                        "init"
-                    })));
+                    report(commit(
+                        registry,
+                        name,
+                        state,
+                        &Writer {
+                            by,
+                            reason: &why,
+                            weighed: None,
+                        },
+                        false,
+                        guarded(&seen, |s| {
+                            s.stable = Some(v);
+                            "init"
+                        }),
+                    ));
                 }
             }
             Some(stable) => {
@@ -292,12 +342,23 @@ fn guard(
                         policy.weight(0) * 100.0
                     );
                     let steps = policy.steps.clone();
-                    report(commit(registry, name, state, by, &why, "start", None, false, guarded(&seen, |s| {
-                        s.steps = steps.clone();
-                        s.canary.insert(v, s.steps.first().copied().unwrap_or(1.0));
-                        s.step = 0;
-                        "start"
-                    })));
+                    report(commit(
+                        registry,
+                        name,
+                        state,
+                        &Writer {
+                            by,
+                            reason: &why,
+                            weighed: None,
+                        },
+                        false,
+                        guarded(&seen, |s| {
+                            s.steps = steps.clone();
+                            s.canary.insert(v, s.steps.first().copied().unwrap_or(1.0));
+                            s.step = 0;
+                            "start"
+                        }),
+                    ));
                     state.run = None;
                 }
             }
@@ -319,10 +380,21 @@ fn guard(
         });
     if let Some(why) = failed {
         let why = format!("version {c} failed to load: {why}");
-        report(commit(registry, name, state, by, &why, "rollback", None, false, guarded(&seen, |s| {
-            s.rollback(c);
-            "rollback"
-        })));
+        report(commit(
+            registry,
+            name,
+            state,
+            &Writer {
+                by,
+                reason: &why,
+                weighed: None,
+            },
+            false,
+            guarded(&seen, |s| {
+                s.rollback(c);
+                "rollback"
+            }),
+        ));
         state.run = None;
         return;
     }
@@ -360,7 +432,13 @@ fn guard(
     if stable_window.requests >= policy.min_requests {
         state.baseline = Some(stable_window.clone());
     }
-    let decision = decide(&policy, step, &canary_window, state.baseline.as_ref(), dwell);
+    let decision = decide(
+        &policy,
+        step,
+        &canary_window,
+        state.baseline.as_ref(),
+        dwell,
+    );
     let mut replicas = canary_replicas;
     for r in stable_replicas {
         if !replicas.contains(&r) {
@@ -393,17 +471,39 @@ fn guard(
             let w = policy.weight(step + 1);
             let why = format!("step held ({summary}); canary at {:.0} %", w * 100.0);
             let steps = policy.steps.clone();
-            commit(registry, name, state, by, &why, "advance", weighed, false, guarded(&seen, |s| {
-                s.apply(quiver_contract::routing::Action::Advance, c, &steps, true)
-                    .unwrap_or("advance")
-            }))
+            commit(
+                registry,
+                name,
+                state,
+                &Writer {
+                    by,
+                    reason: &why,
+                    weighed,
+                },
+                false,
+                guarded(&seen, |s| {
+                    s.apply(quiver_contract::routing::Action::Advance, c, &steps, true)
+                        .unwrap_or("advance")
+                }),
+            )
         }
         Decision::Promote => {
             let why = format!("last step held ({summary}); version {c} is stable");
-            let result = commit(registry, name, state, by, &why, "promote", weighed, false, guarded(&seen, |s| {
-                s.promote(c);
-                "promote"
-            }));
+            let result = commit(
+                registry,
+                name,
+                state,
+                &Writer {
+                    by,
+                    reason: &why,
+                    weighed,
+                },
+                false,
+                guarded(&seen, |s| {
+                    s.promote(c);
+                    "promote"
+                }),
+            );
             if result.is_ok() {
                 state.baseline = None;
             }
@@ -411,10 +511,21 @@ fn guard(
         }
         Decision::Rollback(why) => {
             let why = format!("{why} ({summary}); version {c} rolled back");
-            commit(registry, name, state, by, &why, "rollback", weighed, false, guarded(&seen, |s| {
-                s.rollback(c);
-                "rollback"
-            }))
+            commit(
+                registry,
+                name,
+                state,
+                &Writer {
+                    by,
+                    reason: &why,
+                    weighed,
+                },
+                false,
+                guarded(&seen, |s| {
+                    s.rollback(c);
+                    "rollback"
+                }),
+            )
         }
     };
     report(result);
