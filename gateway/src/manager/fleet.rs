@@ -239,7 +239,8 @@ impl Fleet {
         out
     }
 
-    /// At shutdown: hand the lease over at once and withdraw the report.
+    /// At shutdown: give the lease up, so another replica takes it at its
+    /// next try rather than when it runs out, and withdraw the report.
     pub fn leave(&mut self, registry: &Registry) {
         if self.leading.take().is_some()
             && let Err(e) = control::release_lease(registry, &self.replica)
