@@ -159,24 +159,25 @@ impl Repository {
         let index = self
             .registry
             .get_if_changed(INDEX_FILE, self.index_tag.as_ref())?;
-        let revisions = match index {
+        // The tag read now is kept only once the listings it asks for
+        // succeeded: a failed poll leaves the change to the next one.
+        let (tag, revisions) = match index {
             Fresh::Changed(doc) => {
-                self.index_tag = Some(doc.tag.clone());
                 // An unreadable index is only a lost change signal: list.
-                RegistryIndex::parse(&doc.bytes).ok().map(|i| i.models)
+                let revisions = RegistryIndex::parse(&doc.bytes).ok().map(|i| i.models);
+                (Some(doc.tag), revisions)
             }
             // No index (a store filled by hand): listed at the first poll,
             // when the index goes away, and every full-scan interval; never
             // at every poll.
             Fresh::Missing => {
-                let lost = self.index_tag.take().is_some();
-                if !(lost || full || due) {
+                if !(self.index_tag.is_some() || full || due) {
                     return Ok(None);
                 }
-                None
+                (None, None)
             }
             Fresh::Unchanged if !(full || due) => return Ok(None),
-            Fresh::Unchanged => Some(self.revisions.clone()),
+            Fresh::Unchanged => (self.index_tag.clone(), Some(self.revisions.clone())),
         };
         match revisions {
             Some(revs) if !(full || due) => {
@@ -202,6 +203,7 @@ impl Repository {
                 }
             }
         }
+        self.index_tag = tag;
         Ok(Some(
             self.listings
                 .iter()
