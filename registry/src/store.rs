@@ -395,23 +395,34 @@ impl Registry {
         }
     }
 
-    /// Copies `key` into the local file `dest` (replaced atomically).
+    /// Copies `key` into the local file `dest` (replaced atomically),
+    /// streaming: a model of any size never sits whole in memory.
     pub fn download(&self, key: &str, dest: &Path) -> Result<(), RegistryError> {
         check_key(key)?;
-        match &*self.backend {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| RegistryError::io(dir, &e))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let part = dir.join(format!(".{name}.part-{}", std::process::id()));
+        let result = match &*self.backend {
             Backend::Local(root) => {
                 let src = root.join(key);
-                let bytes = std::fs::read(&src).map_err(|e| RegistryError::io(&src, &e))?;
-                write_local(dest, &bytes)
+                std::fs::copy(&src, &part)
+                    .map(|_| ())
+                    .map_err(|e| RegistryError::io(&src, &e))
             }
-            Backend::Object(_) => match self.get(key)? {
-                Some(doc) => write_local(dest, &doc.bytes),
-                None => Err(RegistryError::Invalid {
-                    key: key.into(),
-                    message: "no such object".into(),
-                }),
-            },
+            Backend::Object(o) => {
+                self.count();
+                o.download(key, &part)
+            }
         }
+        .and_then(|()| std::fs::rename(&part, dest).map_err(|e| RegistryError::io(dest, &e)));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        result
     }
 }
 
@@ -523,6 +534,33 @@ impl ObjectBackend {
                     message: "the registry client thread panicked".into(),
                 })
             })
+        })
+    }
+
+    /// Streams `key` into the new file `to`, flushed to disk.
+    fn download(&self, key: &str, to: &Path) -> Result<(), RegistryError> {
+        let path = self.path(key);
+        let io = |e: std::io::Error| RegistryError::io(to, &e);
+        self.block_on(async {
+            let got = match self.store.get_opts(&path, GetOptions::default()).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { source, .. })
+                    if !no_bucket(&source.to_string()) =>
+                {
+                    return Err(RegistryError::Invalid {
+                        key: key.into(),
+                        message: "no such object".into(),
+                    });
+                }
+                Err(e) => return Err(self.error(e)),
+            };
+            let mut file = std::fs::File::create(to).map_err(io)?;
+            let mut chunks = got.into_stream();
+            while let Some(chunk) = chunks.try_next().await.map_err(|e| self.error(e))? {
+                // A blocking write, on the registry's own runtime thread.
+                file.write_all(&chunk).map_err(io)?;
+            }
+            file.sync_all().map_err(io)
         })
     }
 
@@ -729,6 +767,30 @@ mod tests {
         reg.delete("m/routing.json").unwrap();
         reg.delete("m/routing.json").unwrap();
         assert!(reg.get("m/routing.json").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_download_replaces_the_file_whole_and_leaves_no_part() {
+        let root = tempdir("download");
+        let reg = Registry::open(root.to_str().unwrap(), &S3Settings::default()).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        reg.put("m/1/model.onnx", &big).unwrap();
+        let dest = root.join("cache").join("model.onnx");
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(&dest, b"old").unwrap();
+        reg.download("m/1/model.onnx", &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), big);
+        assert!(reg.download("m/2/model.onnx", &dest).is_err());
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            big,
+            "a failed download kept the file"
+        );
+        let names: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("model.onnx")]);
     }
 
     #[test]
