@@ -21,8 +21,8 @@ use quiver_contract::routing::RoutingState;
 use quiver_registry::{Registry, control};
 use quiver_tests::s3::S3Server;
 use quiver_tests::{
-    Gateway, Reply, Rng, example_file, infer_keyed, mlp_body, publish_onnx, scratch, send,
-    version_of,
+    Gateway, Reply, example_file, infer_keyed, publish_onnx, scratch, send, spawn_keyed_traffic,
+    version_of, wait_routing,
 };
 use serde_json::{Value, json};
 
@@ -100,71 +100,11 @@ async fn routing(gw: &Gateway, model: &str) -> Value {
         .json()
 }
 
-/// Waits until `check` holds on the routing view of `gw`.
-async fn wait_routing(
-    gw: &Gateway,
-    model: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let until = Instant::now() + Duration::from_secs(90);
-    loop {
-        let v = routing(gw, model).await;
-        if check(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "{what} never happened; routing: {v}\nlog:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Whether `gw` serves `model` version `v` (pinned).
 async fn serves(gw: &Gateway, model: &str, v: u64) -> bool {
     gw.get(&format!("/v2/models/{model}/versions/{v}/ready"))
         .await
         .is_ok_and(|r| r.status == 200)
-}
-
-/// Sends keyed requests to every replica in turn until `stop`; `poison` is
-/// the share whose first feature is 9 (the flaky model fails on those).
-fn spawn_traffic(
-    gateways: Vec<Arc<Gateway>>,
-    model: &'static str,
-    poison: f32,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<(u64, u16)>> {
-    tokio::spawn(async move {
-        let mut rng = Rng::new(11);
-        let mut seen = Vec::new();
-        let mut i = 0usize;
-        while !stop.load(Ordering::Relaxed) {
-            i += 1;
-            let gw = &gateways[i % gateways.len()];
-            let mut x: Vec<f32> = (0..16).map(|_| rng.f32()).collect();
-            if rng.f32() < poison {
-                x[0] = 9.0;
-            }
-            // A killed replica refuses connections: that is not the
-            // fleet's answer, skip it.
-            let body = Bytes::from(serde_json::to_vec(&mlp_body(&x)).unwrap());
-            let r = send(
-                gw.addr,
-                "POST",
-                &format!("/v2/models/{model}/infer"),
-                &[("x-quiver-key", format!("user-{i}"))],
-                body,
-            )
-            .await;
-            if let Ok(r) = r {
-                seen.push((version_of(&r), r.status));
-            }
-        }
-        seen
-    })
 }
 
 const STATIC_CONFIG: &str = "version_policy = \"all\"\nmax_batch_size = 32\n";
@@ -374,7 +314,7 @@ async fn a_failing_canary_is_rolled_back_once_by_the_leader_on_every_replicas_tr
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = spawn_traffic(f.gateways.clone(), "r", 0.5, stop.clone());
+    let traffic = spawn_keyed_traffic(f.gateways.clone(), "r", 0.5, 11, stop.clone());
     // The flaky model has the mlp's interface; half the requests break it.
     publish_onnx(&f.reg, "r", 2, &example_file("flaky", 1)).unwrap();
     let v = wait_routing(&f.gateways[2], "r", "the rollback", |v| {
@@ -429,7 +369,7 @@ async fn a_killed_leader_is_replaced_and_the_rollout_completes() {
     .await;
     let stop = Arc::new(AtomicBool::new(false));
     let all = f.gateways.clone();
-    let traffic = spawn_traffic(all, "p", 0.0, stop.clone());
+    let traffic = spawn_keyed_traffic(all, "p", 0.0, 11, stop.clone());
     publish_onnx(&f.reg, "p", 2, &example_file("mlp", 2)).unwrap();
     // Mid-rollout: the canary has taken its first step.
     wait_routing(&f.gateways[0], "p", "the first step", |v| {

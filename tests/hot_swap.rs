@@ -19,7 +19,7 @@ use quiver_gateway::config::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
 use quiver_tests::{
     Gateway, Reply, Rng, as_f32, example_file, example_models, infer_keyed, mlp_body, scratch,
-    send, version_of,
+    send, spawn_keyed_traffic, version_of, wait_routing,
 };
 use serde_json::{Value, json};
 
@@ -97,32 +97,6 @@ async fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body
     )
     .await
     .unwrap()
-}
-
-/// Waits until `check` holds on the model's routing view.
-async fn wait_routing(
-    gw: &Gateway,
-    model: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = gw
-            .get(&format!("/v2/models/{model}/routing"))
-            .await
-            .unwrap();
-        let v = r.json();
-        if r.status == 200 && check(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out waiting for {what}; last routing: {v:#}\nlog:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn served_version(gw: &Gateway, model: &str) -> u64 {
@@ -386,32 +360,6 @@ max_error_rate_increase = 0.05
 p99_slack_ms = 200.0
 "#;
 
-/// Sends keyed requests until `stop`; `poison` is the share of requests
-/// whose first feature is 9 (which the flaky model cannot serve). Returns
-/// `(version, status)` per answer.
-fn spawn_traffic(
-    gw: Arc<Gateway>,
-    model: &'static str,
-    poison: f32,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<(u64, u16)>> {
-    tokio::spawn(async move {
-        let mut rng = Rng::new(5);
-        let mut seen = Vec::new();
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            i += 1;
-            let mut x: Vec<f32> = (0..16).map(|_| rng.f32()).collect();
-            if rng.f32() < poison {
-                x[0] = 9.0;
-            }
-            let r = infer_keyed(&gw, model, &format!("user-{i}"), &x).await;
-            seen.push((version_of(&r), r.status));
-        }
-        seen
-    })
-}
-
 /// A scratch repository with `model` version 1 (the mlp) under
 /// [`ROLLOUT_CONFIG`], and a gateway that has made version 1 stable.
 async fn start_rollout(scratch_name: &str, model: &str) -> (std::path::PathBuf, Arc<Gateway>) {
@@ -434,7 +382,7 @@ async fn start_rollout(scratch_name: &str, model: &str) -> (std::path::PathBuf, 
 async fn a_canary_with_errors_is_rolled_back() {
     let (repo, gw) = start_rollout("rollback", "r").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = spawn_traffic(gw.clone(), "r", 0.5, stop.clone());
+    let traffic = spawn_keyed_traffic(vec![gw.clone()], "r", 0.5, 5, stop.clone());
     // The flaky model has the mlp's interface; half the requests break it.
     publish(&repo, "r", 2, &example_file("flaky", 1), true);
     let v = wait_routing(&gw, "r", "the rollback", |v| {
@@ -490,7 +438,7 @@ async fn a_canary_with_errors_is_rolled_back() {
 async fn a_healthy_canary_is_promoted_step_by_step() {
     let (repo, gw) = start_rollout("promote", "p").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = spawn_traffic(gw.clone(), "p", 0.0, stop.clone());
+    let traffic = spawn_keyed_traffic(vec![gw.clone()], "p", 0.0, 5, stop.clone());
     publish(&repo, "p", 2, &example_file("mlp", 2), true);
     let v = wait_routing(&gw, "p", "the promotion", |v| v["routing"]["stable"] == 2).await;
     stop.store(true, Ordering::Relaxed);

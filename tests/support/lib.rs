@@ -376,6 +376,73 @@ pub async fn infer_keyed(gw: &Gateway, model: &str, key: &str, x: &[f32]) -> Rep
     .expect("the gateway answers")
 }
 
+/// Sends keyed one-row requests for the example `mlp` until `stop`, to each
+/// of `gateways` in turn; `poison` is the share whose first feature is 9
+/// (which the `flaky` example cannot serve). Returns `(version, status)`
+/// per request, `(0, 0)` for a connection refused (a replica killed).
+pub fn spawn_keyed_traffic(
+    gateways: Vec<Arc<Gateway>>,
+    model: &'static str,
+    poison: f32,
+    seed: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u64, u16)>> {
+    tokio::spawn(async move {
+        let mut rng = Rng::new(seed);
+        let mut seen = Vec::new();
+        let mut i = 0usize;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let gw = &gateways[i % gateways.len()];
+            let mut x: Vec<f32> = (0..16).map(|_| rng.f32()).collect();
+            if rng.f32() < poison {
+                x[0] = 9.0;
+            }
+            let Ok(body) = serde_json::to_vec(&mlp_body(&x)) else {
+                continue;
+            };
+            let r = send(
+                gw.addr,
+                "POST",
+                &format!("/v2/models/{model}/infer"),
+                &[("x-quiver-key", format!("user-{i}"))],
+                Bytes::from(body),
+            )
+            .await;
+            seen.push(r.map_or((0, 0), |r| (version_of(&r), r.status)));
+        }
+        seen
+    })
+}
+
+/// Waits (up to a minute) until `check` holds on the model's routing view
+/// (`GET /v2/models/{model}/routing`), and returns it.
+#[allow(clippy::expect_used)]
+pub async fn wait_routing(
+    gw: &Gateway,
+    model: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = gw
+            .get(&format!("/v2/models/{model}/routing"))
+            .await
+            .expect("the gateway answers");
+        let v = r.json();
+        if r.status == 200 && check(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}; last routing: {v:#}\nlog:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// The version that answered (`x-quiver-model-version`), 0 if none.
 pub fn version_of(r: &Reply) -> u64 {
     r.header("x-quiver-model-version")
