@@ -112,17 +112,20 @@ pub fn apply_overrides(
     Ok(graph)
 }
 
+/// An FP32 tensor spec, for tests.
+#[cfg(test)]
+pub(crate) fn fp32_spec(name: &str, shape: &[i64]) -> TensorSpec {
+    TensorSpec {
+        name: name.into(),
+        datatype: DataType::Fp32,
+        shape: shape.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fp32_spec as spec;
     use super::*;
-
-    fn spec(name: &str, shape: &[i64]) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            datatype: DataType::Fp32,
-            shape: shape.to_vec(),
-        }
-    }
 
     #[test]
     fn overrides_pin_dynamic_dims_only() {

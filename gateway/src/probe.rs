@@ -101,15 +101,7 @@ fn served_shape(declared: &[i64], seen: &[&[i64]], batched: bool) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::DataType;
-
-    fn spec(name: &str, shape: &[i64]) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            datatype: DataType::Fp32,
-            shape: shape.to_vec(),
-        }
-    }
+    use crate::model::fp32_spec as spec;
 
     fn runs(shapes: impl Fn(i64) -> Vec<Vec<i64>>) -> Vec<Run> {
         ROWS.iter()

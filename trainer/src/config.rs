@@ -350,6 +350,27 @@ impl ModelConfig {
     }
 }
 
+/// A one-model classifier config for tests; more TOML may follow it.
+#[cfg(test)]
+pub(crate) const TEST_CONFIG: &str = r#"
+model_repository = "s3://bucket/models"
+log_dir = "log"
+state_dir = "state"
+[[models]]
+name = "m"
+task = { kind = "classification", classes = 2 }
+input = "features"
+outputs = [{ name = "probabilities", kind = "probabilities" }]
+"#;
+
+/// The model of [`TEST_CONFIG`], with `extra` added to its table.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_model(extra: &str) -> ModelConfig {
+    let config: Config = toml::from_str(&format!("{TEST_CONFIG}{extra}")).unwrap();
+    config.models[0].clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,20 +386,9 @@ mod tests {
         assert_eq!(config.models[0].canary.steps, DEFAULT_STEPS.to_vec());
     }
 
-    const MINIMAL: &str = r#"
-model_repository = "s3://bucket/models"
-log_dir = "log"
-state_dir = "state"
-[[models]]
-name = "m"
-task = { kind = "classification", classes = 2 }
-input = "features"
-outputs = [{ name = "probabilities", kind = "probabilities" }]
-"#;
-
     fn with_steps(steps: &str) -> Result<Config, ConfigError> {
         let config: Config =
-            toml::from_str(&format!("{MINIMAL}[models.canary]\nsteps = {steps}\n")).unwrap();
+            toml::from_str(&format!("{TEST_CONFIG}[models.canary]\nsteps = {steps}\n")).unwrap();
         config.validate().map(|()| config)
     }
 
@@ -413,7 +423,7 @@ outputs = [{ name = "probabilities", kind = "probabilities" }]
     #[test]
     fn the_s3_table_maps_to_the_registry_settings() {
         let config: Config = toml::from_str(&format!(
-            "{MINIMAL}[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\n\
+            "{TEST_CONFIG}[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\n\
              allow_http = true\naccess_key_id_env = \"MY_KEY\"\nsecret_access_key_env = \"MY_SECRET\"\n"
         ))
         .unwrap();
@@ -425,12 +435,12 @@ outputs = [{ name = "probabilities", kind = "probabilities" }]
         assert_eq!(s.access_key_id_env.as_deref(), Some("MY_KEY"));
         assert_eq!(s.secret_access_key_env.as_deref(), Some("MY_SECRET"));
         // Left out: every setting falls back to the AWS_* variables.
-        let plain: Config = toml::from_str(MINIMAL).unwrap();
+        let plain: Config = toml::from_str(TEST_CONFIG).unwrap();
         let s = plain.s3_settings();
         assert!(s.endpoint.is_none() && s.region.is_none() && s.allow_http.is_none());
         // Secrets themselves have no key.
         assert!(
-            toml::from_str::<Config>(&format!("{MINIMAL}[s3]\nsecret_access_key = \"x\"\n"))
+            toml::from_str::<Config>(&format!("{TEST_CONFIG}[s3]\nsecret_access_key = \"x\"\n"))
                 .is_err()
         );
     }
@@ -443,7 +453,7 @@ outputs = [{ name = "probabilities", kind = "probabilities" }]
         let path = dir.join("old.toml");
         std::fs::write(
             &path,
-            format!("gateway_url = \"http://127.0.0.1:8000\"\n{MINIMAL}"),
+            format!("gateway_url = \"http://127.0.0.1:8000\"\n{TEST_CONFIG}"),
         )
         .unwrap();
         let err = Config::load(&path).unwrap_err().to_string();

@@ -115,14 +115,17 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
             crate::runs::rollout_ended(reg, name, run, r.version, state);
         }
     };
-    if routing.stable == Some(r.version) {
-        ended(r, &routing);
+    let promoted = |events: &mut Events, r: &Rollout, state: &RoutingState| {
+        ended(r, state);
         events.emit(
             name,
             "promoted",
             Some(r.version),
             serde_json::json!({"steps": r.step}),
         );
+    };
+    if routing.stable == Some(r.version) {
+        promoted(events, r, &routing);
         return true;
     }
     if routing.rolled_back.contains(&r.version) {
@@ -214,13 +217,7 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
                     r.step_started_ms = now_ms();
                     events.emit(name, "canary_step", Some(r.version), stats);
                     if state.stable == Some(r.version) {
-                        ended(r, &state);
-                        events.emit(
-                            name,
-                            "promoted",
-                            Some(r.version),
-                            serde_json::json!({"steps": r.step}),
-                        );
+                        promoted(events, r, &state);
                         return true;
                     }
                     false
@@ -243,7 +240,6 @@ mod tests {
     use quiver_registry::S3Settings;
 
     use super::*;
-    use crate::config::Config;
     use crate::monitor::psi::Reference;
     use crate::publish::{self, Candidate, REFERENCE_FILE};
     use crate::train::mlp::{Mlp, MlpSettings};
@@ -259,21 +255,7 @@ mod tests {
     }
 
     fn model() -> ModelConfig {
-        let config: Config = toml::from_str(
-            r#"model_repository = "unused"
-log_dir = "log"
-state_dir = "state"
-[[models]]
-name = "m"
-task = { kind = "classification", classes = 2 }
-input = "features"
-outputs = [{ name = "probabilities", kind = "probabilities" }]
-[models.canary]
-steps = [0.25, 0.5, 1.0]
-"#,
-        )
-        .unwrap();
-        config.models[0].clone()
+        crate::config::test_model("[models.canary]\nsteps = [0.25, 0.5, 1.0]\n")
     }
 
     /// A small trained net, exported; parity is not checked here (that

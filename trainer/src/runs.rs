@@ -168,19 +168,7 @@ mod tests {
     use super::*;
 
     fn model() -> ModelConfig {
-        let config: Config = toml::from_str(
-            r#"model_repository = "unused"
-log_dir = "log"
-state_dir = "state"
-[[models]]
-name = "m"
-task = { kind = "classification", classes = 2 }
-input = "features"
-outputs = [{ name = "probabilities", kind = "probabilities" }]
-"#,
-        )
-        .unwrap();
-        config.models[0].clone()
+        crate::config::test_model("")
     }
 
     #[test]
