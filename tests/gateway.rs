@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quiver_gateway::backend::Backend;
 use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
-use quiver_gateway::config::ExecutionProvider;
+use quiver_gateway::model_settings::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
 use quiver_tests::{
     Gateway, Rng, as_f32, binary_body, copy_model, example_models, post_binary, scratch, send,

@@ -15,7 +15,7 @@ use quiver_contract::layout::write_atomic;
 use quiver_contract::manifest::{Manifest, sha256_bytes};
 use quiver_gateway::backend::Backend;
 use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
-use quiver_gateway::config::ExecutionProvider;
+use quiver_gateway::model_settings::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
 use quiver_tests::{
     Gateway, Reply, Rng, as_f32, example_file, example_models, infer_keyed, mlp_body, scratch,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use quiver_gateway::backend::Backend;
 use quiver_gateway::backend::onnx::{OnnxBackend, SessionOptions, environment};
-use quiver_gateway::config::ExecutionProvider;
+use quiver_gateway::model_settings::ExecutionProvider;
 use quiver_gateway::tensor::{Tensor, TensorData};
 
 use crate::histogram::Latencies;

@@ -1,5 +1,5 @@
-//! API errors and the one place that maps them to an HTTP status and a
-//! metric outcome label.
+//! API errors and the one place that maps them to an HTTP status, a gRPC
+//! status code and a metric outcome label.
 
 use crate::backend::BackendError;
 
@@ -51,6 +51,30 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The gRPC status code of the same error, as the HTTP status maps.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            ApiError::BadRequest(_) | ApiError::MethodNotAllowed(_) => tonic::Code::InvalidArgument,
+            ApiError::NotFound(_) => tonic::Code::NotFound,
+            ApiError::PayloadTooLarge { .. } | ApiError::QueueFull { .. } => {
+                tonic::Code::ResourceExhausted
+            }
+            ApiError::NotReady(_) => tonic::Code::Unavailable,
+            ApiError::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            ApiError::Unauthorized(_) => tonic::Code::Unauthenticated,
+            ApiError::Forbidden(_) => tonic::Code::PermissionDenied,
+            ApiError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.grpc_code(), e.to_string())
+    }
+}
+
 /// What a queued request can be answered with instead of outputs. `Clone`,
 /// so one failure can answer every request of a batch.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -69,6 +93,25 @@ impl From<InferError> for ApiError {
             InferError::Backend(b) => ApiError::Internal(b.to_string()),
             InferError::Expired => ApiError::DeadlineExceeded,
             InferError::ShuttingDown => ApiError::NotReady(e.to_string()),
+        }
+    }
+}
+
+/// A setting that failed validation, named by its dotted key. Each
+/// subsystem validates its own section of the config into this; the
+/// config module only assembles the sections.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("invalid setting {key}: {message}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl InvalidSetting {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        InvalidSetting {
+            key,
+            message: message.into(),
         }
     }
 }

@@ -15,8 +15,19 @@ use crate::live::ServedVersion;
 use crate::prediction_log::{PredictionEvent, Source};
 use crate::protocol::{InferRequest, RequestedOutput};
 use crate::routing::{Arm, key_hash};
-use crate::server::Gateway;
+use crate::state::Gateway;
 use crate::tensor::Tensor;
+
+/// Response headers (HTTP) and metadata keys (gRPC) that split server time
+/// by stage, in microseconds.
+pub const HEADER_QUEUE_US: &str = "x-quiver-queue-us";
+pub const HEADER_COMPUTE_US: &str = "x-quiver-compute-us";
+pub const HEADER_TOTAL_US: &str = "x-quiver-total-us";
+pub const HEADER_BATCH_SIZE: &str = "x-quiver-batch-size";
+pub const HEADER_MODEL_VERSION: &str = "x-quiver-model-version";
+/// The request id the prediction was logged under (the client's `id`, or
+/// one the gateway made up); labels refer to it.
+pub const HEADER_REQUEST_ID: &str = "x-quiver-request-id";
 
 /// Where routing sent a request.
 pub struct Route {
@@ -182,9 +193,20 @@ pub async fn predict(
 }
 
 /// Metrics and rollout statistics for a finished request.
-pub fn account(route: &Route, outcome: &str, elapsed: Duration, server_error: bool) {
+pub fn account(
+    route: &Route,
+    source: Source,
+    outcome: &str,
+    elapsed: Duration,
+    server_error: bool,
+) {
     let served = &route.served;
-    served.metrics.outcome(outcome);
+    served.metrics.outcome(source.as_str(), outcome);
+    served.metrics.totals.request(
+        outcome == "success",
+        elapsed,
+        quiver_contract::records::now_ms(),
+    );
     served
         .metrics
         .request_duration

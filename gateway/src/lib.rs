@@ -31,10 +31,13 @@
 //! and [`server`] (`run(settings, listener, shutdown)`).
 
 pub mod admission;
+pub mod auth;
 pub mod backend;
 pub mod batcher;
+pub mod commands;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod inference;
 pub mod ingress;
@@ -43,6 +46,7 @@ pub mod loader;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod model_settings;
 pub mod prediction_log;
 pub mod probe;
 pub mod protocol;
@@ -51,6 +55,8 @@ pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod state;
 pub mod tensor;
+pub mod tls;
 
 pub use server::run;

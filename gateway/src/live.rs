@@ -12,7 +12,9 @@ use quiver_contract::routing::RoutingState;
 
 use crate::batcher::Batcher;
 use crate::error::ApiError;
-use crate::metrics::VersionMetrics;
+use crate::metrics::{
+    LIVE_VERSIONS, ROLLOUT_CANARY_WEIGHT, ROLLOUT_STABLE_VERSION, ROLLOUT_STEP, VersionMetrics,
+};
 use crate::model::ModelSpec;
 use crate::rollout::stats::VersionStats;
 use crate::routing::{Arm, RouteTable};
@@ -202,5 +204,94 @@ impl LiveModels {
 
     pub fn served(&self) -> impl Iterator<Item = &Arc<ServedVersion>> {
         self.models.values().flat_map(ModelEntry::ready_versions)
+    }
+}
+
+/// One row of the repository index: a model version and its state, or a
+/// model with no version and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IndexRow {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl LiveModels {
+    /// Every model and version with its state, and why a version is not
+    /// ready or not batched; with `ready`, only ready versions.
+    pub fn index(&self, ready: bool) -> Vec<IndexRow> {
+        let mut rows = Vec::new();
+        for (name, entry) in &self.models {
+            if entry.versions.is_empty() && !ready {
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: None,
+                    state: VersionState::Unavailable.as_str(),
+                    reason: Some(
+                        entry
+                            .problem
+                            .clone()
+                            .unwrap_or_else(|| "no version in the repository".into()),
+                    ),
+                });
+            }
+            for (v, e) in &entry.versions {
+                if ready && e.served.is_none() {
+                    continue;
+                }
+                let unbatched = e
+                    .served
+                    .as_ref()
+                    .and_then(|s| s.spec.unbatched.as_ref())
+                    .map(|why| format!("served unbatched: {why}"));
+                let reasons: Vec<String> = (e.reason.as_ref().or(entry.problem.as_ref()).cloned())
+                    .into_iter()
+                    .chain(unbatched)
+                    .collect();
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: Some(v.to_string()),
+                    state: e.state.as_str(),
+                    reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+                });
+            }
+        }
+        rows
+    }
+
+    /// The ready versions of `model`, as the protocol's metadata lists
+    /// them.
+    pub fn ready_version_names(&self, model: &str) -> Vec<String> {
+        self.models
+            .get(model)
+            .map(|e| {
+                e.ready_versions()
+                    .map(|s| s.spec.version.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl ModelEntry {
+    /// Sets a model's live-version and routing gauges from its published entry.
+    pub fn publish_gauges(&self, model: &str) {
+        let entry = self;
+        let m = model.to_string();
+        metrics::gauge!(LIVE_VERSIONS, "model" => m.clone())
+            .set(entry.ready_versions().count() as f64);
+        metrics::gauge!(ROLLOUT_STABLE_VERSION, "model" => m.clone())
+            .set(entry.table.stable.map_or(0.0, |v| v as f64));
+        metrics::gauge!(ROLLOUT_STEP, "model" => m.clone()).set(entry.routing.step as f64);
+        for (version, served) in &entry.versions {
+            if served.served.is_some() {
+                let w = entry.routing.canary.get(version).copied().unwrap_or(0.0);
+                metrics::gauge!(ROLLOUT_CANARY_WEIGHT, "model" => m.clone(), "version" => version.to_string())
+                    .set(w);
+            }
+        }
     }
 }

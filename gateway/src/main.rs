@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use quiver_gateway::config::{ENV_PREFIX, GatewayConfig};
 
-/// Serve ONNX models over HTTP (Open Inference Protocol v2, as Triton and
-/// KServe clients speak it), batching requests dynamically onto ONNX Runtime.
+/// Serve ONNX models over HTTP and gRPC (Open Inference Protocol v2, as
+/// Triton and KServe clients speak it), batching requests dynamically onto ONNX Runtime.
 ///
 /// The model repository holds `<model>/<version>/model.onnx` (version: a
 /// positive integer) and optionally `<model>/config.toml` for batching,
@@ -33,6 +33,12 @@ struct Cli {
     /// (overrides `http.addr`).
     #[arg(long, value_name = "HOST:PORT")]
     http_addr: Option<String>,
+
+    /// Address for the gRPC listener (`inference.GRPCInferenceService`),
+    /// e.g. 127.0.0.1:8001; port 0 picks a free port (overrides `grpc.addr`;
+    /// unset in both, no gRPC).
+    #[arg(long, value_name = "HOST:PORT")]
+    grpc_addr: Option<String>,
 
     /// Gateway config file (TOML); see configs/gateway.toml for every key.
     #[arg(long, value_name = "FILE")]
@@ -65,22 +71,34 @@ fn main() -> anyhow::Result<()> {
     if let Some(addr) = cli.http_addr {
         config.http.addr = addr;
     }
+    if let Some(addr) = cli.grpc_addr {
+        config.grpc.addr = Some(addr);
+    }
     if let Some(lib) = cli.ort_library {
         config.onnxruntime.library_path = Some(lib);
     }
     let settings = config.validate()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.http_workers)
+        .worker_threads(settings.http.workers)
         .thread_name("quiver-http")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        let http = tokio::net::TcpListener::bind(settings.http.addr)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
-        quiver_gateway::run(settings, listener, shutdown_signal()).await?;
+            .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
+        let grpc = match &settings.grpc {
+            Some(g) => Some(
+                tokio::net::TcpListener::bind(g.addr)
+                    .await
+                    .with_context(|| format!("cannot listen for gRPC on {}", g.addr))?,
+            ),
+            None => None,
+        };
+        let listeners = quiver_gateway::server::Listeners { http, grpc };
+        quiver_gateway::run(settings, listeners, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -2,7 +2,10 @@
 //! values come from closed sets (model names from the repository, version
 //! numbers, outcomes), never from request contents.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics::{
     Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
@@ -10,7 +13,6 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::live::ModelEntry;
 use crate::routing::Arm;
 
 pub const REQUESTS_TOTAL: &str = "quiver_requests_total";
@@ -49,6 +51,12 @@ pub const REGISTRY_POLLS_TOTAL: &str = "quiver_registry_polls_total";
 pub const REGISTRY_ERRORS_TOTAL: &str = "quiver_registry_errors_total";
 pub const FLEET_LEADER: &str = "quiver_fleet_leader";
 pub const FLEET_REPORTS: &str = "quiver_fleet_replicas_reporting";
+pub const TLS_RELOADS_TOTAL: &str = "quiver_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "quiver_tls_handshake_failures_total";
+pub const GRPC_STREAMS_OPEN: &str = "quiver_grpc_streams_open";
+
+/// The doors a request can come through; the `protocol` label's closed set.
+pub const PROTOCOLS: [&str; 3] = ["http", "grpc", "kafka"];
 
 /// Every outcome a request can have; the `outcome` label's closed set.
 pub const OUTCOMES: [&str; 9] = [
@@ -90,8 +98,21 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 fn describe() {
     describe_counter!(
+        TLS_RELOADS_TOTAL,
+        "TLS certificate reloads after the files changed, by outcome (loaded, failed)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "Connections closed because their TLS handshake failed or timed out (plaintext to a TLS port among them)."
+    );
+    describe_gauge!(
+        GRPC_STREAMS_OPEN,
+        Unit::Count,
+        "ModelStreamInfer streams open now."
+    );
+    describe_counter!(
         REQUESTS_TOTAL,
-        "Inference requests by model, version and outcome."
+        "Inference requests by model, version, protocol (http, grpc, kafka) and outcome."
     );
     describe_histogram!(
         REQUEST_DURATION,
@@ -253,17 +274,17 @@ fn describe() {
 }
 
 /// Counts prediction log records by stream and outcome.
-pub fn log_records(stream: crate::prediction_log::Stream, outcome: &'static str, n: u64) {
-    counter!(LOG_RECORDS_TOTAL, "stream" => stream.as_str(), "outcome" => outcome).increment(n);
+pub fn log_records(stream: &'static str, outcome: &'static str, n: u64) {
+    counter!(LOG_RECORDS_TOTAL, "stream" => stream, "outcome" => outcome).increment(n);
 }
 
-pub fn log_segments_deleted(stream: crate::prediction_log::Stream, n: u64) {
-    counter!(LOG_SEGMENTS_DELETED_TOTAL, "stream" => stream.as_str()).increment(n);
+pub fn log_segments_deleted(stream: &'static str, n: u64) {
+    counter!(LOG_SEGMENTS_DELETED_TOTAL, "stream" => stream).increment(n);
 }
 
-pub fn log_spool(stream: crate::prediction_log::Stream, bytes: u64, full: bool) {
-    gauge!(LOG_SPOOL_BYTES, "stream" => stream.as_str()).set(bytes as f64);
-    gauge!(LOG_SPOOL_FULL, "stream" => stream.as_str()).set(f64::from(u8::from(full)));
+pub fn log_spool(stream: &'static str, bytes: u64, full: bool) {
+    gauge!(LOG_SPOOL_BYTES, "stream" => stream).set(bytes as f64);
+    gauge!(LOG_SPOOL_FULL, "stream" => stream).set(f64::from(u8::from(full)));
 }
 
 pub fn ingress_record(outcome: &'static str) {
@@ -289,7 +310,8 @@ pub fn log_spooling(on: bool) {
 /// not look metrics up by name.
 #[derive(Clone)]
 pub struct VersionMetrics {
-    outcomes: [Counter; OUTCOMES.len()],
+    /// Per protocol (in [`PROTOCOLS`] order), per outcome.
+    outcomes: [[Counter; OUTCOMES.len()]; PROTOCOLS.len()],
     pub request_duration: Histogram,
     pub queue_duration: Histogram,
     pub compute_duration: Histogram,
@@ -307,13 +329,87 @@ pub struct VersionMetrics {
     pub shadow_agree: Counter,
     pub shadow_disagree: Counter,
     pub shadow_duration: Histogram,
+    /// The same traffic as plain cumulative totals, for the protocol's
+    /// statistics endpoint.
+    pub totals: Arc<Totals>,
+}
+
+/// A count and the summed duration of what it counts.
+#[derive(Default)]
+pub struct Tally {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Tally {
+    pub fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// `(count, nanoseconds)`.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Cumulative statistics of one loaded version (Triton's model statistics):
+/// requests by result, time queued, batches run by size, rows served.
+#[derive(Default)]
+pub struct Totals {
+    pub success: Tally,
+    pub fail: Tally,
+    pub queue: Tally,
+    /// One per batch run.
+    pub compute: Tally,
+    /// Rows answered.
+    pub rows: AtomicU64,
+    /// Milliseconds since the epoch of the last answered request.
+    pub last_ms: AtomicU64,
+    /// Batches by their row count: `(count, compute nanoseconds)`.
+    batches: Mutex<BTreeMap<usize, (u64, u64)>>,
+}
+
+impl Totals {
+    /// A batch of `rows` ran in `compute` (on the engine thread).
+    pub fn batch(&self, rows: usize, compute: Duration) {
+        self.compute.add(compute);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        let ns = u64::try_from(compute.as_nanos()).unwrap_or(u64::MAX);
+        let mut by_size = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+        let e = by_size.entry(rows).or_default();
+        e.0 += 1;
+        e.1 = e.1.saturating_add(ns);
+    }
+
+    /// A request finished after `elapsed`.
+    pub fn request(&self, ok: bool, elapsed: Duration, now_ms: u64) {
+        if ok {
+            self.success.add(elapsed);
+        } else {
+            self.fail.add(elapsed);
+        }
+        self.last_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// Batches by row count: `(rows, count, compute nanoseconds)`.
+    pub fn batch_sizes(&self) -> Vec<(usize, u64, u64)> {
+        let by_size = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+        by_size.iter().map(|(r, (c, ns))| (*r, *c, *ns)).collect()
+    }
 }
 
 impl VersionMetrics {
     pub fn new(model: &str, version: u64) -> Self {
         let (m, v) = (model.to_string(), version.to_string());
         VersionMetrics {
-            outcomes: OUTCOMES.map(|o| counter!(REQUESTS_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => o)),
+            outcomes: PROTOCOLS.map(|p| OUTCOMES.map(|o| counter!(REQUESTS_TOTAL, "model" => m.clone(), "version" => v.clone(), "protocol" => p, "outcome" => o))),
             request_duration: histogram!(REQUEST_DURATION, "model" => m.clone(), "version" => v.clone()),
             queue_duration: histogram!(QUEUE_DURATION, "model" => m.clone(), "version" => v.clone()),
             compute_duration: histogram!(COMPUTE_DURATION, "model" => m.clone(), "version" => v.clone()),
@@ -336,6 +432,7 @@ impl VersionMetrics {
             shadow_agree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "true"),
             shadow_disagree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "false"),
             shadow_duration: histogram!(SHADOW_DURATION, "model" => m, "version" => v),
+            totals: Arc::new(Totals::default()),
         }
     }
 
@@ -353,18 +450,22 @@ impl VersionMetrics {
         }
     }
 
-    /// Counts a request's outcome (one of [`OUTCOMES`]).
-    pub fn outcome(&self, outcome: &str) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.outcomes[i].increment(1);
+    /// Counts a request's outcome (one of [`OUTCOMES`]) by the door it
+    /// came through (one of [`PROTOCOLS`]).
+    pub fn outcome(&self, protocol: &str, outcome: &str) {
+        if let (Some(p), Some(i)) = (
+            PROTOCOLS.iter().position(|x| *x == protocol),
+            OUTCOMES.iter().position(|o| *o == outcome),
+        ) {
+            self.outcomes[p][i].increment(1);
         }
     }
 }
 
 /// Counts a request that never reached a model version (unknown model,
 /// malformed path), without putting the requested name in a label.
-pub fn unrouted(outcome: &'static str) {
-    counter!(REQUESTS_TOTAL, "model" => "", "version" => "", "outcome" => outcome).increment(1);
+pub fn unrouted(protocol: &'static str, outcome: &'static str) {
+    counter!(REQUESTS_TOTAL, "model" => "", "version" => "", "protocol" => protocol, "outcome" => outcome).increment(1);
 }
 
 /// Counts a change of a model's served versions.
@@ -376,20 +477,4 @@ pub fn swap(model: &str, kind: &'static str) {
 pub fn rollout_decision(model: &str, decision: &'static str) {
     counter!(ROLLOUT_DECISIONS_TOTAL, "model" => model.to_string(), "decision" => decision)
         .increment(1);
-}
-
-/// Sets a model's live-version and routing gauges from its published entry.
-pub fn model_gauges(model: &str, entry: &ModelEntry) {
-    let m = model.to_string();
-    gauge!(LIVE_VERSIONS, "model" => m.clone()).set(entry.ready_versions().count() as f64);
-    gauge!(ROLLOUT_STABLE_VERSION, "model" => m.clone())
-        .set(entry.table.stable.map_or(0.0, |v| v as f64));
-    gauge!(ROLLOUT_STEP, "model" => m.clone()).set(entry.routing.step as f64);
-    for (version, served) in &entry.versions {
-        if served.served.is_some() {
-            let w = entry.routing.canary.get(version).copied().unwrap_or(0.0);
-            gauge!(ROLLOUT_CANARY_WEIGHT, "model" => m.clone(), "version" => version.to_string())
-                .set(w);
-        }
-    }
 }

@@ -7,7 +7,12 @@
 //! So a caller stays on one arm, and raising a single canary's weight only
 //! ever moves keys from stable onto the canary, never back.
 
+use std::time::Duration;
+
 use quiver_contract::routing::RoutingState;
+use serde::Deserialize;
+
+use crate::error::InvalidSetting;
 
 /// How a request reached its version; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +118,68 @@ pub fn key_hash(key: &[u8]) -> u64 {
 /// The top 53 bits of `h` as a point of `[0, 1)`.
 fn unit_interval(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `[routing]`: traffic splitting, shadows and the rollout guardrail's clock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Request header whose value keeps a caller on one arm (stable or a
+    /// canary); without it the request's `id` is the key, and a request
+    /// with neither is placed at random.
+    pub key_header: String,
+    /// Shadow copies in flight at once, over all models; past it shadow
+    /// copies are skipped (and counted), never queued without bound.
+    pub shadow_max_in_flight: usize,
+    /// A shadow answer agrees with the served one when every output
+    /// element is within this absolute tolerance (equal, for non-floats).
+    pub shadow_tolerance: f64,
+    /// How often the rollout guardrail looks at running canaries, in ms.
+    pub rollout_interval_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            key_header: "x-quiver-key".into(),
+            shadow_max_in_flight: 256,
+            shadow_tolerance: 1e-4,
+            rollout_interval_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    /// Lowercase, as hyper stores header names.
+    pub key_header: String,
+    pub shadow_max_in_flight: usize,
+    pub shadow_tolerance: f64,
+    pub rollout_interval: Duration,
+}
+
+impl RoutingConfig {
+    pub fn validate(self) -> Result<RoutingSettings, InvalidSetting> {
+        let key_header = self.key_header.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(key_header.as_bytes()).is_err() {
+            return Err(InvalidSetting::new(
+                "routing.key_header",
+                format!("'{}' is not a valid header name", self.key_header),
+            ));
+        }
+        if !(self.shadow_tolerance.is_finite() && self.shadow_tolerance >= 0.0) {
+            return Err(InvalidSetting::new(
+                "routing.shadow_tolerance",
+                "must be a non-negative number",
+            ));
+        }
+        Ok(RoutingSettings {
+            key_header,
+            shadow_max_in_flight: self.shadow_max_in_flight,
+            shadow_tolerance: self.shadow_tolerance,
+            rollout_interval: Duration::from_millis(self.rollout_interval_ms.max(10)),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 pub mod maps;
 pub mod onnx;
 
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
 use crate::tensor::Tensor;
 
 /// Runs one batch. `inputs` come in the model's input order and already
@@ -26,4 +30,13 @@ pub enum BackendError {
     Unsupported(String),
     #[error("inference failed: {0}")]
     Run(String),
+}
+
+/// `[onnxruntime]`: the engine behind every model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrtConfig {
+    /// Path of `libonnxruntime.so`. Unset: `ORT_DYLIB_PATH`, then the
+    /// location `scripts/setup.sh` installs to, then next to the binary.
+    pub library_path: Option<PathBuf>,
 }

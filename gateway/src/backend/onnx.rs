@@ -12,8 +12,8 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 
 use super::{Backend, BackendError};
-use crate::config::ExecutionProvider;
 use crate::model::TensorSpec;
+use crate::model_settings::ExecutionProvider;
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// The ONNX Runtime release the project is built and tested against.

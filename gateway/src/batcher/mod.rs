@@ -261,6 +261,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
         .compute_duration
         .record(compute_time.as_secs_f64());
     shared.metrics.batch_size.record(rows as f64);
+    shared.metrics.totals.batch(rows, compute_time);
     let outputs = result.and_then(|outputs| split(outputs, &batch, rows, shared.spec.is_batched()));
     match outputs {
         Ok(per_job) => {
@@ -270,6 +271,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
                     .metrics
                     .queue_duration
                     .record(queue_time.as_secs_f64());
+                shared.metrics.totals.queue.add(queue_time);
                 let _ = job.reply.send(Ok(JobOutput {
                     outputs,
                     queue_time,

@@ -4,8 +4,6 @@
 //! Mutations need the admin bearer token; reads need it only when
 //! `admin.protect_reads` is set.
 
-use std::time::Duration;
-
 use http_body_util::{BodyExt, Limited};
 use hyper::Request;
 use hyper::body::Incoming;
@@ -14,60 +12,17 @@ use quiver_contract::routing::RoutingState;
 use serde::de::DeserializeOwned;
 
 use super::{Body, reply};
+use crate::auth::Access;
+use crate::commands::{Command, Verdict};
 use crate::error::ApiError;
-use crate::manager::{Command, Verdict};
-use crate::server::Gateway;
+use crate::state::Gateway;
 
 /// Admin bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 << 10;
-/// A load may warm up a large model; past this the caller gets 504, and
-/// the load carries on.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
-
-/// Checks the bearer token for an access of kind `access`.
+/// Checks the request's bearer token for an access of kind `access`.
 pub fn authorize<B>(gw: &Gateway, req: &Request<B>, access: Access) -> Result<(), ApiError> {
-    let admin = &gw.settings.admin;
-    if access == Access::Read && !admin.protect_reads {
-        return Ok(());
-    }
-    let Some(token) = &admin.token else {
-        return if admin.open_without_token {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "the admin API is disabled: set the token in the environment variable {} (or admin.open_without_token = true)",
-                admin.token_env
-            )))
-        };
-    };
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into())
-        })?;
-    if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("invalid admin token".into()))
-    }
-}
-
-/// Equal-length comparison whose time does not depend on where the first
-/// difference is, so the token cannot be guessed byte by byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    crate::auth::authorize(&gw.settings.admin, header, access)
 }
 
 /// `POST /v2/repository/index`: every model and version with its state,
@@ -84,33 +39,7 @@ pub async fn index(
         ready: bool,
     }
     let filter: IndexRequest = read_json_or_default(req).await?;
-    let live = gw.live.load();
-    let mut rows = Vec::new();
-    for (name, entry) in &live.models {
-        if entry.versions.is_empty() && !filter.ready {
-            rows.push(serde_json::json!({"name": name, "state": "UNAVAILABLE",
-                "reason": entry.problem.clone().unwrap_or_else(|| "no version in the repository".into())}));
-        }
-        for (v, e) in &entry.versions {
-            if filter.ready && e.served.is_none() {
-                continue;
-            }
-            let mut row = serde_json::json!({"name": name, "version": v.to_string(), "state": e.state.as_str()});
-            let unbatched = e
-                .served
-                .as_ref()
-                .and_then(|s| s.spec.unbatched.as_ref())
-                .map(|why| format!("served unbatched: {why}"));
-            let reasons: Vec<String> = (e.reason.as_ref().or(entry.problem.as_ref()).cloned())
-                .into_iter()
-                .chain(unbatched)
-                .collect();
-            if !reasons.is_empty() {
-                row["reason"] = reasons.join("; ").into();
-            }
-            rows.push(row);
-        }
-    }
+    let rows = gw.live.load().index(filter.ready);
     Ok(reply::json(200, &rows))
 }
 
@@ -186,17 +115,7 @@ pub async fn post_verdict(
 }
 
 async fn send(gw: &Gateway, cmd: Command) -> Result<hyper::Response<Body>, ApiError> {
-    let manager = gw
-        .manager
-        .get()
-        .ok_or_else(|| ApiError::NotReady("the model manager is not running".into()))?;
-    let rx = manager.send(cmd)?;
-    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
-        Ok(Ok(Ok(body))) => Ok(reply::json(200, &body)),
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) => Err(ApiError::NotReady("the gateway is shutting down".into())),
-        Err(_) => Err(ApiError::DeadlineExceeded),
-    }
+    gw.command(cmd).await.map(|body| reply::json(200, &body))
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<bytes::Bytes, ApiError> {
@@ -234,16 +153,4 @@ async fn read_json_or_default<T: DeserializeOwned + Default>(
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
 }

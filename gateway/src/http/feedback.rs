@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{Body, admin, reply};
 use crate::error::ApiError;
-use crate::server::Gateway;
+use crate::state::Gateway;
 
 /// Labels per call; more should be split.
 pub const MAX_LABELS: usize = 10_000;
@@ -58,7 +58,7 @@ pub async fn feedback(
 async fn accept(gw: &Gateway, req: Request<Incoming>, model: &str) -> Result<usize, ApiError> {
     // Labels for a model the gateway does not know are a client mistake.
     gw.live.load().resolve(model, None)?;
-    let body: FeedbackBody = admin::read_json_limited(req, gw.settings.max_body_bytes).await?;
+    let body: FeedbackBody = admin::read_json_limited(req, gw.settings.http.max_body_bytes).await?;
     let records = validate(model, body)?;
     let n = records.len();
     gw.traffic

@@ -10,22 +10,15 @@ use serde::Serialize;
 
 use super::{Body, reply};
 use crate::error::ApiError;
-use crate::inference::{self, Answer, Route};
+use crate::inference::{
+    self, Answer, HEADER_BATCH_SIZE, HEADER_COMPUTE_US, HEADER_MODEL_VERSION, HEADER_QUEUE_US,
+    HEADER_REQUEST_ID, HEADER_TOTAL_US, Route,
+};
 use crate::model::TensorSpec;
 use crate::prediction_log::Source;
 use crate::protocol::{self, HEADER_CONTENT_LENGTH, InferRequest};
 use crate::routing::key_hash;
-use crate::server::Gateway;
-
-/// Response headers that split server time by stage, in microseconds.
-pub const HEADER_QUEUE_US: &str = "x-quiver-queue-us";
-pub const HEADER_COMPUTE_US: &str = "x-quiver-compute-us";
-pub const HEADER_TOTAL_US: &str = "x-quiver-total-us";
-pub const HEADER_BATCH_SIZE: &str = "x-quiver-batch-size";
-pub const HEADER_MODEL_VERSION: &str = "x-quiver-model-version";
-/// The request id the prediction was logged under (the client's `id`, or
-/// one the gateway made up); labels refer to it.
-pub const HEADER_REQUEST_ID: &str = "x-quiver-request-id";
+use crate::state::Gateway;
 
 pub fn server_ready(gw: &Gateway) -> Response<Body> {
     let live = gw.live.load();
@@ -80,15 +73,7 @@ pub fn model_metadata(
     let served = live.resolve(model, version)?;
     let versions = match version {
         Some(v) => vec![v.to_string()],
-        None => live
-            .models
-            .get(model)
-            .map(|e| {
-                e.ready_versions()
-                    .map(|s| s.spec.version.to_string())
-                    .collect()
-            })
-            .unwrap_or_default(),
+        None => live.ready_version_names(model),
     };
     Ok(reply::json(
         200,
@@ -134,7 +119,7 @@ pub async fn infer(
     let request = match read_request(gw, req).await {
         Ok(r) => r,
         Err(e) => {
-            crate::metrics::unrouted(e.status_and_outcome().1);
+            crate::metrics::unrouted("http", e.status_and_outcome().1);
             return reply::error(&e);
         }
     };
@@ -142,7 +127,7 @@ pub async fn infer(
     let route = match inference::route(gw, model, version, key) {
         Ok(r) => r,
         Err(e) => {
-            crate::metrics::unrouted(e.status_and_outcome().1);
+            crate::metrics::unrouted("http", e.status_and_outcome().1);
             return reply::error(&e);
         }
     };
@@ -154,7 +139,7 @@ pub async fn infer(
     let elapsed = started.elapsed();
     match result {
         Ok((response, answer)) => {
-            inference::account(&route, "success", elapsed, false);
+            inference::account(&route, Source::Http, "success", elapsed, false);
             inference::log(gw, &route, answer, Source::Http, elapsed);
             response
         }
@@ -166,14 +151,20 @@ pub async fn infer(
                 HeaderValue::from(version),
             );
             let server_error = resp.status().is_server_error();
-            inference::account(&route, e.status_and_outcome().1, elapsed, server_error);
+            inference::account(
+                &route,
+                Source::Http,
+                e.status_and_outcome().1,
+                elapsed,
+                server_error,
+            );
             resp
         }
     }
 }
 
 async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferRequest, ApiError> {
-    let limit = gw.settings.max_body_bytes;
+    let limit = gw.settings.http.max_body_bytes;
     let header_len = header_usize(&req, HEADER_CONTENT_LENGTH)?;
     if header_usize(&req, CONTENT_LENGTH.as_str())?.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });

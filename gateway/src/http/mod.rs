@@ -3,6 +3,7 @@
 //! `crate::server`.
 
 mod admin;
+pub mod config;
 mod feedback;
 mod handlers;
 mod reply;
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use crate::error::ApiError;
-use crate::server::Gateway;
+use crate::state::Gateway;
 
 pub type Body = Full<Bytes>;
 
@@ -80,7 +81,7 @@ pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
     };
     Ok(result.unwrap_or_else(|e| {
-        crate::metrics::unrouted(e.status_and_outcome().1);
+        crate::metrics::unrouted("http", e.status_and_outcome().1);
         reply::error(&e)
     }))
 }

@@ -39,7 +39,7 @@ use crate::inference;
 use crate::prediction_log::Source;
 use crate::prediction_log::settings::IngressSettings;
 use crate::protocol;
-use crate::server::Gateway;
+use crate::state::Gateway;
 use offsets::Offsets;
 
 /// How often moved commit points are committed while running.
@@ -360,7 +360,7 @@ async fn infer(
         Ok((route, answer)) => {
             let encoded = answer.encode(&route);
             let elapsed = started.elapsed();
-            inference::account(&route, "success", elapsed, false);
+            inference::account(&route, Source::Kafka, "success", elapsed, false);
             match encoded {
                 Ok(e) => {
                     inference::log(gw, &route, answer, Source::Kafka, elapsed);
@@ -375,7 +375,7 @@ async fn infer(
 
 fn error_body(e: &ApiError, model: &str, id: Option<&str>) -> (u16, Vec<u8>) {
     let (status, outcome) = e.status_and_outcome();
-    crate::metrics::unrouted(outcome);
+    crate::metrics::unrouted("kafka", outcome);
     let body = serde_json::json!({"error": e.to_string(), "model_name": model, "id": id});
     (status, serde_json::to_vec(&body).unwrap_or_default())
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use quiver_contract::fleet::{self, SCHEMA, TRAFFIC_DIR, TrafficReport, VersionTraffic};
 use quiver_registry::{Fresh, Registry, Tag, control};
 
+use super::fleet_config::FleetSettings;
 use super::model::SourceKey;
-use crate::config::FleetSettings;
 use crate::live::LiveModels;
 use crate::metrics::{FLEET_LEADER, FLEET_REPORTS};
 use crate::rollout::stats::Snapshot;

@@ -17,6 +17,7 @@
 //! requests nor a guardrail's rollback.
 
 mod fleet;
+pub mod fleet_config;
 mod model;
 mod rollout;
 
@@ -27,11 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
-pub use quiver_contract::routing::Action as VerdictAction;
-use quiver_contract::routing::RoutingState;
 use quiver_registry::Registry;
-use serde::Deserialize;
-use tokio::sync::oneshot;
 
 use crate::error::ApiError;
 use crate::live::{LiveModels, ServedVersion};
@@ -40,40 +37,15 @@ use crate::metrics::{
     REGISTRY_REQUESTS_TOTAL,
 };
 use crate::repository::{self, Fingerprint, ModelConfig, Repository, VersionDir};
-use crate::server::Gateway;
+use crate::state::Gateway;
 use fleet::Fleet;
 use model::ModelState;
 
 /// Commands waiting for the manager; past it the admin API answers 503.
 const INBOX: usize = 256;
 
-/// An action of the admin API; answered with a JSON body or an error.
-pub enum Command {
-    /// Read the model's directory now and load what it selects (Triton's
-    /// `load`); also undoes an unload.
-    Load(String),
-    /// Stop serving every version of the model until it is loaded again.
-    Unload(String),
-    /// Replace the model's routing state.
-    SetRouting(String, Box<RoutingState>),
-    /// An external rollout verdict (the trainer's, or an operator's).
-    Verdict(String, Verdict),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Verdict {
-    pub action: VerdictAction,
-    pub version: u64,
-    /// Who decided, written to `routing.json`; `api` if not given.
-    #[serde(default)]
-    pub by: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-pub type Answer = Result<serde_json::Value, ApiError>;
-type Reply = oneshot::Sender<Answer>;
+use crate::commands::{Answer, Commands, Reply};
+pub use crate::commands::{Command, Verdict, VerdictAction};
 
 enum Msg {
     Command(Command, Reply),
@@ -111,18 +83,20 @@ pub struct ManagerHandle {
 }
 
 impl ManagerHandle {
-    /// Sends `cmd`; the answer arrives on the returned channel.
-    pub fn send(&self, cmd: Command) -> Result<oneshot::Receiver<Answer>, ApiError> {
-        let (tx, rx) = oneshot::channel();
-        match self.inbox.try_send(Msg::Command(cmd, tx)) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(ApiError::NotReady(
-                "the model manager is busy; retry shortly".into(),
-            )),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(ApiError::NotReady("the gateway is shutting down".into()))
-            }
-        }
+    /// The admin API's channel into this manager.
+    pub fn commands(&self) -> Commands {
+        let inbox = self.inbox.clone();
+        Commands::new(
+            move |cmd, reply| match inbox.try_send(Msg::Command(cmd, reply)) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => Err(ApiError::NotReady(
+                    "the model manager is busy; retry shortly".into(),
+                )),
+                Err(TrySendError::Disconnected(_)) => {
+                    Err(ApiError::NotReady("the gateway is shutting down".into()))
+                }
+            },
+        )
     }
 
     /// Stops the manager after the loads in flight and joins its threads.
@@ -147,7 +121,7 @@ pub fn start(
     let (task_tx, task_rx) = mpsc::channel::<LoadTask>();
     let task_rx = Arc::new(Mutex::new(task_rx));
     let mut workers = Vec::new();
-    for i in 0..gw.settings.max_concurrent_loads {
+    for i in 0..gw.settings.repository.max_concurrent_loads {
         let tasks = Arc::clone(&task_rx);
         let done = inbox.clone();
         workers.push(
@@ -159,8 +133,8 @@ pub fn start(
     let settings = &gw.settings;
     let repo = Repository::new(
         registry,
-        settings.cache_dir.clone(),
-        settings.full_scan_interval,
+        settings.repository.cache_dir.clone(),
+        settings.repository.full_scan_interval,
     );
     let fleet = Fleet::new(&settings.fleet);
     let manager = Manager {
@@ -242,7 +216,7 @@ struct Manager {
 
 impl Manager {
     fn run(mut self, inbox: &Receiver<Msg>, workers: Vec<JoinHandle<()>>) {
-        let poll = self.gw.settings.poll_interval;
+        let poll = self.gw.settings.repository.poll_interval;
         let tick = self.gw.settings.routing.rollout_interval;
         self.poll_all(true);
         self.dispatch();
@@ -356,12 +330,12 @@ impl Manager {
             state.config_gen = self.config_gen;
         }
         state.read_routing(&dir, &self.repo);
-        let loads = state.reconcile(&dir, settle_all, settings.require_manifest);
+        let loads = state.reconcile(&dir, settle_all, settings.repository.require_manifest);
         self.queue.extend(loads);
     }
 
     fn dispatch(&mut self) {
-        let cap = self.gw.settings.max_concurrent_loads;
+        let cap = self.gw.settings.repository.max_concurrent_loads;
         while self.in_flight < cap {
             let Some(task) = self.queue.pop_front() else {
                 break;

@@ -11,10 +11,10 @@ use quiver_contract::routing::RoutingState;
 use quiver_registry::control;
 
 use super::{Answer, LoadTask, Reply, Target};
-use crate::config::ModelDefaults;
 use crate::error::ApiError;
 use crate::live::{ModelEntry, ServedVersion, VersionEntry, VersionState};
 use crate::model::TensorSpec;
+use crate::model_settings::ModelDefaults;
 use crate::repository::{self, FileStamp, Fingerprint, ModelConfig, ModelDir, Repository};
 use crate::rollout::stats::Snapshot;
 use crate::routing::RouteTable;
@@ -506,7 +506,7 @@ impl ModelState {
                 .or_else(|| self.routing_problem.clone()),
             rollout: self.rollout_view(),
         };
-        crate::metrics::model_gauges(name, &entry);
+        entry.publish_gauges(name);
         entry
     }
 

@@ -57,7 +57,7 @@ impl ProducerContext for Reports {
         match result {
             Ok(_) => {
                 if batch == 0 {
-                    crate::metrics::log_records(stream, "produced", 1);
+                    crate::metrics::log_records(stream.as_str(), "produced", 1);
                 } else if batch == self.replay_batch.load(Ordering::Acquire) {
                     self.replay_ok.fetch_add(1, Ordering::AcqRel);
                 }

@@ -46,6 +46,7 @@ pub struct PredictionEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Http,
+    Grpc,
     Kafka,
 }
 
@@ -53,6 +54,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Http => "http",
+            Source::Grpc => "grpc",
             Source::Kafka => "kafka",
         }
     }
@@ -153,7 +155,7 @@ impl TrafficLog {
         match self.tx.try_send(Entry::Prediction(Box::new(event))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                crate::metrics::log_records(Stream::Predictions, "dropped", 1);
+                crate::metrics::log_records(Stream::Predictions.as_str(), "dropped", 1);
             }
         }
     }

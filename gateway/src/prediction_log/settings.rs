@@ -7,7 +7,7 @@ use std::time::Duration;
 use quiver_contract::records;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::error::InvalidSetting;
 
 /// `[log]`: what is logged and where it goes without a broker.
 #[derive(Debug, Clone, Deserialize)]
@@ -197,11 +197,8 @@ pub struct IngressSettings {
     pub producer: Vec<(String, String)>,
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+fn invalid(key: &'static str, message: impl Into<String>) -> InvalidSetting {
+    InvalidSetting::new(key, message)
 }
 
 /// Validates `[log]` and `[kafka]` together: where the log goes depends on
@@ -209,7 +206,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 pub fn validate(
     log: LogConfig,
     kafka: KafkaConfig,
-) -> Result<(LogSettings, Option<IngressSettings>), ConfigError> {
+) -> Result<(LogSettings, Option<IngressSettings>), InvalidSetting> {
     if !(log.sample_rate > 0.0 && log.sample_rate <= 1.0) {
         return Err(invalid(
             "log.sample_rate",
@@ -331,7 +328,7 @@ fn client_options(
 }
 
 /// Kafka's own rule: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
-fn check_topic(key: &'static str, topic: &str) -> Result<(), ConfigError> {
+fn check_topic(key: &'static str, topic: &str) -> Result<(), InvalidSetting> {
     let ok = !topic.is_empty()
         && topic.len() <= 249
         && topic != "."
@@ -391,7 +388,7 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let bad = |log: LogConfig, kafka: KafkaConfig| match validate(log, kafka) {
-            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(InvalidSetting { key, .. }) => key,
             other => panic!("expected an invalid setting, got {other:?}"),
         };
         let log = LogConfig {

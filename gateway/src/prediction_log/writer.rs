@@ -120,7 +120,7 @@ impl Writer {
             Ok(bytes) => self.record(Stream::Predictions, e.id.as_bytes(), &bytes),
             Err(err) => {
                 tracing::error!(error = %err, "cannot encode a prediction record");
-                crate::metrics::log_records(Stream::Predictions, "dropped", 1);
+                crate::metrics::log_records(Stream::Predictions.as_str(), "dropped", 1);
             }
         }
     }
@@ -131,7 +131,7 @@ impl Writer {
                 Ok(bytes) => self.record(Stream::Labels, l.id.as_bytes(), &bytes),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot encode a label record");
-                    crate::metrics::log_records(Stream::Labels, "dropped", 1);
+                    crate::metrics::log_records(Stream::Labels.as_str(), "dropped", 1);
                 }
             }
         }
@@ -140,10 +140,10 @@ impl Writer {
     fn record(&mut self, stream: Stream, key: &[u8], bytes: &[u8]) {
         match &mut self.sink {
             Sink::Local(local) => match local.logs[stream.index()].append(bytes) {
-                Ok(_) => crate::metrics::log_records(stream, "written", 1),
+                Ok(_) => crate::metrics::log_records(stream.as_str(), "written", 1),
                 Err(e) => {
                     tracing::error!(error = %e, stream = stream.as_str(), "cannot append to the local log");
-                    crate::metrics::log_records(stream, "dropped", 1);
+                    crate::metrics::log_records(stream.as_str(), "dropped", 1);
                 }
             },
             Sink::Kafka(k) => k.record(&self.topics, stream, key, bytes),
@@ -187,7 +187,7 @@ impl Local {
                         retention_bytes = self.retention_bytes,
                         "local log over its retention: oldest segments deleted"
                     );
-                    crate::metrics::log_segments_deleted(stream, deleted.len() as u64);
+                    crate::metrics::log_segments_deleted(stream.as_str(), deleted.len() as u64);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "cannot apply local log retention"),
@@ -226,13 +226,13 @@ impl KafkaSink {
         let pushed = spool.push(bytes);
         // The size first, then the count: whoever sees a record counted as
         // spooled sees the spool holding it.
-        crate::metrics::log_spool(stream, spool.bytes(), spool.is_full());
+        crate::metrics::log_spool(stream.as_str(), spool.bytes(), spool.is_full());
         match pushed {
-            Ok(true) => crate::metrics::log_records(stream, "spooled", 1),
-            Ok(false) => crate::metrics::log_records(stream, "dropped", 1),
+            Ok(true) => crate::metrics::log_records(stream.as_str(), "spooled", 1),
+            Ok(false) => crate::metrics::log_records(stream.as_str(), "dropped", 1),
             Err(e) => {
                 tracing::error!(error = %e, "cannot append to the spool");
-                crate::metrics::log_records(stream, "dropped", 1);
+                crate::metrics::log_records(stream.as_str(), "dropped", 1);
             }
         }
     }
@@ -270,7 +270,7 @@ impl KafkaSink {
             if let Err(e) = done {
                 tracing::error!(error = %e, "cannot write the spool");
             }
-            crate::metrics::log_spool(stream, spool.bytes(), spool.is_full());
+            crate::metrics::log_spool(stream.as_str(), spool.bytes(), spool.is_full());
         }
     }
 
@@ -291,11 +291,11 @@ impl KafkaSink {
                 if let Err(e) = self.spools[r.stream.index()].confirm(r.next) {
                     tracing::error!(error = %e, "cannot persist the spool cursor");
                 }
-                crate::metrics::log_records(r.stream, "replayed", ok);
+                crate::metrics::log_records(r.stream.as_str(), "replayed", ok);
                 self.probe_only = false;
             } else {
                 // Whatever the broker took of a failed batch is sent again.
-                crate::metrics::log_records(r.stream, "resent", ok);
+                crate::metrics::log_records(r.stream.as_str(), "resent", ok);
                 self.probe_only = true;
                 self.next_try = Instant::now() + self.settings.retry_interval;
                 let error = self.producer.last_replay_error().unwrap_or_default();

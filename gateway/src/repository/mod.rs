@@ -13,6 +13,8 @@
 //! object store are downloaded into a local cache and checked against
 //! their manifest before loading.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use quiver_registry::control::{self, ModelListing};
 use quiver_registry::{Entry, Fresh, Registry, RegistryError, Tag};
 use serde::Deserialize;
 
-use crate::config::{ModelDefaults, validate_model_settings};
+use crate::model_settings::{ModelDefaults, validate_model_settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -496,7 +498,7 @@ pub fn load_model_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VersionPolicy;
+    use crate::model_settings::VersionPolicy;
 
     fn tempdir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("quiver-repo-{tag}-{}", std::process::id()));
