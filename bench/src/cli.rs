@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::driver::{self, Counters, Plan};
 use crate::result::{LoadRun, Machine, ResultFile, SCHEMA, SwapReport};
 use crate::workload::{self, Format, InputSpec};
-use crate::{analysis, bare, http, inprocess, online, progress, report, swap};
+use crate::{analysis, bare, grpc, http, inprocess, online, progress, report, swap};
 
 /// Load-test harness for OIP v2 inference servers (Quiver, Triton, MLServer, ...).
 #[derive(Parser, Debug)]
@@ -43,9 +43,18 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// The server, e.g. http://127.0.0.1:8000.
+    /// The server: http://HOST:PORT, https://HOST:PORT, or over gRPC
+    /// grpc://HOST:PORT and grpcs://HOST:PORT (then --format raw or typed).
     #[arg(long)]
     url: String,
+    /// PEM file with the CA that signed the server's certificate, for
+    /// https:// and grpcs://.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// gRPC: each connection keeps one ModelStreamInfer stream open and
+    /// sends its requests on it, instead of unary ModelInfer calls.
+    #[arg(long)]
+    stream: bool,
     /// Model name.
     #[arg(long, default_value = "mlp")]
     model: String,
@@ -59,8 +68,9 @@ struct RunArgs {
     /// Rows per request (replaces the dynamic first dimension).
     #[arg(long, default_value_t = 1)]
     rows: u64,
-    #[arg(long, value_enum, default_value_t = Format::Json)]
-    format: Format,
+    /// json or binary over HTTP; raw (default over gRPC) or typed over gRPC.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
     /// Offered rates in req/s, comma-separated; several make a sweep.
     #[arg(long, value_delimiter = ',')]
     rate: Vec<f64>,
@@ -302,21 +312,105 @@ pub fn rates(rate: &[f64], sweep: Option<&str>) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// The endpoint a run loads, from its URL and format.
+async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
+    let given: Option<Vec<InputSpec>> = (!a.inputs.is_empty())
+        .then(|| a.inputs.iter().map(|s| InputSpec::parse(s)).collect())
+        .transpose()?;
+    if a.url.starts_with("grpc://") || a.url.starts_with("grpcs://") {
+        let format = a.format.unwrap_or(Format::Raw);
+        if !format.is_grpc() {
+            bail!("--format {format:?} is for HTTP; over gRPC use raw or typed");
+        }
+        let target = grpc::target(&a.url, a.ca_cert.as_deref())?;
+        target.wait_ready(Duration::from_secs(30)).await?;
+        let inputs = match given {
+            Some(i) => i,
+            None => target.inputs(&a.model).await?,
+        };
+        let request = grpc::request(
+            &a.model,
+            a.version.as_deref(),
+            &inputs,
+            a.rows,
+            format == Format::Raw,
+        )?;
+        return Ok((
+            format,
+            AnyEndpoint::Grpc(grpc::GrpcEndpoint {
+                target,
+                request,
+                stream: a.stream,
+            }),
+        ));
+    }
+    let format = a.format.unwrap_or(Format::Json);
+    if format.is_grpc() || a.stream {
+        bail!("--format raw/typed and --stream need a grpc:// or grpcs:// URL");
+    }
+    let addr = http::resolve(&a.url).await?;
+    let tls = match http::tls_host(&a.url) {
+        Some(host) => Some(http::Tls::new(
+            a.ca_cert
+                .as_deref()
+                .context("https:// needs --ca-cert FILE")?,
+            host,
+        )?),
+        None => None,
+    };
+    http::wait_ready_with(addr, tls.as_ref(), Duration::from_secs(30)).await?;
+    let inputs = match given {
+        Some(i) => i,
+        None => {
+            let path = format!("/v2/models/{}", a.model);
+            InputSpec::from_metadata(&http::get_json_with(addr, tls.as_ref(), &path).await?)?
+        }
+    };
+    let request = workload::build(&a.model, a.version.as_deref(), &inputs, a.rows, format)?;
+    Ok((
+        format,
+        AnyEndpoint::Http(http::HttpEndpoint { addr, request, tls }),
+    ))
+}
+
+/// HTTP or gRPC, so one run loop drives either.
+enum AnyEndpoint {
+    Http(http::HttpEndpoint),
+    Grpc(grpc::GrpcEndpoint),
+}
+
+enum AnyConn {
+    Http(http::HttpConn),
+    Grpc(grpc::GrpcConn),
+}
+
+impl crate::endpoint::Endpoint for AnyEndpoint {
+    type Conn = AnyConn;
+
+    async fn connect(&self) -> Result<AnyConn> {
+        match self {
+            AnyEndpoint::Http(e) => e.connect().await.map(AnyConn::Http),
+            AnyEndpoint::Grpc(e) => e.connect().await.map(AnyConn::Grpc),
+        }
+    }
+
+    async fn call(&self, conn: &mut AnyConn) -> crate::endpoint::Outcome {
+        match (self, conn) {
+            (AnyEndpoint::Http(e), AnyConn::Http(c)) => e.call(c).await,
+            (AnyEndpoint::Grpc(e), AnyConn::Grpc(c)) => e.call(c).await,
+            _ => crate::endpoint::Outcome::failed(crate::endpoint::Status::Io),
+        }
+    }
+}
+
 async fn run(a: RunArgs) -> Result<()> {
     let machine = machine();
-    let addr = http::resolve(&a.url).await?;
-    http::wait_ready(addr, Duration::from_secs(30)).await?;
-    let inputs = if a.inputs.is_empty() {
-        let meta = http::get_json(addr, &format!("/v2/models/{}", a.model)).await?;
-        InputSpec::from_metadata(&meta)?
-    } else {
-        a.inputs
-            .iter()
-            .map(|s| InputSpec::parse(s))
-            .collect::<Result<_>>()?
+    let (format, endpoint) = endpoint(&a).await?;
+    let addr = match &endpoint {
+        AnyEndpoint::Http(e) => Some(e.addr),
+        AnyEndpoint::Grpc(_) => None,
     };
-    let request = workload::build(&a.model, a.version.as_deref(), &inputs, a.rows, a.format)?;
-    let endpoint = Arc::new(http::HttpEndpoint { addr, request });
+    let endpoint = Arc::new(endpoint);
     // The open-loop rates, then (with --closed) one closed-loop point that
     // finds saturation.
     let open_rates = rates(&a.rate, a.sweep.as_deref())?;
@@ -329,6 +423,9 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     if a.swap.swap_repo.is_some() && (open_rates.len() != 1 || a.closed) {
         bail!("the swap scenario runs at one open-loop --rate");
+    }
+    if a.swap.swap_repo.is_some() && addr.is_none() {
+        bail!("the swap scenario runs over HTTP");
     }
     let slo = Duration::from_secs_f64(a.slo_p99_ms / 1e3);
     let mut points = Vec::new();
@@ -351,12 +448,17 @@ async fn run(a: RunArgs) -> Result<()> {
             format!("{} {r:.0}/s", a.label)
         });
         let bar = progress::Bar::start(title, plan.length(), Arc::clone(&counters));
-        let swapper = a.swap.swap_repo.clone().map(|repo| {
+        let swapper = a.swap.swap_repo.clone().zip(addr).map(|(repo, swap_addr)| {
             let plan_s = swap_plan(&a, repo);
             let start = std::time::Instant::now();
             (
                 start,
-                tokio::spawn(swap::run(plan_s, addr, start, plan.warmup)),
+                tokio::spawn(swap::run(
+                    plan_s,
+                    swap_addr,
+                    start,
+                    plan.warmup,
+                )),
             )
         });
         let run = driver::run(Arc::clone(&endpoint), plan, counters).await;
@@ -406,7 +508,7 @@ async fn run(a: RunArgs) -> Result<()> {
         label: a.label.clone(),
         url: a.url.clone(),
         model: a.model.clone(),
-        format: a.format,
+        format,
         rows_per_request: a.rows,
         mode: if open_rates.is_empty() {
             "closed"

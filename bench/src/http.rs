@@ -11,13 +11,55 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::HeaderMap;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::endpoint::{Endpoint, Outcome, Stages, Status};
 use crate::workload::Request;
 
-/// Resolves `http://host:port` (a trailing path is ignored).
+/// TLS for `https://` servers: the CA to trust and the name to check.
+#[derive(Clone)]
+pub struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    /// Trusts the CA certificates in the PEM file `ca` for server `host`.
+    pub fn new(ca: &std::path::Path, host: &str) -> Result<Tls> {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.with_context(|| format!("{}: not PEM certificates", ca.display()))?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            name: ServerName::try_from(host.to_string())
+                .with_context(|| format!("{host} is not a server name"))?,
+        })
+    }
+}
+
+/// `Some(host)` when `url` is `https://host[:port]...`.
+pub fn tls_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://")?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    Some(hostport.rsplit_once(':').map_or(hostport, |(h, _)| h))
+}
+
+/// Resolves `http://host:port` or `https://host:port` (a trailing path is
+/// ignored).
 pub async fn resolve(url: &str) -> Result<SocketAddr> {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
     let hostport = rest.split('/').next().unwrap_or(rest);
     tokio::net::lookup_host(hostport)
         .await
@@ -30,6 +72,7 @@ pub async fn resolve(url: &str) -> Result<SocketAddr> {
 pub struct HttpEndpoint {
     pub addr: SocketAddr,
     pub request: Request,
+    pub tls: Option<Tls>,
 }
 
 /// One open connection; the task driving it stops when this is dropped.
@@ -41,13 +84,31 @@ pub struct HttpConn {
 impl HttpConn {
     /// Opens a keep-alive connection to `addr`.
     pub async fn open(addr: SocketAddr) -> Result<HttpConn> {
+        HttpConn::open_with(addr, None).await
+    }
+
+    /// Opens a keep-alive connection to `addr`, over TLS when `tls` is set.
+    pub async fn open_with(addr: SocketAddr, tls: Option<&Tls>) -> Result<HttpConn> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // Owned by the HttpConn and aborted with it: not detached.
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (sender, driver) = match tls {
+            None => {
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                (sender, tokio::spawn(async move {
+                    let _ = conn.await;
+                }))
+            }
+            Some(tls) => {
+                let stream = tls.connector.connect(tls.name.clone(), stream).await?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                (sender, tokio::spawn(async move {
+                    let _ = conn.await;
+                }))
+            }
+        };
         Ok(HttpConn { sender, driver })
     }
 
@@ -110,7 +171,7 @@ impl Endpoint for HttpEndpoint {
     type Conn = HttpConn;
 
     async fn connect(&self) -> Result<HttpConn> {
-        HttpConn::open(self.addr).await
+        HttpConn::open_with(self.addr, self.tls.as_ref()).await
     }
 
     async fn call(&self, conn: &mut HttpConn) -> Outcome {
@@ -162,13 +223,34 @@ pub async fn send(
     headers: &[(&str, String)],
     body: Bytes,
 ) -> Result<Reply> {
+    send_with(addr, None, method, path, headers, body).await
+}
+
+/// One request on a fresh connection, over TLS when `tls` is set.
+pub async fn send_with(
+    addr: SocketAddr,
+    tls: Option<&Tls>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> Result<Reply> {
     let req = build(addr, method, path, headers, body)?;
-    HttpConn::open(addr).await?.request(req).await
+    HttpConn::open_with(addr, tls).await?.request(req).await
 }
 
 /// `GET path` as JSON, failing on a non-2xx answer.
 pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
-    let reply = send(addr, "GET", path, &[], Bytes::new()).await?;
+    get_json_with(addr, None, path).await
+}
+
+/// As [`get_json`], over TLS when `tls` is set.
+pub async fn get_json_with(
+    addr: SocketAddr,
+    tls: Option<&Tls>,
+    path: &str,
+) -> Result<serde_json::Value> {
+    let reply = send_with(addr, tls, "GET", path, &[], Bytes::new()).await?;
     if !(200..300).contains(&reply.status) {
         bail!(
             "GET {path} answered {}: {}",
@@ -181,9 +263,14 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value>
 
 /// Waits until `GET /v2/health/ready` answers 200.
 pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    wait_ready_with(addr, None, timeout).await
+}
+
+/// As [`wait_ready`], over TLS when `tls` is set.
+pub async fn wait_ready_with(addr: SocketAddr, tls: Option<&Tls>, timeout: Duration) -> Result<()> {
     let until = Instant::now() + timeout;
     loop {
-        if let Ok(r) = send(addr, "GET", "/v2/health/ready", &[], Bytes::new()).await
+        if let Ok(r) = send_with(addr, tls, "GET", "/v2/health/ready", &[], Bytes::new()).await
             && r.status == 200
         {
             return Ok(());

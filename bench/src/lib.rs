@@ -5,7 +5,8 @@
 //! - [`histogram`]: HdrHistogram of nanoseconds and its percentile summary;
 //! - [`workload`]: the OIP v2 request each point sends (JSON or binary);
 //! - [`endpoint`]: what the driver loads (HTTP today; Kafka slots in here);
-//! - [`http`]: the HTTP/1.1 keep-alive client;
+//! - [`http`]: the HTTP/1.1 keep-alive client (plaintext or TLS);
+//! - [`grpc`]: the gRPC client (unary or streaming, typed or raw, TLS);
 //! - [`driver`]: runs one load point (open or closed loop) into samples;
 //! - [`analysis`]: samples → percentiles, errors, achieved rate, stages,
 //!   timeline, SLO verdict;
@@ -22,6 +23,7 @@ pub mod bare;
 pub mod cli;
 pub mod driver;
 pub mod endpoint;
+pub mod grpc;
 pub mod histogram;
 pub mod http;
 pub mod inprocess;

@@ -17,6 +17,18 @@ pub enum Format {
     /// The binary tensor data extension: a JSON header, then raw
     /// little-endian bytes; outputs asked for as binary too.
     Binary,
+    /// gRPC: `raw_input_contents`, little-endian bytes per input (what
+    /// `tritonclient.grpc` sends).
+    Raw,
+    /// gRPC: typed `contents` (`fp32_contents`, ...).
+    Typed,
+}
+
+impl Format {
+    /// Whether the format travels over gRPC (else HTTP).
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Format::Raw | Format::Typed)
+    }
 }
 
 /// One model input: name, datatype and shape (`-1` for dynamic dimensions).
@@ -109,6 +121,9 @@ pub fn build(
         let mut entry = json!({"name": input.name, "shape": shape, "datatype": input.datatype});
         match format {
             Format::Json => entry["data"] = json_values(&input.datatype, &values)?,
+            Format::Raw | Format::Typed => {
+                bail!("{format:?} is a gRPC format; HTTP bodies are json or binary")
+            }
             Format::Binary => {
                 let before = raw.len();
                 encode_binary(&input.datatype, &values, &mut raw)?;
