@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::auth::{AdminConfig, AdminSettings};
 use crate::backend::OrtConfig;
 use crate::error::InvalidSetting;
-use crate::grpc::{GrpcConfig, GrpcSettings};
+use crate::grpc::config::{GrpcConfig, GrpcSettings};
 use crate::http::config::{HttpConfig, HttpSettings};
 use crate::manager::fleet_config::{FleetConfig, FleetSettings};
 use crate::model_settings::{ModelDefaults, validate_model_settings};

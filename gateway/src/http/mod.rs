@@ -1,6 +1,6 @@
 //! The HTTP front: routing of the Open Inference Protocol v2 paths to
-//! handlers, and the JSON answers they share. The server loop itself is in
-//! `crate::server`.
+//! handlers, and the JSON answers they share. The accept loop is in
+//! `crate::server`, which wires the doors together.
 
 mod admin;
 pub mod config;
