@@ -4,7 +4,11 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
+use quiver_gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use quiver_gateway::grpc::proto::model_infer_request::InferInputTensor;
+use quiver_gateway::grpc::proto::{InferTensorContents, ModelInferRequest};
 use quiver_tests::{Gateway, copy_model, scratch};
 
 fn python() -> String {
@@ -87,5 +91,83 @@ async fn tritonclient_grpc_talks_to_the_gateway() {
         out.status.success() && stdout.contains(" 0 failed"),
         "tritonclient grpc check failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
         gw.log()
+    );
+}
+
+/// SIGTERM with gRPC calls in flight: every one is answered, then the
+/// process exits cleanly and the port no longer accepts, as over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_graceful_shutdown_finishes_calls_in_flight() {
+    let repo = scratch("grpc-shutdown").unwrap();
+    copy_model("slow", &repo).unwrap();
+    // One call per batch, 8 rows each (about 20 ms): six stay in flight.
+    std::fs::write(
+        repo.join("slow/config.toml"),
+        "max_batch_size = 8\nmax_queue_delay_us = 0\npreferred_batch_sizes = [8]\n",
+    )
+    .unwrap();
+    let mut gw = Gateway::start_ready(&repo, &["--grpc-addr", "127.0.0.1:0"], &[])
+        .await
+        .unwrap();
+    let grpc = gw.grpc_addr.expect("gRPC address");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for i in 0..6u32 {
+        let mut client = GrpcInferenceServiceClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            let request = ModelInferRequest {
+                model_name: "slow".into(),
+                id: format!("c{i}"),
+                inputs: vec![InferInputTensor {
+                    name: "x".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![8, 256],
+                    parameters: Default::default(),
+                    contents: Some(InferTensorContents {
+                        fp32_contents: vec![i as f32 / 10.0; 8 * 256],
+                        ..Default::default()
+                    }),
+                }],
+                ..Default::default()
+            };
+            client.model_infer(request).await
+        }));
+    }
+    let mut seen = 0.0;
+    for _ in 0..5000 {
+        let busy = gw
+            .metric("quiver_busy_instances", &["model=\"slow\""])
+            .await
+            .unwrap();
+        let queued = gw
+            .metric("quiver_queue_depth", &["model=\"slow\""])
+            .await
+            .unwrap();
+        seen = busy + queued;
+        if seen >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(seen, 6.0, "calls never all in flight");
+    gw.terminate().unwrap();
+    for (i, call) in calls.into_iter().enumerate() {
+        let answer = call
+            .await
+            .unwrap()
+            .unwrap_or_else(|s| panic!("in-flight call {i} failed: {s}"));
+        let answer = answer.into_inner();
+        assert_eq!(answer.id, format!("c{i}"));
+        assert_eq!(answer.outputs[0].shape, vec![8, 256]);
+    }
+    assert_eq!(gw.wait_exit(Duration::from_secs(30)).unwrap(), 0);
+    assert!(gw.log().contains("shutdown complete"), "{}", gw.log());
+    assert!(
+        tokio::net::TcpStream::connect(grpc).await.is_err(),
+        "gRPC port still accepting"
     );
 }

@@ -453,12 +453,7 @@ async fn run(a: RunArgs) -> Result<()> {
             let start = std::time::Instant::now();
             (
                 start,
-                tokio::spawn(swap::run(
-                    plan_s,
-                    swap_addr,
-                    start,
-                    plan.warmup,
-                )),
+                tokio::spawn(swap::run(plan_s, swap_addr, start, plan.warmup)),
             )
         });
         let run = driver::run(Arc::clone(&endpoint), plan, counters).await;

@@ -44,7 +44,9 @@ pub fn target(url: &str, ca: Option<&std::path::Path>) -> Result<GrpcTarget> {
     };
     let hostport = rest.split('/').next().unwrap_or(rest);
     let tls = if tls {
-        let ca = ca.context("grpcs:// needs --ca-cert FILE (the CA that signed the server's certificate)")?;
+        let ca = ca.context(
+            "grpcs:// needs --ca-cert FILE (the CA that signed the server's certificate)",
+        )?;
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
         Some(
@@ -283,7 +285,10 @@ mod tests {
 
     #[test]
     fn urls_pick_plaintext_or_tls() {
-        assert_eq!(target("grpc://127.0.0.1:8001", None).unwrap().uri, "http://127.0.0.1:8001");
+        assert_eq!(
+            target("grpc://127.0.0.1:8001", None).unwrap().uri,
+            "http://127.0.0.1:8001"
+        );
         assert!(target("grpcs://localhost:8001", None).is_err());
         assert!(target("http://x:1", None).is_err());
     }

@@ -96,17 +96,23 @@ impl HttpConn {
             None => {
                 let (sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                (sender, tokio::spawn(async move {
-                    let _ = conn.await;
-                }))
+                (
+                    sender,
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    }),
+                )
             }
             Some(tls) => {
                 let stream = tls.connector.connect(tls.name.clone(), stream).await?;
                 let (sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                (sender, tokio::spawn(async move {
-                    let _ = conn.await;
-                }))
+                (
+                    sender,
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    }),
+                )
             }
         };
         Ok(HttpConn { sender, driver })
