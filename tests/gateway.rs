@@ -790,27 +790,8 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     }
     // SIGTERM only once all six are inside the gateway: one running, five
     // queued.
-    let mut seen = (0.0, 0.0);
-    for _ in 0..5000 {
-        let busy = gw
-            .metric("quiver_busy_instances", &["model=\"slow\""])
-            .await
-            .unwrap();
-        let queued = gw
-            .metric("quiver_queue_depth", &["model=\"slow\""])
-            .await
-            .unwrap();
-        seen = (busy, queued);
-        if busy + queued >= 6.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(
-        seen.0 + seen.1,
-        6.0,
-        "requests never all in flight: {seen:?}"
-    );
+    let seen = gw.wait_in_flight("slow", 6.0).await.unwrap();
+    assert_eq!(seen, 6.0, "requests never all in flight");
     gw.terminate().unwrap();
     for t in tasks {
         let r = t

@@ -137,22 +137,7 @@ async fn grpc_graceful_shutdown_finishes_calls_in_flight() {
             client.model_infer(request).await
         }));
     }
-    let mut seen = 0.0;
-    for _ in 0..5000 {
-        let busy = gw
-            .metric("quiver_busy_instances", &["model=\"slow\""])
-            .await
-            .unwrap();
-        let queued = gw
-            .metric("quiver_queue_depth", &["model=\"slow\""])
-            .await
-            .unwrap();
-        seen = busy + queued;
-        if seen >= 6.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let seen = gw.wait_in_flight("slow", 6.0).await.unwrap();
     assert_eq!(seen, 6.0, "calls never all in flight");
     gw.terminate().unwrap();
     for (i, call) in calls.into_iter().enumerate() {

@@ -204,6 +204,23 @@ impl Gateway {
         Ok(total)
     }
 
+    /// Polls `/metrics` until `n` requests of `model` are in flight (running
+    /// or queued); returns how many were seen last.
+    pub async fn wait_in_flight(&self, model: &str, n: f64) -> Result<f64> {
+        let label = format!("model=\"{model}\"");
+        let mut seen = 0.0;
+        for _ in 0..5000 {
+            let busy = self.metric("quiver_busy_instances", &[&label]).await?;
+            let queued = self.metric("quiver_queue_depth", &[&label]).await?;
+            seen = busy + queued;
+            if seen >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(seen)
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<()> {
         let status = Command::new("kill")
