@@ -315,7 +315,8 @@ def check_bad_inputs(client, url, max_message):
     expect_status(lambda: raw_infer(client, "mlp", {"features": big}, ok), "RESOURCE_EXHAUSTED", str(max_message))
 
 
-def check_deadlines_and_queue(client):
+def check_deadlines_and_queue(client, http):
+    dropped_before = metric(http, "quiver_dropped_requests_total", ['model="slow"'])
     x = np.zeros((8, 256), dtype=np.float32)
     inp = grpcclient.InferInput("x", [8, 256], "FP32")
     inp.set_data_from_numpy(x)
@@ -333,6 +334,9 @@ def check_deadlines_and_queue(client):
     expect("StatusCode.RESOURCE_EXHAUSTED" in seen, f"no RESOURCE_EXHAUSTED among {sorted(set(seen))}")
     expect("StatusCode.DEADLINE_EXCEEDED" in seen, f"no DEADLINE_EXCEEDED among {sorted(set(seen))}")
     expect("OK" in seen, f"no request served among {sorted(set(seen))}")
+    # The expired ones left the queue without running.
+    dropped = metric(http, "quiver_dropped_requests_total", ['model="slow"']) - dropped_before
+    expect(dropped > 0, "no request was dropped from the queue before reaching the model")
 
 
 def check_repository(client, url, token):
@@ -373,7 +377,7 @@ def main():
         ("2,000 concurrent calls, batched", lambda: check_concurrency(client, args.models_dir, args.http)),
         ("statistics", lambda: check_statistics(client)),
         ("bad inputs map to status codes", lambda: check_bad_inputs(client, args.grpc, args.max_message_bytes)),
-        ("deadlines and a full queue", lambda: check_deadlines_and_queue(client)),
+        ("deadlines and a full queue", lambda: check_deadlines_and_queue(client, args.http)),
         ("repository API and its token", lambda: check_repository(client, args.grpc, args.admin_token)),
     ]
     passed = failed = 0
