@@ -2,6 +2,8 @@
 //! driven by the official `tritonclient.grpc` (tests/python/
 //! tritonclient_grpc_check.py), every answer compared with ONNX Runtime's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;

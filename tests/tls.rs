@@ -4,6 +4,8 @@
 //! failure (never a hang) for plaintext on a TLS port, and a certificate
 //! rotated under load with no failed request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

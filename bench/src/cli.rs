@@ -337,11 +337,11 @@ async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
         )?;
         return Ok((
             format,
-            AnyEndpoint::Grpc(grpc::GrpcEndpoint {
+            AnyEndpoint::Grpc(Box::new(grpc::GrpcEndpoint {
                 target,
                 request,
                 stream: a.stream,
-            }),
+            })),
         ));
     }
     let format = a.format.unwrap_or(Format::Json);
@@ -376,12 +376,12 @@ async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
 /// HTTP or gRPC, so one run loop drives either.
 enum AnyEndpoint {
     Http(http::HttpEndpoint),
-    Grpc(grpc::GrpcEndpoint),
+    Grpc(Box<grpc::GrpcEndpoint>),
 }
 
 enum AnyConn {
     Http(http::HttpConn),
-    Grpc(grpc::GrpcConn),
+    Grpc(Box<grpc::GrpcConn>),
 }
 
 impl crate::endpoint::Endpoint for AnyEndpoint {
@@ -390,7 +390,7 @@ impl crate::endpoint::Endpoint for AnyEndpoint {
     async fn connect(&self) -> Result<AnyConn> {
         match self {
             AnyEndpoint::Http(e) => e.connect().await.map(AnyConn::Http),
-            AnyEndpoint::Grpc(e) => e.connect().await.map(AnyConn::Grpc),
+            AnyEndpoint::Grpc(e) => e.connect().await.map(|c| AnyConn::Grpc(Box::new(c))),
         }
     }
 

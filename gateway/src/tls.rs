@@ -408,3 +408,37 @@ impl tonic::transport::server::Connected for Conn {
         self.tcp().peer_addr().ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_is_off_without_files_and_needs_both() {
+        assert!(TlsConfig::default().validate().unwrap().is_none());
+        let only_cert = TlsConfig {
+            cert_path: Some("c.pem".into()),
+            ..TlsConfig::default()
+        };
+        assert_eq!(only_cert.validate().unwrap_err().key, "tls.key_path");
+        let ca_alone = TlsConfig {
+            client_ca_path: Some("ca.pem".into()),
+            ..TlsConfig::default()
+        };
+        assert_eq!(ca_alone.validate().unwrap_err().key, "tls.client_ca_path");
+    }
+
+    #[test]
+    fn a_missing_certificate_is_named() {
+        let settings = TlsConfig {
+            cert_path: Some("/nonexistent/quiver.pem".into()),
+            key_path: Some("/nonexistent/quiver.key".into()),
+            ..TlsConfig::default()
+        }
+        .validate()
+        .unwrap()
+        .unwrap();
+        let err = Tls::load(settings).err().unwrap().to_string();
+        assert!(err.contains("/nonexistent/quiver.pem"), "{err}");
+    }
+}

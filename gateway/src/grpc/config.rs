@@ -82,3 +82,26 @@ impl GrpcConfig {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_is_off_unless_an_address_is_set() {
+        assert!(GrpcConfig::default().validate().unwrap().is_none());
+        let on = GrpcConfig {
+            addr: Some("127.0.0.1:0".into()),
+            ..GrpcConfig::default()
+        }
+        .validate()
+        .unwrap()
+        .unwrap();
+        assert_eq!(on.max_message_bytes, 64 << 20);
+        let bad = GrpcConfig {
+            addr: Some("localhost".into()),
+            ..GrpcConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "grpc.addr");
+    }
+}
