@@ -187,6 +187,10 @@ pub fn account(route: &Route, outcome: &str, elapsed: Duration, server_error: bo
     served.metrics.outcome(outcome);
     served
         .metrics
+        .dashboard
+        .request(elapsed, outcome != "success");
+    served
+        .metrics
         .request_duration
         .record(elapsed.as_secs_f64());
     served

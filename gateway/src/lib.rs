@@ -27,13 +27,15 @@
 //! from what the model does at warm-up),
 //! [`rollout`] (canary guardrail policy and statistics), [`model`] (a
 //! version's interface), [`tensor`] (typed tensor buffers),
-//! [`metrics`] (names and recorder), [`error`] (API errors → HTTP status),
+//! [`metrics`] (names and recorder), [`dashboard`] (the live page and
+//! its JSON), [`error`] (API errors → HTTP status),
 //! and [`server`] (`run(settings, listener, shutdown)`).
 
 pub mod admission;
 pub mod backend;
 pub mod batcher;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod inference;

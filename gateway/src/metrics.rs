@@ -307,6 +307,8 @@ pub struct VersionMetrics {
     pub shadow_agree: Counter,
     pub shadow_disagree: Counter,
     pub shadow_duration: Histogram,
+    /// The same events as plain atomics the dashboard can read back.
+    pub dashboard: std::sync::Arc<crate::dashboard::Counters>,
 }
 
 impl VersionMetrics {
@@ -336,6 +338,7 @@ impl VersionMetrics {
             shadow_agree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "true"),
             shadow_disagree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "false"),
             shadow_duration: histogram!(SHADOW_DURATION, "model" => m, "version" => v),
+            dashboard: std::sync::Arc::default(),
         }
     }
 

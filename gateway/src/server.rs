@@ -34,6 +34,8 @@ pub struct Gateway {
     pub shadows: Shadows,
     /// Predictions and labels on their way to Kafka or the local log.
     pub traffic: TrafficLog,
+    /// The live dashboard's charts and registry view.
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,7 @@ pub async fn run(
     let traffic = TrafficLog::start(settings.log.clone())?;
     let gw = Arc::new(Gateway {
         traffic,
+        dashboard: crate::dashboard::Dashboard::new(registry.clone()),
         live: ArcSwap::from_pointee(LiveModels::default()),
         shadows: Shadows::new(
             settings.routing.shadow_max_in_flight,
@@ -98,6 +101,7 @@ pub async fn run(
     if gw.manager.set(manager).is_err() {
         tracing::error!("model manager started twice");
     }
+    crate::dashboard::start(&gw);
 
     let stop_ingress = Arc::new(tokio::sync::Notify::new());
     let ingress = match gw.settings.ingress.clone() {

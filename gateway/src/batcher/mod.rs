@@ -261,6 +261,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
         .compute_duration
         .record(compute_time.as_secs_f64());
     shared.metrics.batch_size.record(rows as f64);
+    shared.metrics.dashboard.batch(rows);
     let outputs = result.and_then(|outputs| split(outputs, &batch, rows, shared.spec.is_batched()));
     match outputs {
         Ok(per_job) => {
