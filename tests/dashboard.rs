@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use quiver_tests::browser::Browser;
 use quiver_tests::trainer::{self, ModelToml};
-use quiver_tests::{Gateway, Rng, scratch, send};
+use quiver_tests::{Gateway, Rng, root, scratch, send};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "dashboard-test-token";
@@ -166,7 +166,8 @@ async fn dashboard_shows_models_rollout_charts_and_runs() -> Result<()> {
         ("QUIVER_LOG__DIR", log_dir.to_str().context("path")?),
     ];
     let gw = Arc::new(Gateway::start_ready(&dir.join("repo"), &[], &env).await?);
-    let mut t = trainer::spawn(&cfg, &dir.join("trainer.log"))?;
+    let trainer_log = dir.join("trainer.log");
+    let mut t = trainer::spawn(&cfg, &["--metrics-addr", "127.0.0.1:0"], &trainer_log)?;
     until_canary(&gw, &dir).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -187,6 +188,7 @@ async fn dashboard_shows_models_rollout_charts_and_runs() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     check_state(&gw, &doc).await?;
+    grafana_queries_exported_metrics(&gw, &trainer_log).await?;
 
     let url = format!("http://{}/", gw.addr);
     let shot = tokio::task::spawn_blocking(move || in_the_browser(&url)).await??;
@@ -410,4 +412,134 @@ async fn protected_reads(dir: &Path) -> Result<()> {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["models"][0]["name"], "m");
     Ok(())
+}
+
+/// `deploy/grafana/quiver.json` parses as a Grafana dashboard, and every
+/// metric its queries name is in the gateway's `/metrics` (or, for
+/// `quiver_trainer_*`, the trainer's), with every label they select on.
+async fn grafana_queries_exported_metrics(gw: &Gateway, trainer_log: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/quiver.json"))?;
+    let dash: Value = serde_json::from_str(&text).context("deploy/grafana/quiver.json")?;
+    assert!(dash["schemaVersion"].as_u64().is_some() && dash["uid"].is_string());
+    let mut queries = Vec::new();
+    let mut ids = Vec::new();
+    for p in dash["panels"].as_array().context("panels")? {
+        ids.push(p["id"].as_u64().context("panel id")?);
+        assert!(
+            p["title"].is_string() && p["gridPos"]["w"].as_u64().is_some(),
+            "{p}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().context("targets")?;
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            queries.push(t["expr"].as_str().context("expr")?.to_string());
+        }
+    }
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "panel ids repeat");
+    for v in dash["templating"]["list"]
+        .as_array()
+        .context("templating")?
+    {
+        if let Some(q) = v["query"]["query"].as_str() {
+            queries.push(q.to_string());
+        }
+    }
+    let gateway = gw.get("/metrics").await?.text();
+    let log = std::fs::read_to_string(trainer_log)?;
+    let addr = log
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split("/metrics").next())
+        .context("the trainer's metrics address in its log")?;
+    let trainer = send(addr.parse()?, "GET", "/metrics", &[], Bytes::new())
+        .await?
+        .text();
+    let mut checked = 0;
+    for q in &queries {
+        for (metric, labels) in selectors(q) {
+            let exported = if metric.starts_with("quiver_trainer_") {
+                &trainer
+            } else {
+                &gateway
+            };
+            let samples: Vec<&str> = exported
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| l.split(['{', ' ']).next() == Some(metric.as_str()))
+                .collect();
+            assert!(!samples.is_empty(), "{metric} (in `{q}`) is not exported");
+            for label in labels {
+                assert!(
+                    samples.iter().any(|s| s.contains(&format!("{label}=\""))),
+                    "{metric} has no label {label} (in `{q}`)"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} metric references found");
+    Ok(())
+}
+
+/// Each `quiver_*` metric a PromQL query names, with the label names it
+/// selects on (`{a="x",b=~"y"}`) or groups by (`by (a, b)` before it).
+fn selectors(query: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("quiver_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].to_string();
+        let mut labels = Vec::new();
+        if let Some(body) = tail[end..].strip_prefix('{') {
+            let body = body.split('}').next().unwrap_or_default();
+            for m in body.split(',') {
+                let key: String = m
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !key.is_empty() {
+                    labels.push(key);
+                }
+            }
+        }
+        if let Some(by) = rest[..at]
+            .rsplit("by (")
+            .next()
+            .filter(|_| rest[..at].contains("by ("))
+        {
+            let by = by.split(')').next().unwrap_or_default();
+            labels.extend(
+                by.split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty() && l != "le"),
+            );
+        }
+        out.push((name, labels));
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn selectors_of_a_query() {
+    let q = r#"sum by (model, le) (rate(quiver_x_bucket{model=~"$m",agree="true"}[1m])) / max(quiver_y)"#;
+    assert_eq!(
+        selectors(q),
+        vec![
+            (
+                "quiver_x_bucket".to_string(),
+                vec!["model".into(), "agree".into(), "model".into()]
+            ),
+            ("quiver_y".to_string(), vec![]),
+        ]
+    );
 }

@@ -92,7 +92,7 @@ fn config(dir: &Path, worse: bool, kafka: Option<&str>) -> Result<PathBuf> {
 }
 
 fn trainer(config: &Path, dir: &Path, tag: &str) -> Result<Child> {
-    quiver_tests::trainer::spawn(config, &dir.join(format!("trainer-{tag}.log")))
+    quiver_tests::trainer::spawn(config, &[], &dir.join(format!("trainer-{tag}.log")))
 }
 
 fn events(dir: &Path) -> Vec<serde_json::Value> {

@@ -388,6 +388,13 @@ pub fn model_gauges(model: &str, entry: &ModelEntry) {
     gauge!(ROLLOUT_STABLE_VERSION, "model" => m.clone())
         .set(entry.table.stable.map_or(0.0, |v| v as f64));
     gauge!(ROLLOUT_STEP, "model" => m.clone()).set(entry.routing.step as f64);
+    // Registered at zero, so dashboards see every decision before the first.
+    for decision in [
+        "init", "start", "advance", "promote", "rollback", "set", "load", "unload",
+    ] {
+        counter!(ROLLOUT_DECISIONS_TOTAL, "model" => m.clone(), "decision" => decision)
+            .increment(0);
+    }
     for (version, served) in &entry.versions {
         if served.served.is_some() {
             let w = entry.routing.canary.get(version).copied().unwrap_or(0.0);

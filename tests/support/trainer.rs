@@ -62,12 +62,13 @@ quality_drop = 1.0
     )
 }
 
-/// Starts `quiver-trainer --config <config> run`, its log to `log`.
-pub fn spawn(config: &Path, log: &Path) -> Result<Child> {
+/// Starts `quiver-trainer --config <config> [args] run`, its log to `log`.
+pub fn spawn(config: &Path, args: &[&str], log: &Path) -> Result<Child> {
     let log = std::fs::File::create(log)?;
     Ok(Command::new(binary("quiver-trainer")?)
         .args(["--config"])
         .arg(config)
+        .args(args)
         .arg("run")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
