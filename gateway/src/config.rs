@@ -58,6 +58,8 @@ pub struct GatewayConfig {
     /// Running as one of several replicas on one registry: the guardrail
     /// leader's lease and the traffic reports it merges.
     pub fleet: FleetConfig,
+    /// OpenTelemetry traces of inference requests (off by default).
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,6 +386,7 @@ pub struct Settings {
     pub log: LogSettings,
     /// `None`: no Kafka ingress.
     pub ingress: Option<IngressSettings>,
+    pub tracing: crate::telemetry::TracingSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -538,6 +541,7 @@ impl GatewayConfig {
         }
         let token = env(&self.admin.token_env).filter(|t| !t.is_empty());
         let (log, ingress) = crate::prediction_log::settings::validate(self.log, self.kafka)?;
+        let tracing = self.tracing.validate()?;
         Ok(Settings {
             http_addr,
             max_body_bytes: self.http.max_body_bytes,
@@ -569,6 +573,7 @@ impl GatewayConfig {
             },
             log,
             ingress,
+            tracing,
         })
     }
 }

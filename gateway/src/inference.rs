@@ -58,6 +58,9 @@ pub struct Answer {
     pub queue_time: Duration,
     pub compute_time: Duration,
     pub batch_rows: usize,
+    /// When the batch left the queue, and when this answer came back.
+    pub batch_started: Instant,
+    pub answered_at: Instant,
     /// The inputs as received, kept for the prediction log.
     logged_inputs: Option<Vec<Tensor>>,
 }
@@ -154,6 +157,7 @@ pub async fn predict(
         queue_time,
         compute_time,
         batch_rows,
+        batch_started,
     } = answer
         .map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
     let outputs = match shadow_inputs {
@@ -177,6 +181,8 @@ pub async fn predict(
         queue_time,
         compute_time,
         batch_rows,
+        batch_started,
+        answered_at: Instant::now(),
         logged_inputs,
     })
 }

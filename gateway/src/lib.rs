@@ -28,7 +28,7 @@
 //! [`rollout`] (canary guardrail policy and statistics), [`model`] (a
 //! version's interface), [`tensor`] (typed tensor buffers),
 //! [`metrics`] (names and recorder), [`dashboard`] (the live page and
-//! its JSON), [`error`] (API errors → HTTP status),
+//! its JSON), [`telemetry`] (OpenTelemetry traces), [`error`] (API errors → HTTP status),
 //! and [`server`] (`run(settings, listener, shutdown)`).
 
 pub mod admission;
@@ -53,6 +53,7 @@ pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod telemetry;
 pub mod tensor;
 
 pub use server::run;

@@ -81,6 +81,7 @@ pub async fn run(
         },
     }
     let traffic = TrafficLog::start(settings.log.clone())?;
+    crate::telemetry::start(&settings.tracing).map_err(ServeError::Thread)?;
     let gw = Arc::new(Gateway {
         traffic,
         dashboard: crate::dashboard::Dashboard::new(registry.clone()),
@@ -183,6 +184,7 @@ pub async fn run(
         }
         // Every answer has been logged by now: flush the log last.
         gw2.traffic.shutdown();
+        crate::telemetry::flush(std::time::Duration::from_secs(2));
     })
     .await;
     if joined.is_err() {

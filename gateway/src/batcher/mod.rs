@@ -28,6 +28,8 @@ pub struct JobOutput {
     pub compute_time: Duration,
     /// Rows in the batch this job ran in.
     pub batch_rows: usize,
+    /// When the batch left the queue.
+    pub batch_started: Instant,
 }
 
 pub type Reply = Result<JobOutput, InferError>;
@@ -276,6 +278,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
                     queue_time,
                     compute_time,
                     batch_rows: rows,
+                    batch_started: started,
                 }));
             }
         }

@@ -131,6 +131,7 @@ pub async fn infer(
         .headers()
         .get(gw.settings.routing.key_header.as_str())
         .map(|v| key_hash(v.as_bytes()));
+    let mut trace = crate::telemetry::begin(req.headers(), started);
     let request = match read_request(gw, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -138,6 +139,7 @@ pub async fn infer(
             return reply::error(&e);
         }
     };
+    crate::telemetry::decoded(&mut trace);
     let key = inference::key(header_key, request.id.as_deref());
     let route = match inference::route(gw, model, version, key) {
         Ok(r) => r,
@@ -154,8 +156,10 @@ pub async fn infer(
     let elapsed = started.elapsed();
     match result {
         Ok((response, answer)) => {
+            let timing = crate::telemetry::Timing::of(&answer, started + elapsed);
             inference::account(&route, "success", elapsed, false);
             inference::log(gw, &route, answer, Source::Http, elapsed);
+            crate::telemetry::finish(trace, &route, 200, "success", Some(timing));
             response
         }
         Err(e) => {
@@ -167,6 +171,8 @@ pub async fn infer(
             );
             let server_error = resp.status().is_server_error();
             inference::account(&route, e.status_and_outcome().1, elapsed, server_error);
+            let status = resp.status().as_u16();
+            crate::telemetry::finish(trace, &route, status, e.status_and_outcome().1, None);
             resp
         }
     }
