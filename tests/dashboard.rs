@@ -337,6 +337,21 @@ fn in_the_browser(url: &str) -> Result<Vec<u8>> {
     let loaded = started.elapsed();
     assert_eq!(b.eval("location.pathname")?, "/dashboard");
     let first = b.wait_for("window.quiverFirstRender", Duration::from_secs(30))?;
+    // Reported, not asserted: what the page weighed and when it painted.
+    let weight = b.eval(
+        r#"(() => {
+        const nav = performance.getEntriesByType('navigation')[0];
+        const res = performance.getEntriesByType('resource');
+        const paint = performance.getEntriesByType('paint').find(p => p.name === 'first-contentful-paint');
+        return {
+            page_bytes: nav.decodedBodySize + res.filter(r => !r.name.includes('/api/')).reduce((n, r) => n + r.decodedBodySize, 0),
+            state_bytes: res.filter(r => r.name.includes('/api/')).map(r => r.decodedBodySize),
+            first_contentful_paint_ms: paint ? paint.startTime : null,
+            first_data_render_ms: window.quiverFirstRender,
+        };
+    })()"#,
+    )?;
+    eprintln!("page weight and first render: {weight}");
     let seen = b.eval(
         r#"(() => {
         const m = document.querySelector('section.model[data-model="m"]');
