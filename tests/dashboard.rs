@@ -159,15 +159,22 @@ async fn dashboard_shows_models_rollout_charts_and_runs() -> Result<()> {
     let cfg = trainer_config(&dir)?;
     bootstrap(&dir, &cfg)?;
     let log_dir = dir.join("log");
+    // A free port for the trainer's metrics, which the gateway reads.
+    let trainer_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let trainer_url = format!("http://{trainer_addr}/metrics");
     let env = [
         ("QUIVER_ADMIN_TOKEN", TOKEN),
         ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
         ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "100"),
         ("QUIVER_LOG__DIR", log_dir.to_str().context("path")?),
+        (
+            "QUIVER_DASHBOARD__TRAINER_METRICS_URL",
+            trainer_url.as_str(),
+        ),
     ];
     let gw = Arc::new(Gateway::start_ready(&dir.join("repo"), &[], &env).await?);
-    let trainer_log = dir.join("trainer.log");
-    let mut t = trainer::spawn(&cfg, &["--metrics-addr", "127.0.0.1:0"], &trainer_log)?;
+    let addr = trainer_addr.to_string();
+    let mut t = trainer::spawn(&cfg, &["--metrics-addr", &addr], &dir.join("trainer.log"))?;
     until_canary(&gw, &dir).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -180,6 +187,7 @@ async fn dashboard_shows_models_rollout_charts_and_runs() -> Result<()> {
         let m = &doc["models"][0];
         if busy_samples(m, 1) >= 3
             && busy_samples(m, 2) >= 3
+            && version(m, 1)["online"]["accuracy"].is_number()
             && m["rollout"]["guardrail"]["canary_arm"]["requests"].as_u64() > Some(0)
         {
             break doc;
@@ -188,7 +196,7 @@ async fn dashboard_shows_models_rollout_charts_and_runs() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     check_state(&gw, &doc).await?;
-    grafana_queries_exported_metrics(&gw, &trainer_log).await?;
+    grafana_queries_exported_metrics(&gw, trainer_addr).await?;
 
     let url = format!("http://{}/", gw.addr);
     let shot = tokio::task::spawn_blocking(move || in_the_browser(&url)).await??;
@@ -246,6 +254,12 @@ async fn check_state(gw: &Gateway, doc: &Value) -> Result<()> {
     assert_eq!((&g["canary"], &g["stable"]), (&json!(2), &json!(1)));
     assert_eq!(g["decision"], "hold", "{g}");
     assert_eq!(g["min_requests"], 1_000_000);
+    // Online quality, from the trainer's metrics.
+    assert_eq!(doc["trainer"], json!({"configured": true, "error": null}));
+    let accuracy = version(m, 1)["online"]["accuracy"]
+        .as_f64()
+        .context("v1 accuracy")?;
+    assert!((0.0..=1.0).contains(&accuracy));
 
     // Each version names the run that made it; v2's run has v1 as parent.
     let runs = m["runs"].as_array().context("runs")?;
@@ -367,6 +381,7 @@ fn in_the_browser(url: &str) -> Result<Vec<u8>> {
             runs: [...m.querySelectorAll('table.runs tbody tr td.outcome')].map(t => t.textContent),
             compare: [...m.querySelectorAll('.compare .run h4')].map(t => t.textContent),
             history: m.querySelectorAll('table.history tbody tr').length,
+            online: m.querySelector('tr.quality-row[data-version="1"] td.online').textContent,
         };
     })()"#,
     )?;
@@ -393,6 +408,8 @@ fn in_the_browser(url: &str) -> Result<Vec<u8>> {
     // The newest run (v2's) is shown beside its parent, v1's run.
     assert_eq!(seen["compare"][1], "its parent, v1");
     assert!(seen["history"].as_u64() >= Some(1));
+    let online = seen["online"].as_str().unwrap_or_default();
+    assert!(online.starts_with("accuracy "), "{online}");
     // A few polls later, still no error.
     std::thread::sleep(Duration::from_millis(2500));
     b.eval("1")?;
@@ -432,7 +449,10 @@ async fn protected_reads(dir: &Path) -> Result<()> {
 /// `deploy/grafana/quiver.json` parses as a Grafana dashboard, and every
 /// metric its queries name is in the gateway's `/metrics` (or, for
 /// `quiver_trainer_*`, the trainer's), with every label they select on.
-async fn grafana_queries_exported_metrics(gw: &Gateway, trainer_log: &Path) -> Result<()> {
+async fn grafana_queries_exported_metrics(
+    gw: &Gateway,
+    trainer: std::net::SocketAddr,
+) -> Result<()> {
     let text = std::fs::read_to_string(root().join("deploy/grafana/quiver.json"))?;
     let dash: Value = serde_json::from_str(&text).context("deploy/grafana/quiver.json")?;
     assert!(dash["schemaVersion"].as_u64().is_some() && dash["uid"].is_string());
@@ -465,39 +485,45 @@ async fn grafana_queries_exported_metrics(gw: &Gateway, trainer_log: &Path) -> R
             queries.push(q.to_string());
         }
     }
-    let gateway = gw.get("/metrics").await?.text();
-    let log = std::fs::read_to_string(trainer_log)?;
-    let addr = log
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|r| r.split("/metrics").next())
-        .context("the trainer's metrics address in its log")?;
-    let trainer = send(addr.parse()?, "GET", "/metrics", &[], Bytes::new())
-        .await?
-        .text();
-    let mut checked = 0;
-    for q in &queries {
-        for (metric, labels) in selectors(q) {
-            let exported = if metric.starts_with("quiver_trainer_") {
-                &trainer
-            } else {
-                &gateway
-            };
-            let samples: Vec<&str> = exported
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter(|l| l.split(['{', ' ']).next() == Some(metric.as_str()))
-                .collect();
-            assert!(!samples.is_empty(), "{metric} (in `{q}`) is not exported");
-            for label in labels {
-                assert!(
-                    samples.iter().any(|s| s.contains(&format!("{label}=\""))),
-                    "{metric} has no label {label} (in `{q}`)"
-                );
+    // The trainer sets some gauges only at its next drift or quality pass:
+    // wait (up to a minute) until nothing is missing.
+    let until = Instant::now() + Duration::from_secs(60);
+    let (missing, checked) = loop {
+        let gateway = gw.get("/metrics").await?.text();
+        let trainer = send(trainer, "GET", "/metrics", &[], Bytes::new())
+            .await?
+            .text();
+        let mut missing = Vec::new();
+        let mut checked = 0;
+        for q in &queries {
+            for (metric, labels) in selectors(q) {
+                let exported = if metric.starts_with("quiver_trainer_") {
+                    &trainer
+                } else {
+                    &gateway
+                };
+                let samples: Vec<&str> = exported
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .filter(|l| l.split(['{', ' ']).next() == Some(metric.as_str()))
+                    .collect();
+                if samples.is_empty() {
+                    missing.push(format!("{metric} (in `{q}`) is not exported"));
+                }
+                for label in labels {
+                    if !samples.iter().any(|s| s.contains(&format!("{label}=\""))) {
+                        missing.push(format!("{metric} has no label {label} (in `{q}`)"));
+                    }
+                }
+                checked += 1;
             }
-            checked += 1;
         }
-    }
+        if missing.is_empty() || Instant::now() > until {
+            break (missing, checked);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(missing.is_empty(), "{missing:#?}");
     assert!(checked >= 20, "only {checked} metric references found");
     Ok(())
 }

@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     pub fleet: FleetConfig,
     /// OpenTelemetry traces of inference requests (off by default).
     pub tracing: crate::telemetry::TracingConfig,
+    /// The live dashboard at `/dashboard`.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -387,6 +389,7 @@ pub struct Settings {
     /// `None`: no Kafka ingress.
     pub ingress: Option<IngressSettings>,
     pub tracing: crate::telemetry::TracingSettings,
+    pub dashboard: crate::dashboard::DashboardSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -542,6 +545,7 @@ impl GatewayConfig {
         let token = env(&self.admin.token_env).filter(|t| !t.is_empty());
         let (log, ingress) = crate::prediction_log::settings::validate(self.log, self.kafka)?;
         let tracing = self.tracing.validate()?;
+        let dashboard = self.dashboard.validate()?;
         Ok(Settings {
             http_addr,
             max_body_bytes: self.http.max_body_bytes,
@@ -574,6 +578,7 @@ impl GatewayConfig {
             log,
             ingress,
             tracing,
+            dashboard,
         })
     }
 }

@@ -45,6 +45,7 @@ pub mod loader;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod plain_http;
 pub mod prediction_log;
 pub mod probe;
 pub mod protocol;

@@ -84,7 +84,7 @@ pub async fn run(
     crate::telemetry::start(&settings.tracing).map_err(ServeError::Thread)?;
     let gw = Arc::new(Gateway {
         traffic,
-        dashboard: crate::dashboard::Dashboard::new(registry.clone()),
+        dashboard: crate::dashboard::Dashboard::new(registry.clone(), &settings.dashboard),
         live: ArcSwap::from_pointee(LiveModels::default()),
         shadows: Shadows::new(
             settings.routing.shadow_max_in_flight,

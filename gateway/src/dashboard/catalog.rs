@@ -27,6 +27,9 @@ pub struct ModelCatalog {
 #[derive(Default, Clone)]
 pub struct Catalog {
     pub models: BTreeMap<String, ModelCatalog>,
+    /// The trainer's online quality and drift; `None` when no trainer
+    /// metrics URL is configured, an error when they could not be read.
+    pub trainer: Option<Result<super::trainer::Quality, String>>,
     pub read_at: Option<Instant>,
 }
 
@@ -37,8 +40,14 @@ impl Catalog {
     }
 
     /// A new view of `wanted` (model → its versions), reusing what cannot
-    /// have changed since `self` was read. Blocking: registry I/O.
-    pub fn refresh(&self, registry: &Registry, wanted: &BTreeMap<String, Vec<u64>>) -> Catalog {
+    /// have changed since `self` was read, and the trainer's metrics from
+    /// `trainer` if given. Blocking: registry and network I/O.
+    pub fn refresh(
+        &self,
+        registry: &Registry,
+        wanted: &BTreeMap<String, Vec<u64>>,
+        trainer: Option<&crate::plain_http::Url>,
+    ) -> Catalog {
         let models = wanted
             .iter()
             .map(|(model, versions)| {
@@ -48,6 +57,7 @@ impl Catalog {
             .collect();
         Catalog {
             models,
+            trainer: trainer.map(super::trainer::read),
             read_at: Some(Instant::now()),
         }
     }

@@ -9,14 +9,16 @@
 //! - [`ring`]: a sample a second of every version for 15 minutes, taken
 //!   by a sampler task off the inference path;
 //! - [`guardrail`]: the rollout guardrail's last comparison;
-//! - [`catalog`]: manifests and run records from the registry, read only
-//!   while someone looks;
+//! - [`catalog`]: manifests and run records from the registry, and
+//!   ([`trainer`]) online quality and drift from the trainer's metrics,
+//!   read only while someone looks;
 //! - [`view`]: the JSON document.
 
 mod catalog;
 mod counters;
 pub mod guardrail;
 mod ring;
+mod trainer;
 mod view;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ use quiver_registry::Registry;
 
 pub use counters::{Counters, Totals};
 pub use ring::{CAPACITY, Sample};
+pub use trainer::{DashboardConfig, DashboardSettings};
 
 use crate::error::ApiError;
 use crate::http::Body;
@@ -48,6 +51,7 @@ const APP_JS: &str = include_str!("assets/app.js");
 /// The dashboard's state, one per gateway.
 pub struct Dashboard {
     registry: Registry,
+    trainer_metrics: Option<crate::plain_http::Url>,
     rings: Mutex<Rings>,
     catalog: Mutex<Arc<Catalog>>,
     /// One registry read at a time, however many pages poll.
@@ -55,9 +59,10 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
-    pub fn new(registry: Registry) -> Dashboard {
+    pub fn new(registry: Registry, settings: &DashboardSettings) -> Dashboard {
         Dashboard {
             registry,
+            trainer_metrics: settings.trainer_metrics.clone(),
             rings: Mutex::default(),
             catalog: Mutex::default(),
             refreshing: tokio::sync::Mutex::new(()),
@@ -141,9 +146,12 @@ pub async fn state(
                 .map(|(name, e)| (name.clone(), e.versions.keys().copied().collect()))
                 .collect();
             let registry = dash.registry.clone();
-            let new = tokio::task::spawn_blocking(move || old.refresh(&registry, &wanted))
-                .await
-                .map_err(|e| ApiError::Internal(format!("registry read failed: {e}")))?;
+            let trainer = dash.trainer_metrics.clone();
+            let new = tokio::task::spawn_blocking(move || {
+                old.refresh(&registry, &wanted, trainer.as_ref())
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("registry read failed: {e}")))?;
             *dash.catalog.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         }
     }

@@ -29,7 +29,11 @@ pub fn state(
         .iter()
         .map(|(name, entry)| {
             let cat = catalog.models.get(name).unwrap_or(&empty);
-            model(name, entry, rings, cat, since)
+            let online = |v: u64| match &catalog.trainer {
+                Some(Ok(q)) => q.get(&(name.clone(), v)).map(|o| json!(o)),
+                _ => None,
+            };
+            model(name, entry, rings, cat, &online, since)
         })
         .collect();
     json!({
@@ -38,11 +42,23 @@ pub fn state(
         "sample_interval_ms": super::SAMPLE_INTERVAL.as_millis() as u64,
         "window_ms": window_ms,
         "loaded": live.loaded,
+        "trainer": match &catalog.trainer {
+            None => json!({"configured": false, "error": null}),
+            Some(Ok(_)) => json!({"configured": true, "error": null}),
+            Some(Err(e)) => json!({"configured": true, "error": e}),
+        },
         "models": models,
     })
 }
 
-fn model(name: &str, entry: &ModelEntry, rings: &Rings, cat: &ModelCatalog, since: u64) -> Value {
+fn model(
+    name: &str,
+    entry: &ModelEntry,
+    rings: &Rings,
+    cat: &ModelCatalog,
+    online: &dyn Fn(u64) -> Option<Value>,
+    since: u64,
+) -> Value {
     let routing = &entry.routing;
     let canary_weight = |v: u64| {
         entry
@@ -108,6 +124,7 @@ fn model(name: &str, entry: &ModelEntry, rings: &Rings, cat: &ModelCatalog, sinc
                 "requests": totals.as_ref().map(|t| t.requests.requests),
                 "errors": totals.as_ref().map(|t| t.requests.errors),
                 "shadow": shadow,
+                "online": online(v),
                 "manifest": manifest.map(|m| json!({
                     "created_at": m.created_at,
                     "lineage": m.lineage,

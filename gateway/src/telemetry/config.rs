@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::plain_http::Url;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,20 +45,12 @@ impl Default for TracingConfig {
 /// Validated tracing settings; `endpoint: None` is off.
 #[derive(Debug, Clone, Default)]
 pub struct TracingSettings {
-    pub endpoint: Option<Endpoint>,
+    pub endpoint: Option<Url>,
     pub service_name: String,
     pub sample_ratio: f64,
     pub export_interval: Duration,
     pub queue_capacity: usize,
     pub timeout: Duration,
-}
-
-/// An `http://host:port/path` URL, split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `host:port`, as connected to and sent in `Host`.
-    pub authority: String,
-    pub path: String,
 }
 
 impl TracingConfig {
@@ -74,7 +67,12 @@ impl TracingConfig {
         }
         let endpoint = match self.otlp_endpoint.trim() {
             "" => None,
-            url => Some(parse_endpoint(url).map_err(|m| invalid("tracing.otlp_endpoint", m))?),
+            url => Some(Url::parse(url, "/v1/traces").map_err(|m| {
+                invalid(
+                    "tracing.otlp_endpoint",
+                    format!("{m} (OTLP/HTTP; for TLS, export through a local collector)"),
+                )
+            })?),
         };
         Ok(TracingSettings {
             endpoint,
@@ -87,42 +85,22 @@ impl TracingConfig {
     }
 }
 
-fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!(
-            "'{url}' is not an http:// URL (OTLP/HTTP; for TLS, export through a local collector)"
-        )
-    })?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/v1/traces"),
-    };
-    if authority.is_empty() || !authority.contains(':') {
-        return Err(format!("'{url}' must name a host and a port"));
-    }
-    Ok(Endpoint {
-        authority: authority.to_string(),
-        path: path.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn endpoints() {
-        let e = parse_endpoint("http://127.0.0.1:4318/v1/traces").unwrap();
-        assert_eq!(
-            (e.authority.as_str(), e.path.as_str()),
-            ("127.0.0.1:4318", "/v1/traces")
-        );
-        assert_eq!(
-            parse_endpoint("http://otel:4318").unwrap().path,
-            "/v1/traces"
-        );
-        assert!(parse_endpoint("https://otel:4318/v1/traces").is_err());
-        assert!(parse_endpoint("http://otel/v1/traces").is_err());
+    fn settings() {
+        let on = TracingConfig {
+            otlp_endpoint: "http://otel:4318".into(),
+            ..TracingConfig::default()
+        };
+        assert_eq!(on.validate().unwrap().endpoint.unwrap().path, "/v1/traces");
+        let tls = TracingConfig {
+            otlp_endpoint: "https://otel:4318".into(),
+            ..TracingConfig::default()
+        };
+        assert!(tls.validate().is_err());
         let off = TracingConfig::default().validate().unwrap();
         assert!(off.endpoint.is_none());
         let bad = TracingConfig {

@@ -3,15 +3,14 @@
 //! to the endpoint (OTLP/HTTP, protobuf) every interval. A slow or absent
 //! endpoint costs dropped spans, never a request's time.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use super::config::{Endpoint, TracingSettings};
+use super::config::TracingSettings;
 use super::otlp;
+use crate::plain_http::{self, Url};
 
 /// What the exporter thread is sent.
 pub enum Msg {
@@ -20,7 +19,7 @@ pub enum Msg {
     Flush(SyncSender<()>),
 }
 
-pub fn run(settings: &TracingSettings, endpoint: &Endpoint, rx: &Receiver<Msg>) {
+pub fn run(settings: &TracingSettings, endpoint: &Url, rx: &Receiver<Msg>) {
     let resource = otlp::Resource {
         attributes: vec![
             otlp::KeyValue::string("service.name", settings.service_name.clone()),
@@ -55,8 +54,10 @@ pub fn run(settings: &TracingSettings, endpoint: &Endpoint, rx: &Receiver<Msg>) 
                     }],
                 }],
             };
-            if let Err(e) = post(endpoint, &request.encode_to_vec(), settings.timeout) {
-                tracing::warn!(endpoint = %endpoint.authority, spans = n, error = %e, "trace export failed; spans dropped");
+            let body = request.encode_to_vec();
+            let sent = request_of(endpoint, &body, settings.timeout);
+            if let Err(e) = sent {
+                tracing::warn!(%endpoint, spans = n, error = %e, "trace export failed; spans dropped");
             }
         }
         if Instant::now() >= next {
@@ -68,34 +69,12 @@ pub fn run(settings: &TracingSettings, endpoint: &Endpoint, rx: &Receiver<Msg>) 
     }
 }
 
-/// One POST on a fresh connection; an answer other than 2xx is an error.
-fn post(endpoint: &Endpoint, body: &[u8], timeout: Duration) -> Result<(), String> {
-    let addr = endpoint
-        .authority
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("the endpoint's host has no address")?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        endpoint.path,
-        endpoint.authority,
-        body.len()
-    );
-    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
-    let mut status = [0u8; 12];
-    s.read_exact(&mut status).map_err(|e| e.to_string())?;
-    match &status[9..12] {
-        [b'2', _, _] => Ok(()),
-        code => Err(format!(
-            "the endpoint answered {}",
-            String::from_utf8_lossy(code)
-        )),
-    }
+fn request_of(endpoint: &Url, body: &[u8], timeout: Duration) -> Result<(), String> {
+    plain_http::request(
+        endpoint,
+        "POST",
+        Some(("application/x-protobuf", body)),
+        timeout,
+    )
+    .map(|_| ())
 }

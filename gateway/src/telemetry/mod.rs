@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::HeaderMap;
 
-pub use config::{Endpoint, TracingConfig, TracingSettings};
+pub use config::{TracingConfig, TracingSettings};
 pub use traceparent::{Parent, parse as parse_traceparent};
 
 use crate::inference::{Answer, Route};
@@ -63,7 +63,7 @@ pub fn start(settings: &TracingSettings) -> std::io::Result<()> {
         dropped: AtomicU64::new(0),
     });
     if let Some(e) = &settings.endpoint {
-        tracing::info!(endpoint = %format!("http://{}{}", e.authority, e.path), "OpenTelemetry tracing on");
+        tracing::info!(endpoint = %e, "OpenTelemetry tracing on");
     }
     Ok(())
 }

@@ -180,13 +180,33 @@ function runs(model) {
     <div class="compare">${runCard(run, "run " + pick)}${runCard(parent, run && run.parent ? "its parent, v" + run.parent : "no parent version")}</div>`;
 }
 
-function quality(model) {
-  const rows = model.versions.filter(v => v.state === "ready").map(v => `<tr><td>v${v.version}</td>
+function quality(model, trainer) {
+  const na = '<span class="muted">not available</span>';
+  const online = o => {
+    if (!o) return na;
+    const parts = [["accuracy", o.accuracy], ["log loss", o.log_loss], ["MAE", o.mae], ["RMSE", o.rmse]]
+      .filter(([, v]) => v !== null && v !== undefined).map(([k, v]) => `${k} ${num(v, 4)}`);
+    if (o.labelled_rows) parts.push(`<span class="muted">over ${num(o.labelled_rows, 0)} labels</span>`);
+    return parts.join(", ") || na;
+  };
+  const drift = o => {
+    if (!o) return na;
+    const psi = Object.values(o.feature_psi || {});
+    const parts = [];
+    if (psi.length) parts.push(`features max ${num(Math.max(...psi), 3)}`);
+    if (o.prediction_psi !== null && o.prediction_psi !== undefined) parts.push(`prediction ${num(o.prediction_psi, 3)}`);
+    return parts.join(", ") || na;
+  };
+  const rows = model.versions.filter(v => v.state === "ready").map(v => `<tr class="quality-row" data-version="${v.version}"><td>v${v.version}</td>
     <td>${metrics(v.manifest && (v.manifest.metrics || {}).offline)}</td>
-    <td>${v.shadow ? pct(v.shadow.agreement) : '<span class="muted">not available</span>'}</td>
-    <td class="muted">not available</td><td class="muted">not available</td></tr>`).join("");
-  return `<table class="quality"><thead><tr><th>version</th><th>offline (manifest)</th><th>shadow agreement</th><th>online quality</th><th>feature drift (PSI)</th></tr></thead><tbody>${rows}</tbody></table>
-    <p class="muted">Online quality and drift are measured by the trainer (its metrics endpoint); its verdicts appear in the decision history above.</p>`;
+    <td>${v.shadow ? pct(v.shadow.agreement) : na}</td>
+    <td class="online">${online(v.online)}</td><td class="drift">${drift(v.online)}</td></tr>`).join("");
+  const note = !trainer.configured
+    ? "Online quality and drift come from the trainer: set <code>[dashboard] trainer_metrics_url</code> to its metrics endpoint."
+    : trainer.error ? `<span class="problem">${esc(trainer.error)}</span>`
+    : "Online quality and drift (PSI against the training window) as the trainer measures them; its verdicts are in the decision history.";
+  return `<table class="quality"><thead><tr><th>version</th><th>offline (manifest)</th><th>shadow agreement</th><th>online quality</th><th>drift (PSI)</th></tr></thead><tbody>${rows}</tbody></table>
+    <p class="muted">${note}</p>`;
 }
 
 // Charts span the window, or less while the gateway is younger than it.
@@ -207,7 +227,7 @@ function render(doc) {
     <h3>Live, last ${span(end - chartStart(m, doc)).slice(1)}</h3>
     <div class="legend">${m.versions.map((v, i) => `<span><i style="background:${color(i)}"></i>v${v.version}</span>`).join("")}</div>
     <div class="charts">${CHARTS.map(([k, t, d]) => chart(m, k, t, d, chartStart(m, doc), end)).join("")}</div>
-    <h3>Quality</h3>${quality(m)}
+    <h3>Quality</h3>${quality(m, doc.trainer)}
     <h3>Decision history</h3>${history(m)}
     <h3>Training runs</h3>${runs(m)}
   </section>`).join("");
