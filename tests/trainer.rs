@@ -29,6 +29,7 @@ use quiver_contract::routing::RoutingState;
 use quiver_contract::segments::SegmentWriter;
 use quiver_tests::kafka::Broker;
 use quiver_tests::kafka::{Outgoing, produce};
+use quiver_tests::trainer::ModelToml;
 use quiver_tests::{Gateway, binary};
 use quiver_trainer::config::KafkaConfig;
 use quiver_trainer::source::RecordSource;
@@ -69,59 +70,29 @@ impl Stream {
 
 fn config(dir: &Path, worse: bool, kafka: Option<&str>) -> Result<PathBuf> {
     let (epochs, margin) = if worse { (0, -1e9) } else { (30, 0.0) };
-    let text = format!(
-        r#"model_repository = "{repo}"
-log_dir = "{log}"
-state_dir = "{state}"
-poll_interval_ms = 50
-join_window_ms = 600000
-
-[[models]]
-name = "m"
-task = {{ kind = "classification", classes = 2 }}
-input = "features"
-outputs = [{{ name = "probabilities", kind = "probabilities" }}]
-seed = 7
-window_rows = 1500
-holdout_fraction = 0.2
-min_improvement = {margin}
-[models.mlp]
-hidden = [16]
-max_epochs = {epochs}
-[models.triggers]
-min_rows = 300
-new_rows = 800
-drift_psi = 1000.0
-quality_drop = 1.0
-[models.canary]
-min_samples = 150
-alpha = 0.01
-# The model's [rollout] steps (see `bootstrap`).
-steps = [0.5, 1.0]
-{kafka}"#,
-        repo = dir.join("repo").display(),
-        log = dir.join("log").display(),
-        state = dir.join("state").display(),
-        kafka = kafka.map_or(String::new(), |b| format!(
-            "[kafka]\nbrokers = \"{b}\"\ngroup_id = \"{GROUP}\"\n[kafka.client]\n\"fetch.wait.max.ms\" = \"50\"\n"
-        )),
+    let mut text = quiver_tests::trainer::config_text(
+        dir,
+        &ModelToml {
+            seed: 7,
+            window_rows: 1500,
+            max_epochs: epochs,
+            min_improvement: margin,
+            new_rows: 800,
+            canary: "min_samples = 150\nalpha = 0.01\n# The model's [rollout] steps (see `bootstrap`).\nsteps = [0.5, 1.0]\n",
+        },
     );
+    if let Some(b) = kafka {
+        text.push_str(&format!(
+            "[kafka]\nbrokers = \"{b}\"\ngroup_id = \"{GROUP}\"\n[kafka.client]\n\"fetch.wait.max.ms\" = \"50\"\n"
+        ));
+    }
     let path = dir.join(if worse { "worse.toml" } else { "trainer.toml" });
     std::fs::write(&path, text)?;
     Ok(path)
 }
 
 fn trainer(config: &Path, dir: &Path, tag: &str) -> Result<Child> {
-    let log = std::fs::File::create(dir.join(format!("trainer-{tag}.log")))?;
-    Ok(Command::new(binary("quiver-trainer")?)
-        .args(["--config"])
-        .arg(config)
-        .arg("run")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
+    quiver_tests::trainer::spawn(config, &[], &dir.join(format!("trainer-{tag}.log")))
 }
 
 fn events(dir: &Path) -> Vec<serde_json::Value> {
@@ -474,32 +445,17 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
 fn bootstrap(dir: &Path) -> Result<()> {
     std::env::var("QUIVER_PYTHON").context("QUIVER_PYTHON (eval \"$(scripts/setup.sh)\")")?;
     let mut stream = Stream(11);
-    let mut csv = String::from("a,b,c,d,y\n");
-    for _ in 0..2000 {
-        let (x, y) = stream.row(false);
-        let cells: Vec<String> = x.iter().map(f32::to_string).collect();
-        csv.push_str(&format!("{},{y}\n", cells.join(",")));
-    }
-    std::fs::write(dir.join("a.csv"), csv)?;
+    let rows: Vec<_> = (0..2000).map(|_| stream.row(false)).collect();
     let cfg = config(dir, false, None)?;
-    let status = Command::new(binary("quiver-trainer")?)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["bootstrap", "--model", "m", "--data"])
-        .arg(dir.join("a.csv"))
-        .status()?;
-    assert!(status.success());
+    quiver_tests::trainer::bootstrap(
+        &cfg,
+        dir,
+        &rows,
+        "version_policy = \"all\"\n[rollout]\nsteps = [0.5, 1.0]\nmin_requests = 1000000\nauto_advance = false\n",
+    )?;
     let v1 = Manifest::read(&dir.join("repo/m/1/manifest.json"), Some(("m", 1)))?;
     assert!(v1.parity_max_abs.context("parity")? <= 1e-4);
     assert!(v1.metrics["offline"]["accuracy"] > 0.9, "{:?}", v1.metrics);
-    std::fs::write(
-        dir.join("repo/m/config.toml"),
-        "version_policy = \"all\"\n[rollout]\nsteps = [0.5, 1.0]\nmin_requests = 1000000\nauto_advance = false\n",
-    )?;
-    std::fs::write(
-        dir.join("repo/m/routing.json"),
-        r#"{"schema": 1, "stable": 1}"#,
-    )?;
     Ok(())
 }
 

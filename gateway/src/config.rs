@@ -72,6 +72,10 @@ pub struct GatewayConfig {
     /// Running as one of several replicas on one registry: the guardrail
     /// leader's lease and the traffic reports it merges.
     pub fleet: FleetConfig,
+    /// OpenTelemetry traces of inference requests (off by default).
+    pub tracing: crate::telemetry::TracingConfig,
+    /// The live dashboard at `/dashboard`.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 /// Settings after validation, in runtime types.
@@ -91,6 +95,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// `None`: no Kafka ingress.
     pub ingress: Option<IngressSettings>,
+    pub tracing: crate::telemetry::TracingSettings,
+    pub dashboard: crate::dashboard::DashboardSettings,
 }
 
 impl GatewayConfig {
@@ -136,6 +142,8 @@ impl GatewayConfig {
         validate_model_settings(&self.models)
             .map_err(|(key, message)| InvalidSetting { key, message })?;
         let (log, ingress) = crate::prediction_log::settings::validate(self.log, self.kafka)?;
+        let tracing = self.tracing.validate()?;
+        let dashboard = self.dashboard.validate()?;
         Ok(Settings {
             http: self.http.validate()?,
             grpc: self.grpc.validate()?,
@@ -148,6 +156,8 @@ impl GatewayConfig {
             admin: self.admin.validate(env),
             log,
             ingress,
+            tracing,
+            dashboard,
         })
     }
 }

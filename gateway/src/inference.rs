@@ -69,6 +69,9 @@ pub struct Answer {
     pub queue_time: Duration,
     pub compute_time: Duration,
     pub batch_rows: usize,
+    /// When the batch left the queue, and when this answer came back.
+    pub batch_started: Instant,
+    pub answered_at: Instant,
     /// The inputs as received, kept for the prediction log.
     logged_inputs: Option<Vec<Tensor>>,
 }
@@ -165,6 +168,7 @@ pub async fn predict(
         queue_time,
         compute_time,
         batch_rows,
+        batch_started,
     } = answer
         .map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
     let outputs = match shadow_inputs {
@@ -188,6 +192,8 @@ pub async fn predict(
         queue_time,
         compute_time,
         batch_rows,
+        batch_started,
+        answered_at: Instant::now(),
         logged_inputs,
     })
 }
@@ -207,6 +213,10 @@ pub fn account(
         elapsed,
         quiver_contract::records::now_ms(),
     );
+    served
+        .metrics
+        .dashboard
+        .request(elapsed, outcome != "success");
     served
         .metrics
         .request_duration

@@ -26,6 +26,9 @@
 //! the admin commands' channel, shadows, the log), [`commands`] (admin
 //! commands to the manager), [`auth`] (the admin token check), [`error`]
 //! (API errors → HTTP status, gRPC code, metric label), [`metrics`].
+//! Beside them: [`dashboard`] (the live page and its JSON) and
+//! [`telemetry`] (OpenTelemetry traces, and [`plain_http`], the small
+//! blocking client its exporter and the dashboard use).
 //!
 //! Around them: [`config`] (the TOML file; it assembles the sections each
 //! subsystem owns and validates: [`model_settings`], `http::config`,
@@ -47,6 +50,7 @@ pub mod backend;
 pub mod batcher;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -58,6 +62,7 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod model_settings;
+pub mod plain_http;
 pub mod prediction_log;
 pub mod probe;
 pub mod protocol;
@@ -67,6 +72,7 @@ pub mod routing;
 pub mod server;
 pub mod shadow;
 pub mod state;
+pub mod telemetry;
 pub mod tensor;
 pub mod tls;
 

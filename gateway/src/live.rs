@@ -13,7 +13,8 @@ use quiver_contract::routing::RoutingState;
 use crate::batcher::Batcher;
 use crate::error::ApiError;
 use crate::metrics::{
-    LIVE_VERSIONS, ROLLOUT_CANARY_WEIGHT, ROLLOUT_STABLE_VERSION, ROLLOUT_STEP, VersionMetrics,
+    LIVE_VERSIONS, ROLLOUT_CANARY_WEIGHT, ROLLOUT_DECISIONS_TOTAL, ROLLOUT_STABLE_VERSION,
+    ROLLOUT_STEP, VersionMetrics,
 };
 use crate::model::ModelSpec;
 use crate::rollout::stats::VersionStats;
@@ -286,6 +287,13 @@ impl ModelEntry {
         metrics::gauge!(ROLLOUT_STABLE_VERSION, "model" => m.clone())
             .set(entry.table.stable.map_or(0.0, |v| v as f64));
         metrics::gauge!(ROLLOUT_STEP, "model" => m.clone()).set(entry.routing.step as f64);
+        // Registered at zero, so dashboards see every decision before the first.
+        for decision in [
+            "init", "start", "advance", "promote", "rollback", "set", "load", "unload",
+        ] {
+            metrics::counter!(ROLLOUT_DECISIONS_TOTAL, "model" => m.clone(), "decision" => decision)
+                .increment(0);
+        }
         for (version, served) in &entry.versions {
             if served.served.is_some() {
                 let w = entry.routing.canary.get(version).copied().unwrap_or(0.0);

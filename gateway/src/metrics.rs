@@ -332,6 +332,8 @@ pub struct VersionMetrics {
     /// The same traffic as plain cumulative totals, for the protocol's
     /// statistics endpoint.
     pub totals: Arc<Totals>,
+    /// The same events as plain atomics the dashboard can read back.
+    pub dashboard: std::sync::Arc<crate::dashboard::Counters>,
 }
 
 /// A count and the summed duration of what it counts.
@@ -433,6 +435,7 @@ impl VersionMetrics {
             shadow_disagree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "false"),
             shadow_duration: histogram!(SHADOW_DURATION, "model" => m, "version" => v),
             totals: Arc::new(Totals::default()),
+            dashboard: std::sync::Arc::default(),
         }
     }
 

@@ -87,8 +87,10 @@ pub async fn run(
         (None, _) => None,
     };
     let traffic = TrafficLog::start(settings.log.clone())?;
+    crate::telemetry::start(&settings.tracing).map_err(ServeError::Thread)?;
     let gw = Arc::new(Gateway {
         traffic,
+        dashboard: crate::dashboard::Dashboard::new(registry.clone(), &settings.dashboard),
         live: ArcSwap::from_pointee(LiveModels::default()),
         shadows: Shadows::new(
             settings.routing.shadow_max_in_flight,
@@ -106,6 +108,7 @@ pub async fn run(
     if gw.commands.set(manager.commands()).is_err() {
         tracing::error!("model manager started twice");
     }
+    crate::dashboard::start(&gw);
 
     let stop_ingress = Arc::new(Notify::new());
     let ingress = match gw.settings.ingress.clone() {
@@ -232,6 +235,7 @@ pub async fn run(
         }
         // Every answer has been logged by now: flush the log last.
         gw2.traffic.shutdown();
+        crate::telemetry::flush(std::time::Duration::from_secs(2));
     })
     .await;
     if joined.is_err() {

@@ -71,11 +71,13 @@ impl Shadows {
                     Ok(Ok(out)) => {
                         m.shadow_success.increment(1);
                         m.shadow_duration.record(started.elapsed().as_secs_f64());
-                        if agrees(&out.outputs, &served, tolerance) {
+                        let agreed = agrees(&out.outputs, &served, tolerance);
+                        if agreed {
                             m.shadow_agree.increment(1);
                         } else {
                             m.shadow_disagree.increment(1);
                         }
+                        m.dashboard.shadow(agreed);
                     }
                     _ => m.shadow_error.increment(1),
                 }

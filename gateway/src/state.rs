@@ -25,6 +25,8 @@ pub struct Gateway {
     pub shadows: Shadows,
     /// Predictions and labels on their way to Kafka or the local log.
     pub traffic: TrafficLog,
+    /// The live dashboard's charts and registry view.
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 impl Gateway {

@@ -169,6 +169,21 @@ pub fn read_run(reg: &Registry, model: &str, id: &str) -> Result<Option<RunRecor
     }
 }
 
+/// The ids of a model's run records, as listed.
+pub fn run_ids(reg: &Registry, model: &str) -> Result<Vec<String>, RegistryError> {
+    Ok(reg
+        .list(&format!("{model}/{RUNS_DIR}"))?
+        .into_iter()
+        .filter_map(|e| {
+            e.key
+                .rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect())
+}
+
 /// A model's run records, oldest first; unreadable ones are named in the
 /// second list.
 pub fn read_runs(
@@ -177,16 +192,8 @@ pub fn read_runs(
 ) -> Result<(Vec<RunRecord>, Vec<RegistryError>), RegistryError> {
     let mut runs = Vec::new();
     let mut bad = Vec::new();
-    for entry in reg.list(&format!("{model}/{RUNS_DIR}"))? {
-        let Some(id) = entry
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|f| f.strip_suffix(".json"))
-        else {
-            continue;
-        };
-        match read_run(reg, model, id) {
+    for id in run_ids(reg, model)? {
+        match read_run(reg, model, &id) {
             Ok(Some(r)) => runs.push(r),
             Ok(None) => {}
             Err(e) => bad.push(e),

@@ -1,10 +1,13 @@
 //! Support for end-to-end tests: start the real `quiver-gateway` binary on
 //! port 0, talk to it over real HTTP on loopback, read its metrics; start
 //! a real Kafka-protocol broker ([`kafka`]) and a real S3-compatible object
-//! store ([`s3`]).
+//! store ([`s3`]); drive a real headless Chromium ([`browser`]); configure
+//! and start the real trainer ([`trainer`]).
 
+pub mod browser;
 pub mod kafka;
 pub mod s3;
+pub mod trainer;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

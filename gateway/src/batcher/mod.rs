@@ -28,6 +28,8 @@ pub struct JobOutput {
     pub compute_time: Duration,
     /// Rows in the batch this job ran in.
     pub batch_rows: usize,
+    /// When the batch left the queue.
+    pub batch_started: Instant,
 }
 
 pub type Reply = Result<JobOutput, InferError>;
@@ -262,6 +264,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
         .record(compute_time.as_secs_f64());
     shared.metrics.batch_size.record(rows as f64);
     shared.metrics.totals.batch(rows, compute_time);
+    shared.metrics.dashboard.batch(rows);
     let outputs = result.and_then(|outputs| split(outputs, &batch, rows, shared.spec.is_batched()));
     match outputs {
         Ok(per_job) => {
@@ -277,6 +280,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
                     queue_time,
                     compute_time,
                     batch_rows: rows,
+                    batch_started: started,
                 }));
             }
         }

@@ -74,18 +74,47 @@ fn unrouted(e: ApiError) -> ApiError {
     e
 }
 
+/// What a call's metadata says about every request it carries.
+#[derive(Clone, Default)]
+struct CallMeta {
+    header_key: Option<u64>,
+    deadline: Option<Duration>,
+    /// The W3C `traceparent`, when the caller traces.
+    traceparent: Option<Vec<u8>>,
+}
+
+impl CallMeta {
+    fn of(gw: &Gateway, md: &MetadataMap) -> CallMeta {
+        CallMeta {
+            header_key: md
+                .get(gw.settings.routing.key_header.as_str())
+                .map(|v| key_hash(v.as_bytes())),
+            deadline: grpc_timeout(md),
+            traceparent: md
+                .get(crate::telemetry::TRACEPARENT)
+                .map(|v| v.as_bytes().to_vec()),
+        }
+    }
+}
+
 /// One inference, unary or from a stream.
 async fn infer(
     gw: &Gateway,
     request: ModelInferRequest,
-    header_key: Option<u64>,
-    deadline: Option<Duration>,
+    meta: &CallMeta,
     started: Instant,
 ) -> Result<(ModelInferResponse, Timings), ApiError> {
+    let CallMeta {
+        header_key,
+        deadline,
+        ..
+    } = *meta;
+    let mut trace = crate::telemetry::begin(meta.traceparent.as_deref(), started);
     let model = request.model_name.clone();
     let version = convert::version(&request.model_version).map_err(unrouted)?;
     let raw = !request.raw_input_contents.is_empty();
     let mut request = convert::infer_request(request).map_err(unrouted)?;
+    crate::telemetry::decoded(&mut trace);
     request.timeout = match (request.timeout, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -112,8 +141,10 @@ async fn infer(
                 id: answer.id.clone(),
             };
             let elapsed = started.elapsed();
+            let timing = crate::telemetry::Timing::of(&answer, started + elapsed);
             inference::account(&route, Source::Grpc, "success", elapsed, false);
             inference::log(gw, &route, answer, Source::Grpc, elapsed);
+            crate::telemetry::finish(trace, &route, 200, "success", Some(timing));
             Ok((response, timings))
         }
         Err(e) => {
@@ -259,19 +290,8 @@ impl GrpcInferenceService for Service {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
-        let md = request.metadata();
-        let header_key = md
-            .get(self.gw.settings.routing.key_header.as_str())
-            .map(|v| key_hash(v.as_bytes()));
-        let deadline = grpc_timeout(md);
-        let (response, timings) = infer(
-            &self.gw,
-            request.into_inner(),
-            header_key,
-            deadline,
-            started,
-        )
-        .await?;
+        let meta = CallMeta::of(&self.gw, request.metadata());
+        let (response, timings) = infer(&self.gw, request.into_inner(), &meta, started).await?;
         Ok(with_timings(response, &timings))
     }
 
@@ -285,11 +305,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let md = request.metadata();
-        let header_key = md
-            .get(self.gw.settings.routing.key_header.as_str())
-            .map(|v| key_hash(v.as_bytes()));
-        let deadline = grpc_timeout(md);
+        let meta = Arc::new(CallMeta::of(&self.gw, request.metadata()));
         let mut inbound = request.into_inner();
         let n = self.stream_max_in_flight;
         let (out_tx, out_rx) = mpsc::channel::<Result<ModelStreamInferResponse, Status>>(n);
@@ -326,12 +342,13 @@ impl GrpcInferenceService for Service {
                     break;
                 }
                 let gw = Arc::clone(&gw);
+                let meta = Arc::clone(&meta);
                 let gone = closed.clone();
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let id = request.id.clone();
                     let model = request.model_name.clone();
-                    let work = infer(&gw, request, header_key, deadline, started);
+                    let work = infer(&gw, request, &meta, started);
                     let answer = tokio::select! {
                         r = work => r,
                         () = gone.closed() => return,

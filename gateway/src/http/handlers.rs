@@ -116,6 +116,8 @@ pub async fn infer(
         .headers()
         .get(gw.settings.routing.key_header.as_str())
         .map(|v| key_hash(v.as_bytes()));
+    let traceparent = req.headers().get(crate::telemetry::TRACEPARENT);
+    let mut trace = crate::telemetry::begin(traceparent.map(|v| v.as_bytes()), started);
     let request = match read_request(gw, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -123,6 +125,7 @@ pub async fn infer(
             return reply::error(&e);
         }
     };
+    crate::telemetry::decoded(&mut trace);
     let key = inference::key(header_key, request.id.as_deref());
     let route = match inference::route(gw, model, version, key) {
         Ok(r) => r,
@@ -139,8 +142,10 @@ pub async fn infer(
     let elapsed = started.elapsed();
     match result {
         Ok((response, answer)) => {
+            let timing = crate::telemetry::Timing::of(&answer, started + elapsed);
             inference::account(&route, Source::Http, "success", elapsed, false);
             inference::log(gw, &route, answer, Source::Http, elapsed);
+            crate::telemetry::finish(trace, &route, 200, "success", Some(timing));
             response
         }
         Err(e) => {
@@ -158,6 +163,8 @@ pub async fn infer(
                 elapsed,
                 server_error,
             );
+            let status = resp.status().as_u16();
+            crate::telemetry::finish(trace, &route, status, e.status_and_outcome().1, None);
             resp
         }
     }

@@ -33,6 +33,13 @@ pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<
         (&Method::GET, ["v2", "health", "ready"]) => Ok(handlers::server_ready(&gw)),
         (&Method::GET, ["v2"]) => Ok(handlers::server_metadata()),
         (&Method::GET, ["metrics"]) => Ok(handlers::metrics(&gw)),
+        (&Method::GET, [""]) => Ok(crate::dashboard::redirect()),
+        (&Method::GET, ["dashboard", "api", "v1", "state"]) => {
+            let allowed = admin::authorize(&gw, &req, crate::auth::Access::Read);
+            crate::dashboard::state(&gw, allowed, req.uri().query()).await
+        }
+        (&Method::GET, ["dashboard", rest @ ..]) => crate::dashboard::asset(rest),
+        (_, [""] | ["dashboard", ..]) => Err(ApiError::MethodNotAllowed(method.to_string())),
         (&Method::POST, ["v2", "repository", "index"]) => admin::index(&gw, req).await,
         (
             &Method::POST,

@@ -445,6 +445,21 @@ fn guard(
             replicas.push(r);
         }
     }
+    crate::dashboard::guardrail::record(
+        name,
+        &crate::dashboard::guardrail::Weighed {
+            policy: &policy,
+            canary: c,
+            stable: table.stable,
+            step,
+            canary_window: &canary_window,
+            stable_window: &stable_window,
+            baseline: state.baseline.as_ref(),
+            dwell,
+            replicas: replicas.len(),
+            decision: &decision,
+        },
+    );
     let weighed = Some((
         canary_window.requests + stable_window.requests,
         replicas.len() as u32,

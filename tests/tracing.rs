@@ -1,0 +1,259 @@
+//! OpenTelemetry tracing end to end: the real gateway exports to an OTLP
+//! receiver started here (OTLP/HTTP; what arrives is decoded with the
+//! `opentelemetry-proto` crate's messages, generated from the published
+//! protobufs). A request with a sampled `traceparent` becomes a server
+//! span under the caller's span, with one child per stage carrying the
+//! model, version and batch size; an unsampled one leaves no span; one
+//! without the header starts a trace of its own.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use quiver_tests::{Gateway, copy_model, mlp_body, scratch, send};
+
+/// An OTLP/HTTP traces receiver on a free port; every span received, and
+/// the `service.name` of their resource.
+struct Receiver {
+    addr: String,
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+impl Receiver {
+    fn start() -> Result<Receiver> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&spans);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let Ok(request) = read_request(&mut conn) else {
+                    continue;
+                };
+                let reply = match ExportTraceServiceRequest::decode(request.as_slice()) {
+                    Ok(export) => {
+                        let mut all = sink.lock().unwrap_or_else(|p| p.into_inner());
+                        for rs in export.resource_spans {
+                            let service = rs
+                                .resource
+                                .iter()
+                                .flat_map(|r| &r.attributes)
+                                .find(|kv| kv.key == "service.name")
+                                .and_then(|kv| kv.value.as_ref())
+                                .and_then(|v| match &v.value {
+                                    Some(Value::StringValue(s)) => Some(s.clone()),
+                                    _ => None,
+                                })
+                                .unwrap_or_default();
+                            for ss in rs.scope_spans {
+                                all.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+                            }
+                        }
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
+                    }
+                    Err(_) => "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        });
+        Ok(Receiver { addr, spans })
+    }
+
+    /// The spans of `trace_id` once `n` have arrived.
+    fn wait(&self, trace_id: &[u8], n: usize) -> Vec<Span> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: Vec<Span> = self
+                .spans
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(_, s)| s.trace_id == trace_id)
+                .map(|(_, s)| s.clone())
+                .collect();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(Instant::now() < until, "{} of {n} spans arrived", got.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The body of one HTTP/1.1 POST, checked to be OTLP protobuf.
+fn read_request(conn: &mut std::net::TcpStream) -> Result<Vec<u8>> {
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    anyhow::ensure!(line.starts_with("POST /v1/traces "), "{line}");
+    let mut len = 0;
+    let mut protobuf = false;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse()?;
+        }
+        protobuf |= l == "content-type: application/x-protobuf";
+    }
+    anyhow::ensure!(protobuf, "not application/x-protobuf");
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn attr(span: &Span, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.clone())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn infer(gw: &Gateway, traceparent: Option<&str>) -> Result<()> {
+    let headers: Vec<(&str, String)> = traceparent
+        .map(|t| vec![("traceparent", t.to_string())])
+        .unwrap_or_default();
+    let body = Bytes::from(mlp_body(&[0.5; 16]).to_string());
+    let r = send(gw.addr, "POST", "/v2/models/mlp/infer", &headers, body).await?;
+    anyhow::ensure!(r.status == 200, "{}", r.text());
+    // The per-request timing headers stay as they were.
+    anyhow::ensure!(r.header("x-quiver-queue-us").is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_per_stage_reach_an_otlp_receiver_under_the_callers_span() -> Result<()> {
+    let receiver = Receiver::start()?;
+    let repo = scratch("tracing-repo")?;
+    copy_model("mlp", &repo)?;
+    let endpoint = format!("http://{}/v1/traces", receiver.addr);
+    let env = [
+        ("QUIVER_TRACING__OTLP_ENDPOINT", endpoint.as_str()),
+        ("QUIVER_TRACING__EXPORT_INTERVAL_MS", "50"),
+        ("QUIVER_TRACING__SERVICE_NAME", "quiver-under-test"),
+    ];
+    let gw = Gateway::start_ready(&repo, &[], &env).await?;
+
+    let unsampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    infer(&gw, Some(&format!("00-{unsampled}-00f067aa0ba902b7-00"))).await?;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller = "b7ad6b7169203331";
+    infer(&gw, Some(&format!("00-{trace}-{caller}-01"))).await?;
+
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    let spans = receiver.wait(&trace_id, 7);
+    let by_name = |name: &str| {
+        spans.iter().find(|s| s.name == name).with_context(|| {
+            format!(
+                "no {name} span in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
+    };
+    let root = by_name("infer")?;
+    assert_eq!(
+        hex(&root.parent_span_id),
+        caller,
+        "the server span's parent is the caller's"
+    );
+    assert_eq!(root.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(
+        attr(root, "quiver.model"),
+        Some(Value::StringValue("mlp".into()))
+    );
+    assert_eq!(attr(root, "quiver.version"), Some(Value::IntValue(2)));
+    assert_eq!(
+        attr(root, "quiver.arm"),
+        Some(Value::StringValue("stable".into()))
+    );
+    assert_eq!(
+        attr(root, "http.response.status_code"),
+        Some(Value::IntValue(200))
+    );
+    assert_eq!(attr(root, "quiver.batch_size"), Some(Value::IntValue(1)));
+    for stage in ["decode", "queue", "batch", "encode", "log"] {
+        let s = by_name(stage)?;
+        assert_eq!(
+            s.parent_span_id, root.span_id,
+            "{stage} is a child of infer"
+        );
+        assert!(
+            s.start_time_unix_nano >= root.start_time_unix_nano
+                && s.end_time_unix_nano <= root.end_time_unix_nano
+                && s.start_time_unix_nano <= s.end_time_unix_nano,
+            "{stage} lies within infer"
+        );
+    }
+    let batch = by_name("batch")?;
+    let compute = by_name("compute")?;
+    assert_eq!(
+        compute.parent_span_id, batch.span_id,
+        "compute is a child of batch"
+    );
+    assert_eq!(attr(compute, "quiver.batch_size"), Some(Value::IntValue(1)));
+    assert_eq!(
+        attr(compute, "quiver.model"),
+        Some(Value::StringValue("mlp".into()))
+    );
+    let queue = by_name("queue")?;
+    assert!(queue.end_time_unix_nano <= batch.start_time_unix_nano);
+    let mut ids: Vec<&[u8]> = spans.iter().map(|s| s.span_id.as_slice()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), spans.len(), "span ids are unique");
+
+    // Exports arrive in order: the unsampled request, sent first, left none.
+    let all = receiver
+        .spans
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert!(all.iter().all(|(_, s)| hex(&s.trace_id) != unsampled));
+    assert!(
+        all.iter()
+            .all(|(service, _)| service == "quiver-under-test")
+    );
+
+    // Without a traceparent the request starts a trace of its own.
+    let before = all.len();
+    infer(&gw, None).await?;
+    let until = Instant::now() + Duration::from_secs(30);
+    let fresh = loop {
+        let all = receiver
+            .spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((_, s)) = all[before..].iter().find(|(_, s)| s.name == "infer") {
+            break s.clone();
+        }
+        assert!(
+            Instant::now() < until,
+            "no span for the request without traceparent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(fresh.parent_span_id.is_empty());
+    assert_ne!(fresh.trace_id, trace_id);
+    assert_eq!(fresh.trace_id.len(), 16);
+    Ok(())
+}
