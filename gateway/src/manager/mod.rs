@@ -412,6 +412,9 @@ impl Manager {
                         crate::metrics::swap(&name, "unload");
                     }
                     tracing::info!(model = %name, "model unloaded through the API");
+                    // Answered once the live set no longer serves it, so a
+                    // client's next readiness check sees the unload.
+                    self.publish();
                     let _ = reply.send(Ok(serde_json::json!({"name": name, "unloaded": true})));
                 }
                 Err(e) => {
