@@ -2,12 +2,14 @@
 //! every key there. Paths may be overridden on the command line (and by
 //! `QUIVER_TRAINER_*` environment variables, see `main.rs`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quiver_contract::routing::DEFAULT_STEPS;
 use serde::{Deserialize, Serialize};
 
+use crate::command::CommandSettings;
 use crate::onnx::{Interface, OutputKind, OutputSpec};
 use crate::train::Task;
 use crate::train::gbt::GbtSettings;
@@ -125,11 +127,13 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
+/// A candidate family resolved from its name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Family<'a> {
     Mlp,
     Gbt,
+    /// A user's training command, by its name.
+    Command(&'a str, &'a CommandSettings),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -139,8 +143,20 @@ pub struct ModelConfig {
     pub task: Task,
     pub input: String,
     pub outputs: Vec<OutputSpec>,
+    /// The family trained at each retrain: `mlp`, `gbt`, or the name of
+    /// a `[models.commands.<name>]` table (the user's own training code).
+    /// Not used when `candidates` is set.
     #[serde(default = "default_family")]
-    pub family: Family,
+    pub family: String,
+    /// Champion/challenger: the families trained on the same window at
+    /// each retrain and scored on the same held-out rows; the best goes on
+    /// to the comparison with stable. Empty: `family` alone.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// Training commands by name (`[models.commands.lightgbm]`), each a
+    /// family.
+    #[serde(default)]
+    pub commands: BTreeMap<String, CommandSettings>,
     #[serde(default = "default_seed")]
     pub seed: u64,
     #[serde(default = "default_window_rows")]
@@ -246,8 +262,8 @@ fn default_poll() -> u64 {
 fn default_join_window() -> u64 {
     600_000
 }
-fn default_family() -> Family {
-    Family::Mlp
+fn default_family() -> String {
+    "mlp".into()
 }
 fn default_seed() -> u64 {
     42
@@ -299,6 +315,23 @@ impl Config {
                 )));
             }
             m.canary.validate(&m.name)?;
+            for (name, c) in &m.commands {
+                if matches!(name.as_str(), "mlp" | "gbt") {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: a command may not be named '{name}' (a built-in family)",
+                        m.name
+                    )));
+                }
+                c.validate(&m.name, name).map_err(ConfigError::Invalid)?;
+            }
+            for f in m.families() {
+                if m.family_named(f).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: family '{f}' is neither mlp, gbt nor a [models.commands.{f}] table",
+                        m.name
+                    )));
+                }
+            }
         }
         if self.model_repository.is_empty() {
             return Err(ConfigError::Invalid("model_repository is empty".into()));
@@ -338,6 +371,24 @@ impl ModelConfig {
             input: self.input.clone(),
             outputs: self.outputs.clone(),
         })
+    }
+
+    /// The families trained at each retrain, in order.
+    pub fn families(&self) -> Vec<&str> {
+        if self.candidates.is_empty() {
+            vec![self.family.as_str()]
+        } else {
+            self.candidates.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// A family by name: built in, or one of `commands`.
+    pub fn family_named<'a>(&'a self, name: &'a str) -> Option<Family<'a>> {
+        match name {
+            "mlp" => Some(Family::Mlp),
+            "gbt" => Some(Family::Gbt),
+            _ => self.commands.get(name).map(|c| Family::Command(name, c)),
+        }
     }
 
     /// The output the join reads the served answer from.
@@ -418,6 +469,37 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn families_are_built_in_or_named_commands() {
+        let model = |extra: &str| -> Result<Config, ConfigError> {
+            let config: Config = toml::from_str(&format!("{TEST_CONFIG}{extra}"))
+                .map_err(|e| ConfigError::Parse("toml".into(), e.to_string()))?;
+            config.validate().map(|()| config)
+        };
+        let c = model("").unwrap();
+        assert_eq!(c.models[0].families(), ["mlp"]);
+        let c = model(
+            "candidates = [\"gbt\", \"lgbm\"]\n[models.commands.lgbm]\nargv = [\"python\", \"t.py\"]\n",
+        )
+        .unwrap();
+        let m = &c.models[0];
+        assert_eq!(m.families(), ["gbt", "lgbm"]);
+        assert!(
+            matches!(m.family_named("lgbm"), Some(Family::Command("lgbm", s)) if s.timeout_ms == 600_000)
+        );
+        let err = model("family = \"xgb\"\n").unwrap_err().to_string();
+        assert!(err.contains("family 'xgb' is neither"), "{err}");
+        let err = model("[models.commands.x]\nargv = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty argv"), "{err}");
+        let err = model("[models.commands.gbt]\nargv = [\"t\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("built-in"), "{err}");
+        assert!(model("[models.commands.x]\nargv = [\"t\"]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -29,11 +29,12 @@ use crate::join::{Columns, Example, Joiner};
 use crate::metrics as m;
 use crate::monitor::psi::Reference;
 use crate::monitor::quality::Quality;
-use crate::publish::{self, REFERENCE_FILE};
+use crate::publish::{self, PublishError, REFERENCE_FILE};
 use crate::rollout::{self, Rollout};
 use crate::runs;
 use crate::source::{self, RecordSource, SourceError};
 use crate::train::Task;
+use crate::trial;
 use crate::window::Window;
 
 const STATE_FILE: &str = "state.json";
@@ -525,38 +526,47 @@ impl Trainer {
                 .ok()
                 .flatten()
         });
-        let candidate = match publish::train_candidate(
+        let inputs = trial::Inputs {
             model,
-            &data,
+            data: &data,
             version,
-            &meta,
-            stable_bytes.as_deref(),
-            fresh_from,
-        ) {
+            metadata: &meta,
+            stable: stable_bytes.as_deref(),
+            stable_fresh_from: fresh_from,
+            run_id: &record.id,
+            runs_dir: command_runs_dir(&self.config, &model.name),
+        };
+        let outcome = trial::run(&inputs).and_then(|t| {
+            runs::tried(&mut record, &t);
+            let why = t.failure();
+            t.best.ok_or(PublishError::NoCandidate(why))
+        });
+        let candidate = match outcome {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "failed").increment(1);
                 // The record first: whoever sees the event finds the run.
+                let reason = e.to_string();
                 record.outcome = Outcome::Failed {
-                    reason: e.to_string(),
+                    reason: reason.clone(),
                 };
                 runs::save(&self.registry, &record);
                 self.events.emit(
                     &model.name,
                     "retrain_failed",
                     None,
-                    serde_json::json!({"error": e.to_string()}),
+                    serde_json::json!({"error": reason}),
                 );
                 return;
             }
         };
-        runs::trained(&mut record, &candidate);
         metrics::gauge!(m::TRAINING_SECONDS, "model" => model.name.clone()).set(candidate.seconds);
         self.events.emit(
             &model.name,
             "retrain_finished",
             None,
             serde_json::json!({
+            "family": candidate.family, "winner": record.winner,
             "seconds": candidate.seconds, "rows": candidate.rows, "offline": candidate.offline,
             "stable_offline": candidate.stable_offline, "held_rows": candidate.held_rows,
             "parity_max_abs": candidate.parity_max_abs}),
@@ -643,6 +653,11 @@ fn export_quality(model: &str, version: u64, task: Task, q: &Quality) {
                 .set(q.mean_loss().sqrt());
         }
     }
+}
+
+/// Where a model's training commands get their run directories.
+pub fn command_runs_dir(config: &Config, model: &str) -> PathBuf {
+    config.state_dir.join("command-runs").join(model)
 }
 
 /// The state file's path, for tests and tools.

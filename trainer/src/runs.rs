@@ -12,9 +12,10 @@ use quiver_contract::runs::{self, Outcome, RolloutEnd, RunRecord};
 use quiver_contract::time::rfc3339_now;
 use quiver_registry::{Registry, control};
 
-use crate::config::{Config, Family, ModelConfig};
+use crate::config::{Config, ModelConfig};
 use crate::publish::{Candidate, code_version};
 use crate::train::metrics::primary_loss;
+use crate::trial::Trial;
 
 /// A record for an attempt starting now, `Running` until it ends.
 pub fn start(
@@ -36,11 +37,7 @@ pub fn start(
         data,
         rows: rows as u64,
         held_rows: 0,
-        family: match model.family {
-            Family::Mlp => "mlp",
-            Family::Gbt => "gbt",
-        }
-        .to_string(),
+        family: model.families().join(","),
         config: serde_json::to_value(model).unwrap_or_default(),
         config_sha256: Config::model_sha256(model),
         seed: model.seed,
@@ -50,11 +47,26 @@ pub fn start(
         parity_max_abs: None,
         outcome: Outcome::Running,
         rollout: None,
+        candidates: Vec::new(),
+        winner: None,
+    }
+}
+
+/// Takes what the run's candidates measured: each family's attempt, the
+/// winner, and the winner's figures.
+pub fn tried(run: &mut RunRecord, trial: &Trial) {
+    run.candidates = trial.runs.clone();
+    run.winner = trial.winner.clone();
+    run.seconds = trial.runs.iter().map(|c| c.seconds).sum();
+    if let Some(c) = &trial.best {
+        trained(run, c);
+        run.seconds = trial.runs.iter().map(|c| c.seconds).sum();
     }
 }
 
 /// Takes what a trained candidate measured.
-pub fn trained(run: &mut RunRecord, c: &Candidate) {
+fn trained(run: &mut RunRecord, c: &Candidate) {
+    run.family = c.family.clone();
     run.seconds = c.seconds;
     run.rows = c.rows as u64;
     run.held_rows = c.held_rows as u64;
@@ -66,7 +78,7 @@ pub fn trained(run: &mut RunRecord, c: &Candidate) {
 
 /// Why a candidate that did not beat stable was not published.
 pub fn rejection(model: &ModelConfig, c: &Candidate) -> String {
-    let task = c.trained.task();
+    let task = c.task;
     let mine = primary_loss(task, &c.offline);
     let theirs = c
         .stable_offline
