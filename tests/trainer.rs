@@ -37,6 +37,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
+/// Users' training commands in the loop (`[models.commands]`).
+#[path = "trainer/commands.rs"]
+mod commands;
+
 const TOKEN: &str = "trainer-test-token";
 const FEATURES: usize = 4;
 const GROUP: &str = "trainer-e2e";
@@ -153,6 +157,8 @@ struct Traffic {
     stream: Stream,
     sink: Sink,
     next_id: u64,
+    /// Which concept labels the rows (B, the drifted one, unless set).
+    drifted: bool,
 }
 
 impl Traffic {
@@ -259,7 +265,7 @@ impl Traffic {
                     std::fs::read_to_string(dir.join("trainer-a.log")).unwrap_or_default()
                 );
             }
-            self.send(gw, 50, true).await?;
+            self.send(gw, 50, self.drifted).await?;
         }
         Ok(())
     }
@@ -295,6 +301,7 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
             labels: SegmentWriter::open(&dir.join("log/quiver.labels"), 1 << 20)?,
         },
         next_id: 0,
+        drifted: true,
     };
     let mut t = trainer(&cfg, &dir, "a")?;
 
@@ -636,6 +643,7 @@ async fn kafka_source_retrains_promotes_and_resumes_from_committed_offsets() -> 
         stream: Stream(99),
         sink: Sink::Gateway,
         next_id: 0,
+        drifted: true,
     };
     let mut t = trainer(&cfg, &dir, "a")?;
     traffic
@@ -879,6 +887,7 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
         stream: Stream(99),
         sink: Sink::Gateway,
         next_id: 0,
+        drifted: true,
     };
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut turn = 0usize;
