@@ -248,6 +248,23 @@ impl Traffic {
         Ok(())
     }
 
+    /// Runs a trainer on `cfg` (its log tagged `tag`), sending until
+    /// `done` holds, then kills it.
+    async fn with_trainer(
+        &mut self,
+        gw: &Gateway,
+        dir: &Path,
+        (cfg, tag): (&Path, &str),
+        what: &str,
+        done: impl Fn() -> bool,
+    ) -> Result<()> {
+        let mut t = trainer(cfg, dir, tag)?;
+        let sent = self.until(gw, dir, what, done).await;
+        t.kill()?;
+        t.wait()?;
+        sent
+    }
+
     /// Keeps sending until `done` holds or the time is up.
     async fn until(
         &mut self,
@@ -355,14 +372,11 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
         &rejecting,
         text.replace("min_improvement = 0\n", "min_improvement = 1000000\n"),
     )?;
-    let mut t = trainer(&rejecting, &dir, "d")?;
     traffic
-        .until(&gw, &dir, "a rejected candidate", || {
+        .with_trainer(&gw, &dir, (&rejecting, "d"), "a rejected candidate", || {
             events(&dir).iter().any(|e| e["event"] == "rejected")
         })
         .await?;
-    t.kill()?;
-    t.wait()?;
     let failing = dir.join("failing.toml");
     std::fs::write(
         &failing,
@@ -371,14 +385,11 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
             "holdout_fraction = 0.2\nparity_bound = 1e-12\n",
         ),
     )?;
-    let mut t = trainer(&failing, &dir, "e")?;
     traffic
-        .until(&gw, &dir, "a failed training", || {
+        .with_trainer(&gw, &dir, (&failing, "e"), "a failed training", || {
             events(&dir).iter().any(|e| e["event"] == "retrain_failed")
         })
         .await?;
-    t.kill()?;
-    t.wait()?;
     assert_eq!(
         versions(&dir),
         vec![1, 2, 3],

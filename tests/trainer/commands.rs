@@ -13,9 +13,7 @@ use quiver_contract::runs::{Outcome, RunRecord};
 use quiver_contract::segments::SegmentWriter;
 use quiver_tests::{Gateway, root};
 
-use super::{
-    Sink, Stream, TOKEN, Traffic, applied, bootstrap, config, events, scratch, trainer, versions,
-};
+use super::{Sink, Stream, TOKEN, Traffic, applied, bootstrap, config, events, scratch, versions};
 
 /// The loop's config with `families` as candidates and `commands` tables.
 fn with_commands(dir: &Path, tag: &str, families: &[&str], commands: &str) -> Result<PathBuf> {
@@ -144,14 +142,15 @@ async fn lightgbm_and_scikit_learn_commands_publish_and_promote_and_failures_kee
     // may come between: the test waits for the command's promotion.)
     let lgbm = example("lightgbm", "lightgbm_train.py", "{ n_estimators = 60 }")?;
     let cfg = with_commands(&dir, "lightgbm", &["lightgbm"], &lgbm)?;
-    let mut t = trainer(&cfg, &dir, "a")?;
     traffic
-        .until(&gw, &dir, "a LightGBM version promoted", || {
-            promoted_from(&dir, "lightgbm").is_some()
-        })
+        .with_trainer(
+            &gw,
+            &dir,
+            (&cfg, "a"),
+            "a LightGBM version promoted",
+            || promoted_from(&dir, "lightgbm").is_some(),
+        )
         .await?;
-    t.kill()?;
-    t.wait()?;
     let v = promoted_from(&dir, "lightgbm").context("promoted")?;
     check_command_version(
         &dir,
@@ -172,14 +171,15 @@ async fn lightgbm_and_scikit_learn_commands_publish_and_promote_and_failures_kee
         "{ estimator = \"logistic\", C = 100.0 }",
     )?;
     let cfg = with_commands(&dir, "sklearn", &["sklearn"], &skl)?;
-    let mut t = trainer(&cfg, &dir, "b")?;
     traffic
-        .until(&gw, &dir, "a scikit-learn version promoted", || {
-            promoted_from(&dir, "sklearn").is_some()
-        })
+        .with_trainer(
+            &gw,
+            &dir,
+            (&cfg, "b"),
+            "a scikit-learn version promoted",
+            || promoted_from(&dir, "sklearn").is_some(),
+        )
         .await?;
-    t.kill()?;
-    t.wait()?;
     let v = promoted_from(&dir, "sklearn").context("promoted")?;
     check_command_version(
         &dir,
@@ -216,14 +216,11 @@ async fn lightgbm_and_scikit_learn_commands_publish_and_promote_and_failures_kee
         &["fails", "hangs", "wrong", "garbage"],
         &failing,
     )?;
-    let mut t = trainer(&cfg, &dir, "c")?;
     traffic
-        .until(&gw, &dir, "a failed run", || {
+        .with_trainer(&gw, &dir, (&cfg, "c"), "a failed run", || {
             events(&dir).iter().any(|e| e["event"] == "retrain_failed")
         })
         .await?;
-    t.kill()?;
-    t.wait()?;
     let failed = run_records(&dir)?
         .into_iter()
         .find(|r| matches!(r.outcome, Outcome::Failed { .. }))
