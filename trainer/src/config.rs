@@ -437,6 +437,20 @@ mod tests {
         assert_eq!(config.models[0].canary.steps, DEFAULT_STEPS.to_vec());
     }
 
+    #[test]
+    fn the_shipped_commands_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/trainer-commands.toml");
+        let config = Config::load(&path).unwrap();
+        let m = &config.models[0];
+        assert_eq!(m.families(), ["gbt", "lightgbm", "sklearn"]);
+        let Some(Family::Command(_, c)) = m.family_named("lightgbm") else {
+            panic!("no lightgbm command");
+        };
+        assert_eq!(c.argv[1], "examples/training/lightgbm_train.py");
+        assert_eq!(c.params["n_estimators"], 200);
+        assert_eq!(c.env["OMP_NUM_THREADS"], "2");
+    }
+
     fn with_steps(steps: &str) -> Result<Config, ConfigError> {
         let config: Config =
             toml::from_str(&format!("{TEST_CONFIG}[models.canary]\nsteps = {steps}\n")).unwrap();

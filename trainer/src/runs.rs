@@ -139,7 +139,7 @@ pub fn rollout_ended(reg: &Registry, model: &str, run: &str, version: u64, routi
 /// The records as a table, oldest first.
 pub fn table(records: &[RunRecord]) -> String {
     let mut out = String::from(
-        "run            started               trigger                 family rows    seconds  loss     stable   parity    outcome\n",
+        "run            started               trigger                 family     won by   rows    seconds  loss     stable   parity    outcome\n",
     );
     for r in records {
         let loss = |m: &BTreeMap<String, f64>| {
@@ -159,11 +159,17 @@ pub fn table(records: &[RunRecord]) -> String {
             .map_or(String::new(), |e| format!(", {}", e.result));
         let _ = writeln!(
             out,
-            "{:<14} {:<21} {:<23} {:<6} {:<7} {:<8.2} {:<8} {:<8} {:<9} {outcome}{rollout}",
+            "{:<14} {:<21} {:<23} {:<10} {:<8} {:<7} {:<8.2} {:<8} {:<8} {:<9} {outcome}{rollout}",
             r.id,
             r.started_at.get(..19).unwrap_or(&r.started_at),
             r.trigger.chars().take(23).collect::<String>(),
-            r.family,
+            r.family.chars().take(10).collect::<String>(),
+            // How much lower the winner's held-out loss was than the next
+            // family's; `-` with one family.
+            r.winner
+                .as_ref()
+                .and_then(|w| w.margin)
+                .map_or("-".to_string(), |m| format!("{m:.4}")),
             r.rows,
             r.seconds,
             loss(&r.offline),
@@ -218,8 +224,18 @@ mod tests {
             done.rollout.as_ref().map(|r| r.result.as_str()),
             Some("promoted")
         );
+        let mut done = done;
+        done.family = "lightgbm".into();
+        done.winner = Some(quiver_contract::runs::Winner {
+            family: "lightgbm".into(),
+            metric: "log_loss".into(),
+            loss: 0.2,
+            runner_up: Some("mlp".into()),
+            margin: Some(0.0125),
+        });
         let table = table(&[done]);
         assert!(table.contains("published v2, promoted"), "{table}");
+        assert!(table.contains("lightgbm   0.0125"), "{table}");
         assert!(table.contains("new rows"), "{table}");
         let _ = std::fs::remove_dir_all(&root);
     }
