@@ -299,19 +299,17 @@ fn versions(dir: &Path) -> Vec<u64> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
-    let dir = scratch("local")?;
-    bootstrap(&dir)?;
-
+/// Version 1 bootstrapped into `dir`'s registry, the gateway serving it,
+/// and traffic of concept B whose records the test writes to the local log.
+async fn local_loop(dir: &Path) -> Result<(Gateway, Traffic)> {
+    bootstrap(dir)?;
     let env = [
         ("QUIVER_ADMIN_TOKEN", TOKEN),
         ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
         ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
     ];
     let gw = Gateway::start_ready(&dir.join("repo"), &[], &env).await?;
-    let cfg = config(&dir, false, None)?;
-    let mut traffic = Traffic {
+    let traffic = Traffic {
         stream: Stream(99),
         sink: Sink::Local {
             preds: SegmentWriter::open(&dir.join("log/quiver.predictions"), 1 << 20)?,
@@ -320,6 +318,14 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
         next_id: 0,
         drifted: true,
     };
+    Ok((gw, traffic))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
+    let dir = scratch("local")?;
+    let (gw, mut traffic) = local_loop(&dir).await?;
+    let cfg = config(&dir, false, None)?;
     let mut t = trainer(&cfg, &dir, "a")?;
 
     // Concept B arrives: the trainer retrains and publishes version 2.

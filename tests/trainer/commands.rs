@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use quiver_contract::manifest::{Manifest, sha256_bytes};
 use quiver_contract::runs::{Outcome, RunRecord};
-use quiver_contract::segments::SegmentWriter;
-use quiver_tests::{Gateway, root};
+use quiver_tests::root;
 
-use super::{Sink, Stream, TOKEN, Traffic, applied, bootstrap, config, events, scratch, versions};
+use super::{applied, config, events, local_loop, scratch, versions};
 
 /// The loop's config with `families` as candidates and `commands` tables.
 fn with_commands(dir: &Path, tag: &str, families: &[&str], commands: &str) -> Result<PathBuf> {
@@ -120,22 +119,7 @@ fn check_command_version(
 async fn lightgbm_and_scikit_learn_commands_publish_and_promote_and_failures_keep_stable()
 -> Result<()> {
     let dir = scratch("commands")?;
-    bootstrap(&dir)?;
-    let env = [
-        ("QUIVER_ADMIN_TOKEN", TOKEN),
-        ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
-        ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
-    ];
-    let gw = Gateway::start_ready(&dir.join("repo"), &[], &env).await?;
-    let mut traffic = Traffic {
-        stream: Stream(99),
-        sink: Sink::Local {
-            preds: SegmentWriter::open(&dir.join("log/quiver.predictions"), 1 << 20)?,
-            labels: SegmentWriter::open(&dir.join("log/quiver.labels"), 1 << 20)?,
-        },
-        next_id: 0,
-        drifted: true,
-    };
+    let (gw, mut traffic) = local_loop(&dir).await?;
 
     // Concept B: LightGBM, exported with onnxmltools, replaces the MLP.
     // (A version the canary rolls back, or one a later run replaces,
@@ -272,6 +256,86 @@ async fn lightgbm_and_scikit_learn_commands_publish_and_promote_and_failures_kee
         "{}",
         r.text()
     );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Rows the trainer has joined, as its state file says.
+fn joined(dir: &Path) -> u64 {
+    std::fs::read(dir.join("state/state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|s| s["joiner"]["counts"]["joined"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Training runs off the consuming loop: while a command waits for a gate
+/// file (it cannot end before the test creates it), the trainer keeps
+/// joining predictions with labels and saving its state, and starts no
+/// second training of the model; once the gate opens the run is taken up
+/// and published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_go_on_while_a_slow_command_trains() -> Result<()> {
+    let dir = scratch("slow-command")?;
+    let (gw, mut traffic) = local_loop(&dir).await?;
+    let gate = dir.join("gate");
+    let python = std::env::var("QUIVER_PYTHON").context("QUIVER_PYTHON")?;
+    let script = root().join("examples/training/sklearn_train.py");
+    let gated = sh(
+        "gated",
+        &format!(
+            "while [ ! -f '{}' ]; do sleep 0.05; done; exec '{python}' '{}'",
+            gate.display(),
+            script.display()
+        ),
+        600_000,
+    );
+    let cfg = with_commands(&dir, "gated", &["gated"], &gated)?;
+    let mut t = super::trainer(&cfg, &dir, "a")?;
+    let started = || {
+        events(&dir)
+            .iter()
+            .filter(|e| e["event"] == "retrain_started")
+            .count()
+    };
+    traffic
+        .until(&gw, &dir, "a training started", || started() > 0)
+        .await?;
+    let at_start = joined(&dir);
+    // Two triggers' worth of rows while the command waits.
+    traffic
+        .until(&gw, &dir, "joins while the command trains", || {
+            joined(&dir) >= at_start + 1600
+        })
+        .await?;
+    let seen = events(&dir);
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["event"] == "retrain_finished" || e["event"] == "retrain_failed"),
+        "the gated run ended before its gate opened: {seen:#?}"
+    );
+    assert_eq!(started(), 1, "a second training of the model started");
+    let running = run_records(&dir)?;
+    assert_eq!(
+        running.last().map(|r| &r.outcome),
+        Some(&Outcome::Running),
+        "{running:#?}"
+    );
+    std::fs::write(&gate, b"")?;
+    traffic
+        .until(&gw, &dir, "the gated run published", || {
+            promoted_from(&dir, "gated").is_some()
+                || events(&dir).iter().any(|e| e["event"] == "published")
+        })
+        .await?;
+    t.kill()?;
+    t.wait()?;
+    let run = run_records(&dir)?
+        .into_iter()
+        .find(|r| r.family == "gated")
+        .context("no gated run")?;
+    assert!(matches!(run.outcome, Outcome::Published { .. }), "{run:#?}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -1,0 +1,75 @@
+//! The loop's state file, `<state_dir>/state.json`: consumer positions,
+//! pending joins, windows, online quality, rollouts in progress and
+//! versions published, written by atomic rename after each batch.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use quiver_contract::layout;
+use serde::{Deserialize, Serialize};
+
+use super::{RunError, Trainer};
+use crate::config::Config;
+use crate::join::Joiner;
+use crate::monitor::quality::Quality;
+use crate::rollout::Rollout;
+use crate::window::Window;
+
+pub(super) const STATE_FILE: &str = "state.json";
+const STATE_SCHEMA: u32 = 1;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct State {
+    pub(super) schema: u32,
+    pub(super) positions: BTreeMap<String, String>,
+    pub(super) joiner: Joiner,
+    pub(super) models: BTreeMap<String, ModelState>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct ModelState {
+    pub(super) window: Window,
+    /// Online quality per version, since the trainer started watching it.
+    pub(super) online: BTreeMap<u64, Quality>,
+    /// Quality of served answers since the last training run.
+    pub(super) since_training: Quality,
+    pub(super) last_training_ms: u64,
+    pub(super) rollout: Option<Rollout>,
+    pub(super) published: Vec<u64>,
+}
+
+fn state_path(config: &Config) -> PathBuf {
+    config.state_dir.join(STATE_FILE)
+}
+
+/// The saved state, or a fresh one when there is none.
+pub(super) fn load(config: &Config) -> Result<State, RunError> {
+    let path = state_path(config);
+    let shown = path.display().to_string();
+    let state = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<State>(&bytes)
+            .map_err(|e| RunError::State(shown.clone(), e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+            schema: STATE_SCHEMA,
+            joiner: Joiner::new(config.join_window_ms),
+            ..State::default()
+        },
+        Err(e) => return Err(RunError::State(shown, e.to_string())),
+    };
+    if state.schema != STATE_SCHEMA {
+        return Err(RunError::State(shown, format!("schema {}", state.schema)));
+    }
+    Ok(state)
+}
+
+impl Trainer {
+    pub(super) fn save(&self) -> Result<(), RunError> {
+        let path = state_path(&self.config);
+        let shown = path.display().to_string();
+        let bytes = serde_json::to_vec(&self.state)
+            .map_err(|e| RunError::State(shown.clone(), e.to_string()))?;
+        std::fs::create_dir_all(&self.config.state_dir)
+            .and_then(|()| layout::write_atomic(&path, &bytes))
+            .map_err(|e| RunError::State(shown, e.to_string()))
+    }
+}
