@@ -338,11 +338,14 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     // version 2's rollout, not publish the same data again.
     t.kill()?;
     t.wait()?;
+    let window = window_on_disk(&dir)?;
     let mut t = trainer(&cfg, &dir, "b")?;
     traffic
         .until(&gw, &dir, "v2 promoted", || has_event(&dir, "promoted", 2))
         .await?;
     let lineage = check_v2(&dir, &gw).await?;
+    // The restart read the window back from its log and went on from it.
+    assert!(window_on_disk(&dir)? >= window.min(1500));
     assert!(
         lineage.data["predictions"].starts_with("quiver.predictions "),
         "{lineage:?}"
@@ -405,6 +408,32 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     eprintln!("events:\n{:#?}", events(&dir));
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// The window's rows as the state file and the window log hold them: the
+/// state names the log and how much of it counts, and holds no rows
+/// itself; returns the rows the log covers.
+fn window_on_disk(dir: &Path) -> Result<u64> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/state.json"))?)?;
+    let m = &state["models"]["m"];
+    assert!(m["window"].get("rows").is_none(), "rows in the state file");
+    let mark = &m["window_log"];
+    let log = dir.join(format!(
+        "state/windows/m.{}.jsonl",
+        mark["generation"].as_u64().context("generation")?
+    ));
+    let bytes = std::fs::read(&log)?;
+    let covered = mark["bytes"].as_u64().context("bytes")? as usize;
+    assert!(
+        bytes.len() >= covered,
+        "{} shorter than the state says",
+        log.display()
+    );
+    let rows = bytes[..covered].iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(rows, mark["rows"].as_u64().context("rows")?);
+    assert!(rows > 0);
+    Ok(rows)
 }
 
 /// The run records, as `quiver-trainer runs --json` prints them: the

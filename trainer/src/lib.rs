@@ -7,7 +7,7 @@
 //! - [`source`]: where records come from (the local log, or a Kafka
 //!   consumer with offsets committed after the state write),
 //!   [`join`]: predictions with labels, [`window`]: the bounded training
-//!   window.
+//!   window, [`window_log`]: its rows on disk, append-only.
 //! - [`monitor`]: online quality, PSI drift, the candidate-vs-stable tests.
 //! - [`trial`]: every candidate family (built-in, or a user's
 //!   [`command`]) trained on the same window and scored on the same
@@ -43,3 +43,4 @@ pub mod source;
 pub mod train;
 pub mod trial;
 pub mod window;
+pub mod window_log;

@@ -1,6 +1,8 @@
 //! The loop's state file, `<state_dir>/state.json`: consumer positions,
-//! pending joins, windows, online quality, rollouts in progress and
-//! versions published, written by atomic rename after each batch.
+//! pending joins, online quality, rollouts in progress, versions
+//! published, and how far each model's window log goes, written by atomic
+//! rename after each batch (the window rows themselves are appended to
+//! their log just before, `window_log.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,9 +16,12 @@ use crate::join::Joiner;
 use crate::monitor::quality::Quality;
 use crate::rollout::Rollout;
 use crate::window::Window;
+use crate::window_log::{self, LogMark};
 
 pub(super) const STATE_FILE: &str = "state.json";
-const STATE_SCHEMA: u32 = 1;
+/// Schema 2 moved the window rows into the window logs; a schema 1 file
+/// (rows inline) is read, and its rows written to a log at the next save.
+const STATE_SCHEMA: u32 = 2;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct State {
@@ -36,6 +41,9 @@ pub(super) struct ModelState {
     pub(super) last_training_ms: u64,
     pub(super) rollout: Option<Rollout>,
     pub(super) published: Vec<u64>,
+    /// How much of the window log belongs to this state.
+    #[serde(default)]
+    pub(super) window_log: Option<LogMark>,
 }
 
 fn state_path(config: &Config) -> PathBuf {
@@ -63,13 +71,33 @@ pub(super) fn load(config: &Config) -> Result<State, RunError> {
 }
 
 impl Trainer {
-    pub(super) fn save(&self) -> Result<(), RunError> {
+    /// Appends each window's new rows to its log, then writes the state
+    /// that covers them.
+    pub(super) fn save(&mut self) -> Result<(), RunError> {
         let path = state_path(&self.config);
         let shown = path.display().to_string();
+        let mut replaced = Vec::new();
+        for (model, ms) in &mut self.state.models {
+            let old = window_log::save(
+                &self.config.state_dir,
+                model,
+                &mut ms.window_log,
+                &mut ms.window,
+            )
+            .map_err(|e| RunError::State(shown.clone(), e.to_string()))?;
+            replaced.extend(old);
+        }
         let bytes = serde_json::to_vec(&self.state)
             .map_err(|e| RunError::State(shown.clone(), e.to_string()))?;
         std::fs::create_dir_all(&self.config.state_dir)
             .and_then(|()| layout::write_atomic(&path, &bytes))
-            .map_err(|e| RunError::State(shown, e.to_string()))
+            .map_err(|e| RunError::State(shown, e.to_string()))?;
+        // The state names the new generation now.
+        for old in replaced {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(file = %old.display(), error = %e, "cannot remove a compacted window log");
+            }
+        }
+        Ok(())
     }
 }
