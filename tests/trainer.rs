@@ -807,6 +807,9 @@ fn kafka_source_resumes_from_committed_offsets_or_a_sought_position() -> Result<
     let mut a = KafkaSource::open(&settings, topic)?;
     let mut first = drain(&mut a, 15)?;
     let read = parse_position(&a.position())?;
+    // The lag metric's figure: what is left of the 40.
+    let lag: u64 = a.lag().iter().map(|(_, l)| l).sum();
+    assert_eq!(lag, 25, "{:?}", a.lag());
     a.commit()?;
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(30);

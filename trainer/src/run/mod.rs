@@ -237,6 +237,11 @@ impl Trainer {
         self.state
             .positions
             .insert(self.labels.name().to_string(), self.labels.position());
+        for source in [&mut self.predictions, &mut self.labels] {
+            for (partition, lag) in source.lag() {
+                metrics::gauge!(m::CONSUMER_LAG, "topic" => source.name().to_string(), "partition" => partition.to_string()).set(lag as f64);
+            }
+        }
         Ok(busy)
     }
 
