@@ -40,6 +40,9 @@ use serde_json::json;
 /// Users' training commands in the loop (`[models.commands]`).
 #[path = "trainer/commands.rs"]
 mod commands;
+/// Defaults that hold without tuning.
+#[path = "trainer/defaults.rs"]
+mod defaults;
 
 const TOKEN: &str = "trainer-test-token";
 const FEATURES: usize = 4;

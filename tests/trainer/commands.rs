@@ -44,7 +44,7 @@ fn sh(name: &str, script: &str, timeout_ms: u64) -> String {
 const HALVES: &str = "n=$(($(wc -l < \"$QUIVER_RUN_DIR/holdout.csv\") - 1)); \
     i=0; while [ $i -lt $n ]; do echo 0.5,0.5; i=$((i+1)); done > \"$QUIVER_RUN_DIR/predictions.csv\"";
 
-fn run_records(dir: &Path) -> Result<Vec<RunRecord>> {
+pub(super) fn run_records(dir: &Path) -> Result<Vec<RunRecord>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir.join("repo/m/runs"))? {
         out.push(RunRecord::parse(&std::fs::read(e?.path())?)?);

@@ -191,6 +191,11 @@ pub struct Triggers {
     pub quality_drop: f64,
     pub drift_psi: f64,
     pub schedule_ms: u64,
+    /// At each training run, look for the point in the window where the
+    /// served version's errors rose (a concept change) and train on the
+    /// rows after it only, when at least `min_rows` are left, instead of
+    /// waiting for the old concept to age out of the window.
+    pub cut_at_change: bool,
 }
 
 impl Default for Triggers {
@@ -201,6 +206,7 @@ impl Default for Triggers {
             quality_drop: 0.05,
             drift_psi: 0.25,
             schedule_ms: 0,
+            cut_at_change: true,
         }
     }
 }

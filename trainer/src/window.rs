@@ -76,8 +76,18 @@ impl Window {
 
     /// The examples as a data set (rows of another width are skipped).
     pub fn dataset(&self, features: usize) -> Dataset {
+        self.dataset_after(0, features)
+    }
+
+    /// The examples from the `skip`-th on, as a data set.
+    pub fn dataset_after(&self, skip: usize, features: usize) -> Dataset {
         let mut d = Dataset::new(features);
-        for e in self.rows.iter().filter(|e| e.features.len() == features) {
+        for e in self
+            .rows
+            .iter()
+            .skip(skip)
+            .filter(|e| e.features.len() == features)
+        {
             d.push(&e.features, e.label);
         }
         d

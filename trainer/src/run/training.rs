@@ -18,6 +18,7 @@ use quiver_contract::runs::{Outcome, RunRecord};
 use super::{Trainer, command_runs_dir};
 use crate::config::ModelConfig;
 use crate::metrics as m;
+use crate::monitor::change;
 use crate::monitor::quality::Quality;
 use crate::publish::{self, Candidate, PublishError};
 use crate::rollout::Rollout;
@@ -25,6 +26,9 @@ use crate::runs;
 use crate::source;
 use crate::train::Dataset;
 use crate::trial::{self, Trial};
+
+/// The fewest rows a window is cut to at a concept change.
+const MIN_ROWS_AFTER_CUT: usize = 200;
 
 /// A training run in flight.
 pub(super) struct InFlight {
@@ -91,18 +95,33 @@ impl Trainer {
         ms.since_training = Quality::default();
         ms.last_training_ms = now_ms();
         let features = ms.window.examples().last().map_or(0, |e| e.features.len());
-        let data = ms.window.dataset(features);
+        // A concept change in the window: the rows before it teach the old
+        // concept, so they are left out.
+        let change = model
+            .triggers
+            .cut_at_change
+            .then(|| {
+                let errors = change::served_errors(model.task, ms.window.examples());
+                change::change_point(&errors, model.triggers.min_rows.max(MIN_ROWS_AFTER_CUT))
+            })
+            .flatten();
+        let skip = change.map_or(0, |c| c.at);
+        let data = ms.window.dataset_after(skip, features);
+        let used = || ms.window.examples().skip(skip);
         let mut ranges = BTreeMap::new();
-        let offsets = source::kafka::offset_ranges(ms.window.examples().map(|e| e.at.as_str()));
+        let offsets = source::kafka::offset_ranges(used().map(|e| e.at.as_str()));
         if let Some(offsets) = offsets {
             ranges.insert(
                 "predictions".to_string(),
                 format!("{} {offsets}", self.config.predictions_topic),
             );
-        } else if let Some((first, last)) = ms.window.range() {
+        } else if let (Some(first), Some(last)) = (used().next(), used().last()) {
             ranges.insert(
                 "predictions".to_string(),
-                format!("{} {first}..={last}", self.config.predictions_topic),
+                format!(
+                    "{} {}..={}",
+                    self.config.predictions_topic, first.at, last.at
+                ),
             );
         }
         ranges.insert(
@@ -119,21 +138,36 @@ impl Trainer {
             .and_then(|m| m.lineage.as_ref())
             .and_then(|l| l.trained_through_ms);
         let fresh_from = stable_through.map_or(0, |t| {
-            ms.window
-                .examples()
+            used()
                 .filter(|e| e.features.len() == features)
                 .enumerate()
                 .filter(|(_, e)| e.timestamp_ms <= t)
                 .last()
                 .map_or(0, |(i, _)| i + 1)
         });
+        let reason = match change {
+            Some(c) => {
+                self.events.emit(
+                    &model.name,
+                    "window_cut",
+                    stable,
+                    serde_json::json!({"at": c.at, "rows_after": data.rows(),
+                        "error_before": c.before, "error_after": c.after, "score": c.score}),
+                );
+                format!(
+                    "{reason}; window cut at a change, {} rows after it",
+                    data.rows()
+                )
+            }
+            None => reason.to_string(),
+        };
         self.events.emit(
             &model.name,
             "retrain_started",
             stable,
             serde_json::json!({"reason": reason, "rows": data.rows(), "families": model.families()}),
         );
-        let record = runs::start(model, reason, stable, ranges, data.rows());
+        let record = runs::start(model, &reason, stable, ranges, data.rows());
         runs::save(&self.registry, &record);
         lineage.run = Some(record.id.clone());
         let job = Job {
