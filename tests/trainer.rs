@@ -88,6 +88,7 @@ name = "m"
 task = {{ kind = "classification", classes = 2 }}
 input = "features"
 outputs = [{{ name = "probabilities", kind = "probabilities" }}]
+family = "mlp"
 seed = 7
 window_rows = 1500
 holdout_fraction = 0.2

@@ -145,9 +145,10 @@ pub struct ModelConfig {
     pub outputs: Vec<OutputSpec>,
     /// The family trained at each retrain: `mlp`, `gbt`, or the name of
     /// a `[models.commands.<name>]` table (the user's own training code).
-    /// Not used when `candidates` is set.
-    #[serde(default = "default_family")]
-    pub family: String,
+    /// Not used when `candidates` is set. Left out with no `candidates`:
+    /// both built-in families, the better one on held-out rows kept.
+    #[serde(default)]
+    pub family: Option<String>,
     /// Champion/challenger: the families trained on the same window at
     /// each retrain and scored on the same held-out rows; the best goes on
     /// to the comparison with stable. Empty: `family` alone.
@@ -268,9 +269,8 @@ fn default_poll() -> u64 {
 fn default_join_window() -> u64 {
     600_000
 }
-fn default_family() -> String {
-    "mlp".into()
-}
+/// The families of a model that names none: whichever fits the stream.
+const DEFAULT_FAMILIES: [&str; 2] = ["mlp", "gbt"];
 fn default_seed() -> u64 {
     42
 }
@@ -381,10 +381,10 @@ impl ModelConfig {
 
     /// The families trained at each retrain, in order.
     pub fn families(&self) -> Vec<&str> {
-        if self.candidates.is_empty() {
-            vec![self.family.as_str()]
-        } else {
-            self.candidates.iter().map(String::as_str).collect()
+        match (&self.family, self.candidates.is_empty()) {
+            (_, false) => self.candidates.iter().map(String::as_str).collect(),
+            (Some(f), true) => vec![f.as_str()],
+            (None, true) => DEFAULT_FAMILIES.to_vec(),
         }
     }
 
@@ -499,7 +499,9 @@ mod tests {
             config.validate().map(|()| config)
         };
         let c = model("").unwrap();
-        assert_eq!(c.models[0].families(), ["mlp"]);
+        assert_eq!(c.models[0].families(), ["mlp", "gbt"]);
+        let c = model("family = \"gbt\"\n").unwrap();
+        assert_eq!(c.models[0].families(), ["gbt"]);
         let c = model(
             "candidates = [\"gbt\", \"lgbm\"]\n[models.commands.lgbm]\nargv = [\"python\", \"t.py\"]\n",
         )
