@@ -348,8 +348,9 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
         .until(&gw, &dir, "v2 promoted", || has_event(&dir, "promoted", 2))
         .await?;
     let lineage = check_v2(&dir, &gw).await?;
-    // The restart read the window back from its log and went on from it.
-    assert!(window_on_disk(&dir)? >= window.min(1500));
+    // The restart read the window back from its log, all of it.
+    assert_eq!(restored(&dir, "b")?, window.min(1500));
+    assert!(window_on_disk(&dir)? > 0);
     assert!(
         lineage.data["predictions"].starts_with("quiver.predictions "),
         "{lineage:?}"
@@ -438,6 +439,22 @@ fn window_on_disk(dir: &Path) -> Result<u64> {
     assert_eq!(rows, mark["rows"].as_u64().context("rows")?);
     assert!(rows > 0);
     Ok(rows)
+}
+
+/// The window rows the trainer logged as restored when it started.
+fn restored(dir: &Path, tag: &str) -> Result<u64> {
+    let log = strip_ansi(&std::fs::read_to_string(
+        dir.join(format!("trainer-{tag}.log")),
+    )?);
+    let line = log
+        .lines()
+        .find(|l| l.contains("window restored"))
+        .with_context(|| format!("no window restored:\n{log}"))?;
+    let rows = line
+        .split_once("rows=")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .context("rows=")?;
+    Ok(rows.parse()?)
 }
 
 /// The run records, as `quiver-trainer runs --json` prints them: the

@@ -64,8 +64,20 @@ pub(super) fn load(config: &Config) -> Result<State, RunError> {
         },
         Err(e) => return Err(RunError::State(shown, e.to_string())),
     };
-    if state.schema != STATE_SCHEMA {
+    if !(1..=STATE_SCHEMA).contains(&state.schema) {
         return Err(RunError::State(shown, format!("schema {}", state.schema)));
+    }
+    let mut state = state;
+    state.schema = STATE_SCHEMA;
+    for (model, ms) in &mut state.models {
+        match &ms.window_log {
+            Some(mark) => window_log::load(&config.state_dir, model, mark, &mut ms.window)
+                .map_err(|e| RunError::State(shown.clone(), e.to_string()))?,
+            // A schema 1 state held its rows inline: they go to a log at
+            // the first save.
+            None => ms.window.all_unsaved(),
+        }
+        tracing::info!(model = %model, rows = ms.window.len(), "window restored");
     }
     Ok(state)
 }
@@ -99,5 +111,39 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_1_state_with_inline_rows_is_read_and_its_rows_go_to_a_log() {
+        let dir = std::env::temp_dir().join(format!("quiver-state-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config: Config = toml::from_str(crate::config::TEST_CONFIG).unwrap();
+        config.state_dir = dir.clone();
+        let row = |i: u64| {
+            serde_json::json!({"model": "m", "version": 1, "arm": "stable", "timestamp_ms": i,
+                "features": [0.5, 1.5], "served": [0.2, 0.8], "label": 1.0, "at": format!("0:{i}")})
+        };
+        let v1 = serde_json::json!({"schema": 1, "positions": {}, "joiner": Joiner::new(1000),
+            "models": {"m": {"window": {"max_rows": 10, "rows": [row(1), row(2), row(3)], "new_rows": 3},
+                "online": {}, "since_training": Quality::default(), "last_training_ms": 0,
+                "rollout": null, "published": []}}});
+        std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&v1).unwrap()).unwrap();
+        let mut state = load(&config).unwrap();
+        assert_eq!(state.schema, STATE_SCHEMA);
+        let ms = state.models.get_mut("m").unwrap();
+        assert_eq!(ms.window.len(), 3);
+        assert!(ms.window_log.is_none());
+        // The first save writes all three to a log.
+        window_log::save(&dir, "m", &mut ms.window_log, &mut ms.window).unwrap();
+        assert_eq!(ms.window_log.as_ref().map(|m| m.rows), Some(3));
+        let text = serde_json::to_string(&ms.window).unwrap();
+        assert!(!text.contains("rows\":["), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
