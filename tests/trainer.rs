@@ -476,6 +476,14 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
+    // A run cut short by a kill is marked interrupted when the trainer
+    // starts again; only the last trainer's may still say running.
+    let newest = runs.iter().filter_map(|r| r["id"].as_str()).max();
+    for r in &runs {
+        if r["outcome"]["kind"] == "running" {
+            assert_eq!(r["id"].as_str(), newest, "{r:#}");
+        }
+    }
     let published = |v: u64| {
         runs.iter()
             .find(|r| r["outcome"]["kind"] == "published" && r["outcome"]["version"] == v)

@@ -109,6 +109,27 @@ pub fn published(reg: &Registry, model: &str, run: &str, version: u64) {
     }
 }
 
+/// Marks the model's runs still recorded as running as interrupted: at
+/// start no run of this trainer is in flight, so those were cut short by a
+/// stop (their training thread, or command, died with the trainer).
+pub fn interrupted(reg: &Registry, model: &str) {
+    let records = match control::read_runs(reg, model) {
+        Ok((records, _)) => records,
+        Err(e) => {
+            tracing::warn!(model, error = %e, "cannot list run records");
+            return;
+        }
+    };
+    for mut r in records {
+        if r.outcome == Outcome::Running {
+            r.outcome = Outcome::Failed {
+                reason: "interrupted: the trainer stopped while this run trained".into(),
+            };
+            save(reg, &r);
+        }
+    }
+}
+
 /// Adds how the rollout of the run's version ended, as the routing state
 /// tells it.
 pub fn rollout_ended(reg: &Registry, model: &str, run: &str, version: u64, routing: &RoutingState) {

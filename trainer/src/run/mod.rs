@@ -111,6 +111,10 @@ impl Trainer {
             training: BTreeMap::new(),
         };
         trainer.adopt_orphans();
+        // After the adoption, which finishes the records of published runs.
+        for model in &trainer.config.models {
+            runs::interrupted(&trainer.registry, &model.name);
+        }
         Ok(trainer)
     }
 
