@@ -526,9 +526,15 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
             .is_some_and(|w| w.contains("min_improvement")),
         "{rejected:#}"
     );
+    // (A run a kill cut short is failed too, as interrupted.)
     let failed = runs
         .iter()
-        .find(|r| r["outcome"]["kind"] == "failed")
+        .find(|r| {
+            r["outcome"]["kind"] == "failed"
+                && !r["outcome"]["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("interrupted"))
+        })
         .context("no failed run")?;
     assert!(
         failed["outcome"]["reason"]
