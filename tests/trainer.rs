@@ -38,6 +38,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
+/// Users' training commands in the loop (`[models.commands]`).
+#[path = "trainer/commands.rs"]
+mod commands;
+/// Defaults that hold without tuning.
+#[path = "trainer/defaults.rs"]
+mod defaults;
+
 const TOKEN: &str = "trainer-test-token";
 const FEATURES: usize = 4;
 const GROUP: &str = "trainer-e2e";
@@ -124,6 +131,8 @@ struct Traffic {
     stream: Stream,
     sink: Sink,
     next_id: u64,
+    /// Which concept labels the rows (B, the drifted one, unless set).
+    drifted: bool,
 }
 
 impl Traffic {
@@ -213,6 +222,23 @@ impl Traffic {
         Ok(())
     }
 
+    /// Runs a trainer on `cfg` (its log tagged `tag`), sending until
+    /// `done` holds, then kills it.
+    async fn with_trainer(
+        &mut self,
+        gw: &Gateway,
+        dir: &Path,
+        (cfg, tag): (&Path, &str),
+        what: &str,
+        done: impl Fn() -> bool,
+    ) -> Result<()> {
+        let mut t = trainer(cfg, dir, tag)?;
+        let sent = self.until(gw, dir, what, done).await;
+        t.kill()?;
+        t.wait()?;
+        sent
+    }
+
     /// Keeps sending until `done` holds or the time is up.
     async fn until(
         &mut self,
@@ -230,7 +256,7 @@ impl Traffic {
                     std::fs::read_to_string(dir.join("trainer-a.log")).unwrap_or_default()
                 );
             }
-            self.send(gw, 50, true).await?;
+            self.send(gw, 50, self.drifted).await?;
         }
         Ok(())
     }
@@ -247,26 +273,33 @@ fn versions(dir: &Path) -> Vec<u64> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
-    let dir = scratch("local")?;
-    bootstrap(&dir)?;
-
+/// Version 1 bootstrapped into `dir`'s registry, the gateway serving it,
+/// and traffic of concept B whose records the test writes to the local log.
+async fn local_loop(dir: &Path) -> Result<(Gateway, Traffic)> {
+    bootstrap(dir)?;
     let env = [
         ("QUIVER_ADMIN_TOKEN", TOKEN),
         ("QUIVER_REPOSITORY__POLL_INTERVAL_MS", "50"),
         ("QUIVER_ROUTING__ROLLOUT_INTERVAL_MS", "50"),
     ];
     let gw = Gateway::start_ready(&dir.join("repo"), &[], &env).await?;
-    let cfg = config(&dir, false, None)?;
-    let mut traffic = Traffic {
+    let traffic = Traffic {
         stream: Stream(99),
         sink: Sink::Local {
             preds: SegmentWriter::open(&dir.join("log/quiver.predictions"), 1 << 20)?,
             labels: SegmentWriter::open(&dir.join("log/quiver.labels"), 1 << 20)?,
         },
         next_id: 0,
+        drifted: true,
     };
+    Ok((gw, traffic))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
+    let dir = scratch("local")?;
+    let (gw, mut traffic) = local_loop(&dir).await?;
+    let cfg = config(&dir, false, None)?;
     let mut t = trainer(&cfg, &dir, "a")?;
 
     // Concept B arrives: the trainer retrains and publishes version 2.
@@ -279,11 +312,15 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     // version 2's rollout, not publish the same data again.
     t.kill()?;
     t.wait()?;
+    let window = window_on_disk(&dir)?;
     let mut t = trainer(&cfg, &dir, "b")?;
     traffic
         .until(&gw, &dir, "v2 promoted", || has_event(&dir, "promoted", 2))
         .await?;
     let lineage = check_v2(&dir, &gw).await?;
+    // The restart read the window back from its log, all of it.
+    assert_eq!(restored(&dir, "b")?, window.min(1500));
+    assert!(window_on_disk(&dir)? > 0);
     assert!(
         lineage.data["predictions"].starts_with("quiver.predictions "),
         "{lineage:?}"
@@ -319,14 +356,11 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
         &rejecting,
         text.replace("min_improvement = 0\n", "min_improvement = 1000000\n"),
     )?;
-    let mut t = trainer(&rejecting, &dir, "d")?;
     traffic
-        .until(&gw, &dir, "a rejected candidate", || {
+        .with_trainer(&gw, &dir, (&rejecting, "d"), "a rejected candidate", || {
             events(&dir).iter().any(|e| e["event"] == "rejected")
         })
         .await?;
-    t.kill()?;
-    t.wait()?;
     let failing = dir.join("failing.toml");
     std::fs::write(
         &failing,
@@ -335,14 +369,11 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
             "holdout_fraction = 0.2\nparity_bound = 1e-12\n",
         ),
     )?;
-    let mut t = trainer(&failing, &dir, "e")?;
     traffic
-        .until(&gw, &dir, "a failed training", || {
+        .with_trainer(&gw, &dir, (&failing, "e"), "a failed training", || {
             events(&dir).iter().any(|e| e["event"] == "retrain_failed")
         })
         .await?;
-    t.kill()?;
-    t.wait()?;
     assert_eq!(
         versions(&dir),
         vec![1, 2, 3],
@@ -352,6 +383,48 @@ async fn drift_retrain_canary_promote_resume_and_rollback() -> Result<()> {
     eprintln!("events:\n{:#?}", events(&dir));
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// The window's rows as the state file and the window log hold them: the
+/// state names the log and how much of it counts, and holds no rows
+/// itself; returns the rows the log covers.
+fn window_on_disk(dir: &Path) -> Result<u64> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/state.json"))?)?;
+    let m = &state["models"]["m"];
+    assert!(m["window"].get("rows").is_none(), "rows in the state file");
+    let mark = &m["window_log"];
+    let log = dir.join(format!(
+        "state/windows/m.{}.jsonl",
+        mark["generation"].as_u64().context("generation")?
+    ));
+    let bytes = std::fs::read(&log)?;
+    let covered = mark["bytes"].as_u64().context("bytes")? as usize;
+    assert!(
+        bytes.len() >= covered,
+        "{} shorter than the state says",
+        log.display()
+    );
+    let rows = bytes[..covered].iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(rows, mark["rows"].as_u64().context("rows")?);
+    assert!(rows > 0);
+    Ok(rows)
+}
+
+/// The window rows the trainer logged as restored when it started.
+fn restored(dir: &Path, tag: &str) -> Result<u64> {
+    let log = strip_ansi(&std::fs::read_to_string(
+        dir.join(format!("trainer-{tag}.log")),
+    )?);
+    let line = log
+        .lines()
+        .find(|l| l.contains("window restored"))
+        .with_context(|| format!("no window restored:\n{log}"))?;
+    let rows = line
+        .split_once("rows=")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .context("rows=")?;
+    Ok(rows.parse()?)
 }
 
 /// The run records, as `quiver-trainer runs --json` prints them: the
@@ -373,6 +446,14 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
+    // A run cut short by a kill is marked interrupted when the trainer
+    // starts again; only the last trainer's may still say running.
+    let newest = runs.iter().filter_map(|r| r["id"].as_str()).max();
+    for r in &runs {
+        if r["outcome"]["kind"] == "running" {
+            assert_eq!(r["id"].as_str(), newest, "{r:#}");
+        }
+    }
     let published = |v: u64| {
         runs.iter()
             .find(|r| r["outcome"]["kind"] == "published" && r["outcome"]["version"] == v)
@@ -415,9 +496,15 @@ fn check_runs(dir: &Path, cfg: &Path) -> Result<()> {
             .is_some_and(|w| w.contains("min_improvement")),
         "{rejected:#}"
     );
+    // (A run a kill cut short is failed too, as interrupted.)
     let failed = runs
         .iter()
-        .find(|r| r["outcome"]["kind"] == "failed")
+        .find(|r| {
+            r["outcome"]["kind"] == "failed"
+                && !r["outcome"]["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("interrupted"))
+        })
         .context("no failed run")?;
     assert!(
         failed["outcome"]["reason"]
@@ -592,6 +679,7 @@ async fn kafka_source_retrains_promotes_and_resumes_from_committed_offsets() -> 
         stream: Stream(99),
         sink: Sink::Gateway,
         next_id: 0,
+        drifted: true,
     };
     let mut t = trainer(&cfg, &dir, "a")?;
     traffic
@@ -709,6 +797,9 @@ fn kafka_source_resumes_from_committed_offsets_or_a_sought_position() -> Result<
     let mut a = KafkaSource::open(&settings, topic)?;
     let mut first = drain(&mut a, 15)?;
     let read = parse_position(&a.position())?;
+    // The lag metric's figure: what is left of the 40.
+    let lag: u64 = a.lag().iter().map(|(_, l)| l).sum();
+    assert_eq!(lag, 25, "{:?}", a.lag());
     a.commit()?;
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -835,6 +926,7 @@ async fn closed_loop_through_kafka_with_two_replicas_on_s3() -> Result<()> {
         stream: Stream(99),
         sink: Sink::Gateway,
         next_id: 0,
+        drifted: true,
     };
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut turn = 0usize;

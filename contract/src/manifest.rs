@@ -10,10 +10,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The manifest schema this crate writes; it also reads schema 1.
-pub const SCHEMA: u32 = 2;
+/// The manifest schema this crate writes; it also reads schemas 1 and 2.
+pub const SCHEMA: u32 = 3;
 /// The oldest manifest schema this crate reads. Schema 2 added the
-/// lineage's `run`.
+/// lineage's `run`, schema 3 its `command` (a version trained by a user's
+/// own training code).
 pub const MIN_SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,28 @@ pub struct Lineage {
     /// The training run that made it: `<model>/runs/<run>.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// For a version trained by a user's command (the trainer's `command`
+    /// family): what ran, and with which code and libraries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLineage>,
+}
+
+/// The user's training code behind a version.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CommandLineage {
+    /// The command's name in the trainer config (`[models.commands.<name>]`).
+    pub name: String,
+    /// The argument vector run, as configured.
+    pub argv: Vec<String>,
+    /// The script whose hash is recorded (a path as configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Lowercase hex SHA-256 of the script's bytes when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_sha256: Option<String>,
+    /// Library → version, as the command reported them (`libraries.json`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub libraries: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +277,13 @@ mod tests {
         m.lineage = Some(Lineage {
             parent: Some(6),
             rows: 10,
+            command: Some(CommandLineage {
+                name: "lightgbm".into(),
+                argv: vec!["python".into(), "train.py".into()],
+                script: Some("train.py".into()),
+                script_sha256: Some(sha256_bytes(b"print()")),
+                libraries: BTreeMap::from([("lightgbm".into(), "4.7.0".into())]),
+            }),
             ..Default::default()
         });
         std::fs::write(dir.join(crate::layout::MANIFEST_FILE), m.to_json()).unwrap();
@@ -273,11 +303,23 @@ mod tests {
     fn refuses_newer_schema_bad_json_and_escaping_names() {
         let dir = scratch("bad");
         let path = dir.join("manifest.json");
-        std::fs::write(&path, br#"{"schema": 3, "model": "m", "version": 1}"#).unwrap();
+        std::fs::write(&path, br#"{"schema": 4, "model": "m", "version": 1}"#).unwrap();
         assert!(matches!(
             Manifest::read(&path, None),
-            Err(ManifestError::Schema { found: 3, .. })
+            Err(ManifestError::Schema { found: 4, .. })
         ));
+        // Schema 2 (no command in the lineage) is still read.
+        std::fs::write(
+            &path,
+            br#"{"schema": 2, "model": "m", "version": 1, "lineage": {"rows": 3, "run": "1"}}"#,
+        )
+        .unwrap();
+        assert!(
+            Manifest::read(&path, None)
+                .unwrap()
+                .lineage
+                .is_some_and(|l| l.command.is_none())
+        );
         // Schema 1 (no run in the lineage) is still read.
         std::fs::write(&path, br#"{"schema": 1, "model": "m", "version": 1}"#).unwrap();
         assert!(Manifest::read(&path, None).is_ok());

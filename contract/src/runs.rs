@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The run record schema this crate reads and writes.
-pub const SCHEMA: u32 = 1;
+/// The run record schema this crate writes.
+pub const SCHEMA: u32 = 2;
+/// The oldest run record schema this crate reads. Schema 2 added the
+/// `candidates` (every family trained on the window, a command's output)
+/// and the `winner`.
+pub const MIN_SCHEMA: u32 = 1;
 
 /// The folder of a model's run records.
 pub const RUNS_DIR: &str = "runs";
@@ -74,6 +78,72 @@ pub struct RunRecord {
     /// For a published version, how its rollout ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutEnd>,
+    /// Every candidate family trained on this window and scored on the
+    /// same held-out rows, in the configured order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<CandidateRun>,
+    /// The candidate taken forward (compared with stable, maybe published)
+    /// and by how much it beat the next best.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner: Option<Winner>,
+}
+
+/// One candidate family's attempt within a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateRun {
+    /// `mlp`, `gbt`, or a command's name.
+    pub family: String,
+    /// Its own training, export and checks, in seconds.
+    #[serde(default)]
+    pub seconds: f64,
+    /// Held-out metrics (of ONNX Runtime's output for a command's model).
+    #[serde(default)]
+    pub offline: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity_max_abs: Option<f64>,
+    /// Why it failed (training, the command, the interface, parity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For a command: what ran and what it printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandRun>,
+}
+
+/// A user's training command as it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRun {
+    pub argv: Vec<String>,
+    /// `exit status 0`, `exit status 2`, `killed after the 60 s timeout`...
+    pub exit: String,
+    #[serde(default)]
+    pub seconds: f64,
+    /// The end of its standard output (progress) and error, bounded.
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_sha256: Option<String>,
+    /// Library → version, as the command reported them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub libraries: BTreeMap<String, String>,
+}
+
+/// The candidate a run took forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Winner {
+    pub family: String,
+    /// The metric compared (`log_loss` or `rmse`) and its held-out value.
+    pub metric: String,
+    pub loss: f64,
+    /// The next best candidate and how much lower the winner's loss was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
 }
 
 /// How a training attempt ended.
@@ -113,7 +183,9 @@ pub struct RolloutEnd {
 pub enum RunError {
     #[error("not a valid run record: {0}")]
     Json(String),
-    #[error("run record schema {0} is not supported; this build reads schema {SCHEMA}")]
+    #[error(
+        "run record schema {0} is not supported; this build reads schemas {MIN_SCHEMA} to {SCHEMA}"
+    )]
     Schema(u32),
 }
 
@@ -121,7 +193,7 @@ impl RunRecord {
     pub fn parse(bytes: &[u8]) -> Result<RunRecord, RunError> {
         let r: RunRecord =
             serde_json::from_slice(bytes).map_err(|e| RunError::Json(e.to_string()))?;
-        if r.schema != SCHEMA {
+        if !(MIN_SCHEMA..=SCHEMA).contains(&r.schema) {
             return Err(RunError::Schema(r.schema));
         }
         Ok(r)
@@ -165,6 +237,29 @@ mod tests {
                 by: "quiver-trainer".into(),
                 reason: String::new(),
             }),
+            candidates: vec![CandidateRun {
+                family: "lightgbm".into(),
+                seconds: 1.0,
+                offline: BTreeMap::from([("log_loss".into(), 0.3)]),
+                parity_max_abs: Some(1e-7),
+                error: None,
+                command: Some(CommandRun {
+                    argv: vec!["python".into(), "train.py".into()],
+                    exit: "exit status 0".into(),
+                    seconds: 0.9,
+                    stdout: "iteration 10\n".into(),
+                    stderr: String::new(),
+                    script_sha256: Some("ab".into()),
+                    libraries: BTreeMap::from([("lightgbm".into(), "4.7.0".into())]),
+                }),
+            }],
+            winner: Some(Winner {
+                family: "lightgbm".into(),
+                metric: "log_loss".into(),
+                loss: 0.3,
+                runner_up: Some("mlp".into()),
+                margin: Some(0.02),
+            }),
         };
         assert_eq!(RunRecord::parse(&r.to_json()).unwrap(), r);
         for outcome in [
@@ -183,5 +278,18 @@ mod tests {
         assert!(json.contains(r#""kind": "failed""#), "{json}");
         assert_eq!(run_key("m", &r.id), "m/runs/1764000000000.json");
         assert!(matches!(RunRecord::parse(b"{}"), Err(RunError::Json(_))));
+        // A schema 1 record (no candidates, no winner) is still read.
+        let mut old: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("candidates");
+        o.remove("winner");
+        o.insert("schema".into(), 1.into());
+        let read = RunRecord::parse(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(read.candidates.is_empty() && read.winner.is_none());
+        old["schema"] = 3.into();
+        assert_eq!(
+            RunRecord::parse(&serde_json::to_vec(&old).unwrap()),
+            Err(RunError::Schema(3))
+        );
     }
 }

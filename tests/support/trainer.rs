@@ -36,6 +36,7 @@ name = "m"
 task = {{ kind = "classification", classes = 2 }}
 input = "features"
 outputs = [{{ name = "probabilities", kind = "probabilities" }}]
+family = "mlp"
 seed = {seed}
 window_rows = {window}
 holdout_fraction = 0.2

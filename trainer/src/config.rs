@@ -2,12 +2,14 @@
 //! every key there. Paths may be overridden on the command line (and by
 //! `QUIVER_TRAINER_*` environment variables, see `main.rs`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quiver_contract::routing::DEFAULT_STEPS;
 use serde::{Deserialize, Serialize};
 
+use crate::command::CommandSettings;
 use crate::onnx::{Interface, OutputKind, OutputSpec};
 use crate::train::Task;
 use crate::train::gbt::GbtSettings;
@@ -125,11 +127,13 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
+/// A candidate family resolved from its name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Family<'a> {
     Mlp,
     Gbt,
+    /// A user's training command, by its name.
+    Command(&'a str, &'a CommandSettings),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -139,8 +143,21 @@ pub struct ModelConfig {
     pub task: Task,
     pub input: String,
     pub outputs: Vec<OutputSpec>,
-    #[serde(default = "default_family")]
-    pub family: Family,
+    /// The family trained at each retrain: `mlp`, `gbt`, or the name of
+    /// a `[models.commands.<name>]` table (the user's own training code).
+    /// Not used when `candidates` is set. Left out with no `candidates`:
+    /// both built-in families, the better one on held-out rows kept.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// Champion/challenger: the families trained on the same window at
+    /// each retrain and scored on the same held-out rows; the best goes on
+    /// to the comparison with stable. Empty: `family` alone.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// Training commands by name (`[models.commands.lightgbm]`), each a
+    /// family.
+    #[serde(default)]
+    pub commands: BTreeMap<String, CommandSettings>,
     #[serde(default = "default_seed")]
     pub seed: u64,
     #[serde(default = "default_window_rows")]
@@ -175,6 +192,11 @@ pub struct Triggers {
     pub quality_drop: f64,
     pub drift_psi: f64,
     pub schedule_ms: u64,
+    /// At each training run, look for the point in the window where the
+    /// served version's errors rose (a concept change) and train on the
+    /// rows after it only, when at least `min_rows` are left, instead of
+    /// waiting for the old concept to age out of the window.
+    pub cut_at_change: bool,
 }
 
 impl Default for Triggers {
@@ -185,6 +207,7 @@ impl Default for Triggers {
             quality_drop: 0.05,
             drift_psi: 0.25,
             schedule_ms: 0,
+            cut_at_change: true,
         }
     }
 }
@@ -246,9 +269,8 @@ fn default_poll() -> u64 {
 fn default_join_window() -> u64 {
     600_000
 }
-fn default_family() -> Family {
-    Family::Mlp
-}
+/// The families of a model that names none: whichever fits the stream.
+const DEFAULT_FAMILIES: [&str; 2] = ["mlp", "gbt"];
 fn default_seed() -> u64 {
     42
 }
@@ -299,6 +321,23 @@ impl Config {
                 )));
             }
             m.canary.validate(&m.name)?;
+            for (name, c) in &m.commands {
+                if matches!(name.as_str(), "mlp" | "gbt") {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: a command may not be named '{name}' (a built-in family)",
+                        m.name
+                    )));
+                }
+                c.validate(&m.name, name).map_err(ConfigError::Invalid)?;
+            }
+            for f in m.families() {
+                if m.family_named(f).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: family '{f}' is neither mlp, gbt nor a [models.commands.{f}] table",
+                        m.name
+                    )));
+                }
+            }
         }
         if self.model_repository.is_empty() {
             return Err(ConfigError::Invalid("model_repository is empty".into()));
@@ -338,6 +377,24 @@ impl ModelConfig {
             input: self.input.clone(),
             outputs: self.outputs.clone(),
         })
+    }
+
+    /// The families trained at each retrain, in order.
+    pub fn families(&self) -> Vec<&str> {
+        match (&self.family, self.candidates.is_empty()) {
+            (_, false) => self.candidates.iter().map(String::as_str).collect(),
+            (Some(f), true) => vec![f.as_str()],
+            (None, true) => DEFAULT_FAMILIES.to_vec(),
+        }
+    }
+
+    /// A family by name: built in, or one of `commands`.
+    pub fn family_named<'a>(&'a self, name: &'a str) -> Option<Family<'a>> {
+        match name {
+            "mlp" => Some(Family::Mlp),
+            "gbt" => Some(Family::Gbt),
+            _ => self.commands.get(name).map(|c| Family::Command(name, c)),
+        }
     }
 
     /// The output the join reads the served answer from.
@@ -386,6 +443,20 @@ mod tests {
         assert_eq!(config.models[0].canary.steps, DEFAULT_STEPS.to_vec());
     }
 
+    #[test]
+    fn the_shipped_commands_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/trainer-commands.toml");
+        let config = Config::load(&path).unwrap();
+        let m = &config.models[0];
+        assert_eq!(m.families(), ["gbt", "lightgbm", "sklearn"]);
+        let Some(Family::Command(_, c)) = m.family_named("lightgbm") else {
+            panic!("no lightgbm command");
+        };
+        assert_eq!(c.argv[1], "examples/training/lightgbm_train.py");
+        assert_eq!(c.params["n_estimators"], 200);
+        assert_eq!(c.env["OMP_NUM_THREADS"], "2");
+    }
+
     fn with_steps(steps: &str) -> Result<Config, ConfigError> {
         let config: Config =
             toml::from_str(&format!("{TEST_CONFIG}[models.canary]\nsteps = {steps}\n")).unwrap();
@@ -418,6 +489,39 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn families_are_built_in_or_named_commands() {
+        let model = |extra: &str| -> Result<Config, ConfigError> {
+            let config: Config = toml::from_str(&format!("{TEST_CONFIG}{extra}"))
+                .map_err(|e| ConfigError::Parse("toml".into(), e.to_string()))?;
+            config.validate().map(|()| config)
+        };
+        let c = model("").unwrap();
+        assert_eq!(c.models[0].families(), ["mlp", "gbt"]);
+        let c = model("family = \"gbt\"\n").unwrap();
+        assert_eq!(c.models[0].families(), ["gbt"]);
+        let c = model(
+            "candidates = [\"gbt\", \"lgbm\"]\n[models.commands.lgbm]\nargv = [\"python\", \"t.py\"]\n",
+        )
+        .unwrap();
+        let m = &c.models[0];
+        assert_eq!(m.families(), ["gbt", "lgbm"]);
+        assert!(
+            matches!(m.family_named("lgbm"), Some(Family::Command("lgbm", s)) if s.timeout_ms == 600_000)
+        );
+        let err = model("family = \"xgb\"\n").unwrap_err().to_string();
+        assert!(err.contains("family 'xgb' is neither"), "{err}");
+        let err = model("[models.commands.x]\nargv = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty argv"), "{err}");
+        let err = model("[models.commands.gbt]\nargv = [\"t\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("built-in"), "{err}");
+        assert!(model("[models.commands.x]\nargv = [\"t\"]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! - [`source`]: where records come from (the local log, or a Kafka
 //!   consumer with offsets committed after the state write),
 //!   [`join`]: predictions with labels, [`window`]: the bounded training
-//!   window.
+//!   window, [`window_log`]: its rows on disk, append-only.
 //! - [`monitor`]: online quality, PSI drift, the candidate-vs-stable tests.
-//! - [`publish`]: train → evaluate → parity → write the version into the
-//!   registry (`quiver-registry`: a directory or S3).
+//! - [`trial`]: every candidate family (built-in, or a user's
+//!   [`command`]) trained on the same window and scored on the same
+//!   held-out rows, the best one checked; [`publish`]: the winner written
+//!   into the registry (`quiver-registry`: a directory or S3).
 //! - [`runs`]: a record of every training attempt in the registry.
 //! - [`rollout`]: the canary verdicts, written to the routing state in the
 //!   registry by compare-and-swap; [`run`]: the loop; [`events`]: the
@@ -24,6 +26,7 @@
 //! matrix products per batch, which `ndarray` does at the same order of
 //! speed with no extra build time (numbers for this crate in the README).
 
+pub mod command;
 pub mod config;
 pub mod csv;
 pub mod events;
@@ -38,4 +41,6 @@ pub mod run;
 pub mod runs;
 pub mod source;
 pub mod train;
+pub mod trial;
 pub mod window;
+pub mod window_log;

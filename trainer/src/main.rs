@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use quiver_contract::runs::Outcome;
 use quiver_registry::Registry;
 use quiver_trainer::config::Config;
-use quiver_trainer::{csv, metrics, publish, run, runs};
+use quiver_trainer::{csv, metrics, publish, run, runs, trial};
 
 #[derive(Parser)]
 #[command(name = "quiver-trainer", version, about = "The Quiver sidecar trainer")]
@@ -125,8 +125,30 @@ fn main() -> Result<()> {
             let mut lineage = publish::lineage(mc, None, ranges, dataset.rows());
             lineage.run = Some(record.id.clone());
             let meta = publish::metadata(&model, version, &lineage);
-            let candidate = match publish::train_candidate(mc, &dataset, version, &meta, None, 0) {
-                Ok(c) => c,
+            let inputs = trial::Inputs {
+                model: mc,
+                data: &dataset,
+                version,
+                metadata: &meta,
+                stable: None,
+                stable_fresh_from: 0,
+                run_id: &record.id,
+                runs_dir: run::command_runs_dir(&config, &model),
+            };
+            let tried = trial::run(&inputs).map(|t| {
+                runs::tried(&mut record, &t);
+                let why = t.failure();
+                t.best.ok_or(why)
+            });
+            let candidate = match tried {
+                Ok(Ok(c)) => c,
+                Ok(Err(why)) => {
+                    record.outcome = Outcome::Failed {
+                        reason: why.clone(),
+                    };
+                    runs::save(&repo, &record);
+                    bail!("no candidate trained: {why}");
+                }
                 Err(e) => {
                     record.outcome = Outcome::Failed {
                         reason: e.to_string(),
@@ -135,7 +157,6 @@ fn main() -> Result<()> {
                     return Err(e.into());
                 }
             };
-            runs::trained(&mut record, &candidate);
             lineage.rows = candidate.rows as u64;
             let manifest = match publish::publish(&repo, mc, version, &candidate, lineage) {
                 Ok(m) => m,

@@ -18,8 +18,13 @@ pub const JOIN_EVENTS: &str = "quiver_trainer_join_records_total";
 pub const TRAININGS: &str = "quiver_trainer_trainings_total";
 pub const TRAINING_SECONDS: &str = "quiver_trainer_training_duration_seconds";
 pub const WINDOW_ROWS: &str = "quiver_trainer_window_rows";
+pub const CONSUMER_LAG: &str = "quiver_trainer_consumer_lag_records";
 
 pub fn describe() {
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records in a topic partition not yet read by the trainer (Kafka: the high watermark of the last fetch minus the next offset), by topic and partition."
+    );
     describe_gauge!(
         ONLINE_ACCURACY,
         "Accuracy of served answers on joined labels, by model and version."

@@ -279,7 +279,11 @@ mod tests {
         let scores: Vec<f32> = out.chunks(2).map(|r| r[1]).collect();
         Candidate {
             reference: Reference::fit(&data.x, 2, &scores, 4),
-            trained,
+            family: "mlp".into(),
+            task: model.task,
+            features: 2,
+            trained: Some(trained),
+            command: None,
             onnx,
             offline: BTreeMap::from([("log_loss".to_string(), 0.5)]),
             stable_offline: None,

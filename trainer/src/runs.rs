@@ -12,9 +12,10 @@ use quiver_contract::runs::{self, Outcome, RolloutEnd, RunRecord};
 use quiver_contract::time::rfc3339_now;
 use quiver_registry::{Registry, control};
 
-use crate::config::{Config, Family, ModelConfig};
+use crate::config::{Config, ModelConfig};
 use crate::publish::{Candidate, code_version};
 use crate::train::metrics::primary_loss;
+use crate::trial::Trial;
 
 /// A record for an attempt starting now, `Running` until it ends.
 pub fn start(
@@ -36,11 +37,7 @@ pub fn start(
         data,
         rows: rows as u64,
         held_rows: 0,
-        family: match model.family {
-            Family::Mlp => "mlp",
-            Family::Gbt => "gbt",
-        }
-        .to_string(),
+        family: model.families().join(","),
         config: serde_json::to_value(model).unwrap_or_default(),
         config_sha256: Config::model_sha256(model),
         seed: model.seed,
@@ -50,11 +47,26 @@ pub fn start(
         parity_max_abs: None,
         outcome: Outcome::Running,
         rollout: None,
+        candidates: Vec::new(),
+        winner: None,
+    }
+}
+
+/// Takes what the run's candidates measured: each family's attempt, the
+/// winner, and the winner's figures.
+pub fn tried(run: &mut RunRecord, trial: &Trial) {
+    run.candidates = trial.runs.clone();
+    run.winner = trial.winner.clone();
+    run.seconds = trial.runs.iter().map(|c| c.seconds).sum();
+    if let Some(c) = &trial.best {
+        trained(run, c);
+        run.seconds = trial.runs.iter().map(|c| c.seconds).sum();
     }
 }
 
 /// Takes what a trained candidate measured.
-pub fn trained(run: &mut RunRecord, c: &Candidate) {
+fn trained(run: &mut RunRecord, c: &Candidate) {
+    run.family = c.family.clone();
     run.seconds = c.seconds;
     run.rows = c.rows as u64;
     run.held_rows = c.held_rows as u64;
@@ -66,7 +78,7 @@ pub fn trained(run: &mut RunRecord, c: &Candidate) {
 
 /// Why a candidate that did not beat stable was not published.
 pub fn rejection(model: &ModelConfig, c: &Candidate) -> String {
-    let task = c.trained.task();
+    let task = c.task;
     let mine = primary_loss(task, &c.offline);
     let theirs = c
         .stable_offline
@@ -94,6 +106,27 @@ pub fn published(reg: &Registry, model: &str, run: &str, version: u64) {
     {
         record.outcome = Outcome::Published { version };
         save(reg, &record);
+    }
+}
+
+/// Marks the model's runs still recorded as running as interrupted: at
+/// start no run of this trainer is in flight, so those were cut short by a
+/// stop (their training thread, or command, died with the trainer).
+pub fn interrupted(reg: &Registry, model: &str) {
+    let records = match control::read_runs(reg, model) {
+        Ok((records, _)) => records,
+        Err(e) => {
+            tracing::warn!(model, error = %e, "cannot list run records");
+            return;
+        }
+    };
+    for mut r in records {
+        if r.outcome == Outcome::Running {
+            r.outcome = Outcome::Failed {
+                reason: "interrupted: the trainer stopped while this run trained".into(),
+            };
+            save(reg, &r);
+        }
     }
 }
 
@@ -127,7 +160,7 @@ pub fn rollout_ended(reg: &Registry, model: &str, run: &str, version: u64, routi
 /// The records as a table, oldest first.
 pub fn table(records: &[RunRecord]) -> String {
     let mut out = String::from(
-        "run            started               trigger                 family rows    seconds  loss     stable   parity    outcome\n",
+        "run            started               trigger                 family     won by   rows    seconds  loss     stable   parity    outcome\n",
     );
     for r in records {
         let loss = |m: &BTreeMap<String, f64>| {
@@ -147,11 +180,17 @@ pub fn table(records: &[RunRecord]) -> String {
             .map_or(String::new(), |e| format!(", {}", e.result));
         let _ = writeln!(
             out,
-            "{:<14} {:<21} {:<23} {:<6} {:<7} {:<8.2} {:<8} {:<8} {:<9} {outcome}{rollout}",
+            "{:<14} {:<21} {:<23} {:<10} {:<8} {:<7} {:<8.2} {:<8} {:<8} {:<9} {outcome}{rollout}",
             r.id,
             r.started_at.get(..19).unwrap_or(&r.started_at),
             r.trigger.chars().take(23).collect::<String>(),
-            r.family,
+            r.family.chars().take(10).collect::<String>(),
+            // How much lower the winner's held-out loss was than the next
+            // family's; `-` with one family.
+            r.winner
+                .as_ref()
+                .and_then(|w| w.margin)
+                .map_or("-".to_string(), |m| format!("{m:.4}")),
             r.rows,
             r.seconds,
             loss(&r.offline),
@@ -206,8 +245,18 @@ mod tests {
             done.rollout.as_ref().map(|r| r.result.as_str()),
             Some("promoted")
         );
+        let mut done = done;
+        done.family = "lightgbm".into();
+        done.winner = Some(quiver_contract::runs::Winner {
+            family: "lightgbm".into(),
+            metric: "log_loss".into(),
+            loss: 0.2,
+            runner_up: Some("mlp".into()),
+            margin: Some(0.0125),
+        });
         let table = table(&[done]);
         assert!(table.contains("published v2, promoted"), "{table}");
+        assert!(table.contains("lightgbm   0.0125"), "{table}");
         assert!(table.contains("new rows"), "{table}");
         let _ = std::fs::remove_dir_all(&root);
     }

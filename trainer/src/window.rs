@@ -1,6 +1,7 @@
-//! The training window of one model: the newest joined examples, bounded,
-//! persisted with the trainer state. It knows which records it holds, so
-//! a training run can name its exact data.
+//! The training window of one model: the newest joined examples, bounded.
+//! Its rows are persisted in an append-only log (`window_log.rs`), the
+//! rest with the trainer state. It knows which records it holds, so a
+//! training run can name its exact data.
 
 use std::collections::VecDeque;
 
@@ -12,9 +13,15 @@ use crate::train::Dataset;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Window {
     max_rows: usize,
+    /// In the window log, not the state file; read from a state file of
+    /// schema 1, which held them.
+    #[serde(default, skip_serializing)]
     rows: VecDeque<Example>,
     /// Examples added since the last training run started.
     pub new_rows: u64,
+    /// The newest rows not yet appended to the window log.
+    #[serde(skip)]
+    unsaved: usize,
 }
 
 impl Window {
@@ -34,11 +41,33 @@ impl Window {
     }
 
     pub fn push(&mut self, e: Example) {
+        self.restore(e);
+        self.new_rows += 1;
+        self.unsaved += 1;
+    }
+
+    /// Puts back a row read from the window log.
+    pub fn restore(&mut self, e: Example) {
         if self.rows.len() == self.max_rows {
             self.rows.pop_front();
         }
         self.rows.push_back(e);
-        self.new_rows += 1;
+    }
+
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    /// The rows not yet in the log (the newest), now counted as saved.
+    pub fn take_unsaved(&mut self) -> impl Iterator<Item = &Example> {
+        let n = self.unsaved.min(self.rows.len());
+        self.unsaved = 0;
+        self.rows.iter().skip(self.rows.len() - n)
+    }
+
+    /// Every row counts as not yet in the log (a log to write afresh).
+    pub fn all_unsaved(&mut self) {
+        self.unsaved = self.rows.len();
     }
 
     pub fn examples(&self) -> impl Iterator<Item = &Example> {
@@ -47,8 +76,18 @@ impl Window {
 
     /// The examples as a data set (rows of another width are skipped).
     pub fn dataset(&self, features: usize) -> Dataset {
+        self.dataset_after(0, features)
+    }
+
+    /// The examples from the `skip`-th on, as a data set.
+    pub fn dataset_after(&self, skip: usize, features: usize) -> Dataset {
         let mut d = Dataset::new(features);
-        for e in self.rows.iter().filter(|e| e.features.len() == features) {
+        for e in self
+            .rows
+            .iter()
+            .skip(skip)
+            .filter(|e| e.features.len() == features)
+        {
             d.push(&e.features, e.label);
         }
         d

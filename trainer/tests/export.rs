@@ -144,6 +144,31 @@ fn tree_ensembles_pass_the_checker_and_match_onnx_runtime() {
     }
 }
 
+/// The one candidate of a single-family model.
+fn train_candidate(
+    model: &quiver_trainer::config::ModelConfig,
+    data: &Dataset,
+    version: u64,
+    metadata: &[(String, String)],
+    stable: Option<&[u8]>,
+    stable_fresh_from: usize,
+) -> quiver_trainer::publish::Candidate {
+    let trial = quiver_trainer::trial::run(&quiver_trainer::trial::Inputs {
+        model,
+        data,
+        version,
+        metadata,
+        stable,
+        stable_fresh_from,
+        run_id: "test",
+        runs_dir: std::env::temp_dir(),
+    })
+    .unwrap();
+    assert_eq!(trial.runs.len(), 1);
+    let why = trial.failure();
+    trial.best.unwrap_or_else(|| panic!("{why}"))
+}
+
 /// A candidate is judged on the newest rows held out, then refitted on the
 /// whole window (the MLP for the epochs early stopping kept) and that
 /// model is the one exported and parity-checked; without `refit` the
@@ -151,7 +176,6 @@ fn tree_ensembles_pass_the_checker_and_match_onnx_runtime() {
 #[test]
 fn candidates_are_refitted_on_the_whole_window() {
     use quiver_trainer::config::ModelConfig;
-    use quiver_trainer::publish::train_candidate;
     let task = Task::Classification { classes: 2 };
     let d = data(task, 3000, 5, 3);
     for family in ["mlp", "gbt"] {
@@ -170,12 +194,13 @@ fn candidates_are_refitted_on_the_whole_window() {
                 "#
             ))
             .unwrap();
-            let c = train_candidate(&model, &d, 2, &[], None, 0).unwrap();
+            let c = train_candidate(&model, &d, 2, &[], None, 0);
             let want = if refit { 3000 } else { 2400 };
             assert_eq!(c.rows, want, "{family} refit={refit}");
             assert!(c.parity_max_abs <= 1e-4, "{family}: {}", c.parity_max_abs);
             assert!(c.offline["accuracy"] > 0.6, "{family}: {:?}", c.offline);
-            if let Trained::Mlp(m) = &c.trained {
+            assert_eq!(c.family, family);
+            if let Some(Trained::Mlp(m)) = &c.trained {
                 assert!(m.best_epochs >= 1 && m.best_epochs <= 4);
                 if refit {
                     assert_eq!(m.epochs, m.best_epochs, "the refit runs the kept epochs");
@@ -190,7 +215,7 @@ fn candidates_are_refitted_on_the_whole_window() {
 #[test]
 fn the_stable_comparison_uses_rows_stable_has_not_seen() {
     use quiver_trainer::config::ModelConfig;
-    use quiver_trainer::publish::{MIN_FRESH_ROWS, train_candidate};
+    use quiver_trainer::trial::MIN_FRESH_ROWS;
     let task = Task::Classification { classes: 2 };
     let d = data(task, 3000, 5, 4);
     let model: ModelConfig = toml::from_str(
@@ -226,7 +251,7 @@ fn the_stable_comparison_uses_rows_stable_has_not_seen() {
         (3000 - MIN_FRESH_ROWS + 1, 600),
         (1000, 600),
     ] {
-        let c = train_candidate(&model, &d, 2, &[], Some(&bytes), fresh_from).unwrap();
+        let c = train_candidate(&model, &d, 2, &[], Some(&bytes), fresh_from);
         assert_eq!(c.held_rows, rows, "fresh from {fresh_from}");
         let stable = c.stable_offline.unwrap();
         assert!(c.offline["accuracy"] > 0.6 && stable["accuracy"] > 0.6);

@@ -34,6 +34,10 @@ const FIRST_RECORD_WAIT: Duration = Duration::from_millis(100);
 const METADATA_INTERVAL: Duration = Duration::from_secs(5);
 const NO_TOPIC_INTERVAL: Duration = Duration::from_millis(500);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the partitions' high watermarks are asked for (the lag
+/// metric), and how long one answer may take.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Logs the outcome of asynchronous commits (served by `poll`).
 struct Commits;
@@ -57,6 +61,11 @@ pub struct KafkaSource {
     next: BTreeMap<i32, i64>,
     committed: BTreeMap<i32, i64>,
     partitions: usize,
+    /// The partitions assigned.
+    assigned: Vec<i32>,
+    /// Each partition's high watermark when last asked, for the lag.
+    highs: BTreeMap<i32, i64>,
+    highs_at: Option<Instant>,
     looked_up: Option<Instant>,
 }
 
@@ -82,6 +91,9 @@ impl KafkaSource {
             next: BTreeMap::new(),
             committed: BTreeMap::new(),
             partitions: 0,
+            assigned: Vec::new(),
+            highs: BTreeMap::new(),
+            highs_at: None,
             looked_up: None,
         })
     }
@@ -128,6 +140,7 @@ impl KafkaSource {
         }
         self.consumer.assign(&tpl).map_err(kafka)?;
         self.partitions = partitions.len();
+        self.assigned = partitions;
         tracing::info!(topic = %self.topic, partitions = self.partitions, from = %self.position(), "assigned");
         Ok(())
     }
@@ -204,6 +217,29 @@ impl RecordSource for KafkaSource {
             .map_err(kafka)?;
         self.committed = self.next.clone();
         Ok(())
+    }
+
+    fn lag(&mut self) -> Vec<(i32, u64)> {
+        if self.highs_at.is_none_or(|t| t.elapsed() >= LAG_INTERVAL) {
+            self.highs_at = Some(Instant::now());
+            for &p in &self.assigned {
+                match self.consumer.fetch_watermarks(&self.topic, p, LAG_TIMEOUT) {
+                    Ok((_, high)) => {
+                        self.highs.insert(p, high);
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = %self.topic, partition = p, error = %e, "no watermarks");
+                    }
+                }
+            }
+        }
+        self.highs
+            .iter()
+            .map(|(&p, &high)| {
+                let at = self.next.get(&p).copied().unwrap_or(0);
+                (p, u64::try_from(high - at).unwrap_or(0))
+            })
+            .collect()
     }
 }
 

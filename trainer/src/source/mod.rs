@@ -50,6 +50,12 @@ pub trait RecordSource: Send {
     fn commit(&mut self) -> Result<(), SourceError> {
         Ok(())
     }
+    /// Records not yet read, per partition (Kafka: the partitions' high
+    /// watermarks, asked of the broker every few seconds, minus the next
+    /// offsets); empty when it cannot tell.
+    fn lag(&mut self) -> Vec<(i32, u64)> {
+        Vec::new()
+    }
 }
 
 /// The source for `topic`: Kafka when brokers are configured, else the
