@@ -321,11 +321,29 @@ mod tests {
     };
 
     #[test]
-    fn off_means_no_trace() {
-        // No exporter was started in this test binary.
-        let mut t = begin(&HeaderMap::new(), Instant::now());
-        decoded(&mut t);
-        assert!(t.is_none());
+    fn off_means_no_trace_and_no_allocation() {
+        // No exporter is started in this test binary: tracing is off.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            TRACEPARENT,
+            hyper::header::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        let started = Instant::now();
+        let mut traces = Vec::with_capacity(1000);
+        let info = allocation_counter::measure(|| {
+            for _ in 0..1000 {
+                let mut t = begin(&headers, started);
+                decoded(&mut t);
+                traces.push(t);
+            }
+        });
+        assert_eq!(info.count_total, 0, "{info:?}");
+        assert!(traces.iter().all(Option::is_none));
+        // The counter does see this thread's allocations.
+        let one = allocation_counter::measure(|| drop(std::hint::black_box(Box::new(1u8))));
+        assert_eq!(one.count_total, 1);
     }
 
     #[test]
