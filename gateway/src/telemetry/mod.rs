@@ -6,7 +6,9 @@
 //! batch queue), `batch` (from the batch's start to this request's
 //! answer) with `compute` (the engine run) under it, `encode` (the
 //! response body) and `log` (handing the prediction to the log). Spans
-//! carry the model, version, arm, batch size and status; the exporter
+//! carry the model, version, arm, batch size and status. A Kafka ingress
+//! record is traced alike (a consumer span, `traceparent` from the
+//! record's headers). The exporter
 //! ([`export`]) sends them over OTLP/HTTP in protobuf ([`otlp`]).
 //!
 //! Off, a request costs one load of an unset `OnceLock` and carries an
@@ -84,9 +86,19 @@ pub fn flush(timeout: Duration) {
     }
 }
 
+/// Which door a traced request came through: its `infer` span's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// HTTP: `SPAN_KIND_SERVER`.
+    Http,
+    /// A Kafka ingress record: `SPAN_KIND_CONSUMER`.
+    Kafka,
+}
+
 /// A traced request so far. `Copy`, so it owns nothing on the heap.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestTrace {
+    door: Door,
     trace_id: [u8; 16],
     /// The caller's span, from `traceparent`.
     parent: Option<[u8; 8]>,
@@ -96,13 +108,27 @@ pub struct RequestTrace {
     decoded: Option<Instant>,
 }
 
-/// The request's trace, if tracing is on and the request is sampled.
+/// An HTTP request's trace, if tracing is on and the request is sampled.
 #[inline]
 pub fn begin(headers: &HeaderMap, started: Instant) -> Option<RequestTrace> {
+    TRACER.get()?;
+    begin_with(
+        headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+        started,
+        Door::Http,
+    )
+}
+
+/// The trace of a request whose `traceparent` (if any) came some other
+/// way (a Kafka record's header, gRPC metadata).
+#[inline]
+pub fn begin_with(
+    traceparent: Option<&[u8]>,
+    started: Instant,
+    door: Door,
+) -> Option<RequestTrace> {
     let tracer = TRACER.get()?;
-    let parent = headers
-        .get(TRACEPARENT)
-        .and_then(|v| traceparent::parse(v.as_bytes()));
+    let parent = traceparent.and_then(traceparent::parse);
     match parent {
         Some(p) if !p.sampled => return None,
         None if tracer.sample_ratio < 1.0
@@ -126,6 +152,7 @@ pub fn begin(headers: &HeaderMap, started: Instant) -> Option<RequestTrace> {
         .map_or(0, |d| d.as_nanos() as u64);
     let since = started.elapsed().as_nanos() as u64;
     Some(RequestTrace {
+        door,
         trace_id,
         parent: parent.map(|p| p.span_id),
         root: span_id(),
@@ -190,7 +217,13 @@ pub fn finish(
     root_attrs.extend([
         otlp::KeyValue::string("quiver.arm", route.arm.as_str()),
         otlp::KeyValue::string("quiver.outcome", outcome),
-        otlp::KeyValue::int("http.response.status_code", i64::from(status)),
+        otlp::KeyValue::int(
+            match t.door {
+                Door::Http => "http.response.status_code",
+                Door::Kafka => "quiver.status_code",
+            },
+            i64::from(status),
+        ),
     ]);
     if let Some(tm) = &timing {
         root_attrs.push(otlp::KeyValue::int(
@@ -204,7 +237,10 @@ pub fn finish(
         span_id: t.root.to_vec(),
         parent_span_id: t.parent.map(|p| p.to_vec()).unwrap_or_default(),
         name: "infer".into(),
-        kind: 2,
+        kind: match t.door {
+            Door::Http => 2,
+            Door::Kafka => 5,
+        },
         start_time_unix_nano: t.at(t.start),
         end_time_unix_nano: t.at(end),
         attributes: root_attrs,
