@@ -2,8 +2,9 @@
 # What watching the dashboard costs the gateway. On the example `mlp`, one
 # quiver-bench closed-loop run each (same duration, same connections):
 #   1. nobody watching;
-#   2. a script polling /dashboard/api/v1/state every 2 s, as the page does
-#      (the gateway's own cost of serving the dashboard);
+#   2. a script polling /dashboard/api/v1/state every 2 s, whole (the page
+#      asks for new samples only, so this is more than a page costs the
+#      gateway);
 #   3. a headless Chromium showing /dashboard (adds the browser's CPU on the
 #      same machine);
 #   4. nobody watching again: the two unwatched runs show the run-to-run
@@ -117,7 +118,7 @@ gateway, load generator and browser on the same machine; load average
 | watching | throughput (req/s) | ratio to the unwatched mean | p99 (ms) |
 |---|---:|---:|---:|
 | nobody | {a:,.0f} | {a/base:.3f} | {ap/1000:.2f} |
-| a script polling the state JSON every 2 s | {p:,.0f} | {p/base:.3f} | {pp/1000:.2f} |
+| a script polling the whole state JSON every 2 s | {p:,.0f} | {p/base:.3f} | {pp/1000:.2f} |
 | headless Chromium showing /dashboard | {w:,.0f} | {w/base:.3f} | {wp/1000:.2f} |
 | nobody, again | {a2:,.0f} | {a2/base:.3f} | {a2p/1000:.2f} |
 
