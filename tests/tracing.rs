@@ -4,7 +4,9 @@
 //! protobufs). A request with a sampled `traceparent` becomes a server
 //! span under the caller's span, with one child per stage carrying the
 //! model, version and batch size; an unsampled one leaves no span; one
-//! without the header starts a trace of its own.
+//! without the header starts a trace of its own. A Kafka ingress record
+//! (through a real Kafka-protocol broker) is traced under the
+//! `traceparent` in its headers.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -17,6 +19,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+use quiver_contract::records::REQUESTS_TOPIC;
+use quiver_tests::kafka::{Broker, Outgoing, produce};
 use quiver_tests::{Gateway, copy_model, mlp_body, scratch, send};
 
 /// An OTLP/HTTP traces receiver on a free port; every span received, and
@@ -255,5 +259,65 @@ async fn spans_per_stage_reach_an_otlp_receiver_under_the_callers_span() -> Resu
     assert!(fresh.parent_span_id.is_empty());
     assert_ne!(fresh.trace_id, trace_id);
     assert_eq!(fresh.trace_id.len(), 16);
+    Ok(())
+}
+
+/// A Kafka ingress record with a `traceparent` header is traced like an
+/// HTTP request, as a consumer span under the producer's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_ingress_record_is_traced_under_its_traceparent_header() -> Result<()> {
+    let broker = Broker::start()?;
+    let receiver = Receiver::start()?;
+    let repo = scratch("tracing-kafka-repo")?;
+    copy_model("mlp", &repo)?;
+    let spool = scratch("tracing-kafka-spool")?;
+    let endpoint = format!("http://{}/v1/traces", receiver.addr);
+    let bootstrap = broker.bootstrap();
+    let env = [
+        ("QUIVER_KAFKA__BROKERS", bootstrap.as_str()),
+        ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("path")?),
+        ("QUIVER_KAFKA__INGRESS__ENABLED", "true"),
+        ("QUIVER_KAFKA__INGRESS__GROUP_ID", "tracing"),
+        ("QUIVER_TRACING__OTLP_ENDPOINT", endpoint.as_str()),
+        ("QUIVER_TRACING__EXPORT_INTERVAL_MS", "50"),
+    ];
+    let gw = Gateway::start_ready(&repo, &[], &env).await?;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let producer_span = "c7ad6b7169203332";
+    let traceparent = format!("00-{trace}-{producer_span}-01");
+    let value = serde_json::json!({"model_name": "mlp", "id": "traced",
+        "inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5_f32; 16]}]});
+    produce(
+        &bootstrap,
+        REQUESTS_TOPIC,
+        &[Outgoing {
+            key: Some("traced"),
+            value: value.to_string().into_bytes(),
+            headers: vec![("traceparent", traceparent.as_str())],
+        }],
+    )?;
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    let spans = tokio::task::spawn_blocking(move || receiver.wait(&trace_id, 7)).await?;
+    let root = spans
+        .iter()
+        .find(|s| s.name == "infer")
+        .context("no infer span")?;
+    assert_eq!(hex(&root.parent_span_id), producer_span);
+    assert_eq!(root.kind, 5, "SPAN_KIND_CONSUMER");
+    assert_eq!(attr(root, "quiver.status_code"), Some(Value::IntValue(200)));
+    assert_eq!(
+        attr(root, "quiver.model"),
+        Some(Value::StringValue("mlp".into()))
+    );
+    let mut stages: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_id)
+        .map(|s| s.name.as_str())
+        .collect();
+    stages.sort_unstable();
+    assert_eq!(stages, ["batch", "decode", "encode", "log", "queue"]);
+    drop(gw);
     Ok(())
 }

@@ -124,8 +124,10 @@ pub fn asset(rest: &[&str]) -> Result<Response<Body>, ApiError> {
     Ok(resp)
 }
 
-/// `GET /dashboard/api/v1/state[?window_s=N]`: the whole view as JSON,
-/// with the last `N` seconds (default and most: 900) of chart samples.
+/// `GET /dashboard/api/v1/state[?window_s=N][&since_ms=T]`: the whole
+/// view as JSON, with the last `N` seconds (default and most: 900) of
+/// chart samples, and of those only the ones after `T` (Unix ms): a poller
+/// that keeps what it has asks only for what is new.
 /// `allowed` is the read-access check's verdict.
 pub async fn state(
     gw: &Gateway,
@@ -134,6 +136,7 @@ pub async fn state(
 ) -> Result<Response<Body>, ApiError> {
     allowed?;
     let window_s = window_seconds(query)?;
+    let since_ms = since(query)?;
     let dash = &gw.dashboard;
     let live = gw.live.load_full();
     if !dash.catalog().is_fresh(Instant::now()) {
@@ -164,6 +167,7 @@ pub async fn state(
             &catalog,
             quiver_contract::records::now_ms(),
             window_s * 1000,
+            since_ms,
         )
     };
     let body = serde_json::to_vec(&doc)
@@ -191,6 +195,19 @@ fn window_seconds(query: Option<&str>) -> Result<u64, ApiError> {
     }
 }
 
+fn since(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(value) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since_ms="))
+    else {
+        return Ok(None);
+    };
+    value.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::BadRequest(format!("since_ms must be a Unix time in ms, not '{value}'"))
+    })
+}
+
 fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() =
@@ -202,7 +219,7 @@ fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::window_seconds;
+    use super::{since, window_seconds};
 
     #[test]
     fn window_parameter() {
@@ -212,5 +229,8 @@ mod tests {
         assert!(window_seconds(Some("window_s=0")).is_err());
         assert!(window_seconds(Some("window_s=901")).is_err());
         assert!(window_seconds(Some("window_s=abc")).is_err());
+        assert_eq!(since(Some("window_s=5&since_ms=17")).unwrap(), Some(17));
+        assert_eq!(since(None).unwrap(), None);
+        assert!(since(Some("since_ms=-1")).is_err());
     }
 }

@@ -14,16 +14,18 @@ use crate::live::{LiveModels, ModelEntry, VersionState};
 /// The document's schema.
 pub const SCHEMA: u32 = 1;
 
-/// The whole document; `window_ms` of chart samples before `now_ms`.
+/// The whole document; `window_ms` of chart samples before `now_ms`, and
+/// of those only the ones after `since_ms`.
 pub fn state(
     live: &LiveModels,
     rings: &Rings,
     catalog: &Catalog,
     now_ms: u64,
     window_ms: u64,
+    since_ms: Option<u64>,
 ) -> Value {
     let empty = ModelCatalog::default();
-    let since = now_ms.saturating_sub(window_ms);
+    let since = now_ms.saturating_sub(window_ms).max(since_ms.unwrap_or(0));
     let models: Vec<Value> = live
         .models
         .iter()
@@ -41,6 +43,7 @@ pub fn state(
         "now_ms": now_ms,
         "sample_interval_ms": super::SAMPLE_INTERVAL.as_millis() as u64,
         "window_ms": window_ms,
+        "since_ms": since_ms,
         "loaded": live.loaded,
         "trainer": match &catalog.trainer {
             None => json!({"configured": false, "error": null}),

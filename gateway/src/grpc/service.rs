@@ -109,7 +109,11 @@ async fn infer(
         deadline,
         ..
     } = *meta;
-    let mut trace = crate::telemetry::begin(meta.traceparent.as_deref(), started);
+    let mut trace = crate::telemetry::begin_with(
+        meta.traceparent.as_deref(),
+        started,
+        crate::telemetry::Door::Grpc,
+    );
     let model = request.model_name.clone();
     let version = convert::version(&request.model_version).map_err(unrouted)?;
     let raw = !request.raw_input_contents.is_empty();

@@ -116,8 +116,7 @@ pub async fn infer(
         .headers()
         .get(gw.settings.routing.key_header.as_str())
         .map(|v| key_hash(v.as_bytes()));
-    let traceparent = req.headers().get(crate::telemetry::TRACEPARENT);
-    let mut trace = crate::telemetry::begin(traceparent.map(|v| v.as_bytes()), started);
+    let mut trace = crate::telemetry::begin(req.headers(), started);
     let request = match read_request(gw, req).await {
         Ok(r) => r,
         Err(e) => {

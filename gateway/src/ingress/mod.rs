@@ -251,12 +251,19 @@ fn correlation_id(message: &OwnedMessage, request: Option<&IngressRequest>) -> O
 /// dead letter) is confirmed.
 async fn answer(shared: &Shared, message: OwnedMessage) {
     let started = Instant::now();
+    let traceparent = message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == crate::telemetry::TRACEPARENT))
+        .and_then(|h| h.value);
+    let mut trace =
+        crate::telemetry::begin_with(traceparent, started, crate::telemetry::Door::Kafka);
     let delivered = match read(&message) {
         Err(why) => {
             crate::metrics::ingress_record("dead_lettered");
             dead_letter(shared, &message, &why).await
         }
         Ok((request, parsed, version)) => {
+            crate::telemetry::decoded(&mut trace);
             let id = correlation_id(&message, Some(&request));
             let (status, body) = infer(
                 shared,
@@ -264,7 +271,7 @@ async fn answer(shared: &Shared, message: OwnedMessage) {
                 version,
                 id.as_deref(),
                 parsed,
-                started,
+                (started, trace),
             )
             .await;
             crate::metrics::ingress_record(if status == 200 { "answered" } else { "failed" });
@@ -312,7 +319,7 @@ async fn infer(
     version: Option<u64>,
     id: Option<&str>,
     mut request: protocol::InferRequest,
-    started: Instant,
+    (started, trace): (Instant, Option<crate::telemetry::RequestTrace>),
 ) -> (u16, Vec<u8>) {
     let gw = &shared.gw;
     if request.id.is_none() {
@@ -363,7 +370,9 @@ async fn infer(
             inference::account(&route, Source::Kafka, "success", elapsed, false);
             match encoded {
                 Ok(e) => {
+                    let timing = crate::telemetry::Timing::of(&answer, started + elapsed);
                     inference::log(gw, &route, answer, Source::Kafka, elapsed);
+                    crate::telemetry::finish(trace, &route, 200, "success", Some(timing));
                     (200, e.body)
                 }
                 Err(e) => error_body(&e, model, id),

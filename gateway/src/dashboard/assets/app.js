@@ -13,6 +13,34 @@ const CHARTS = [
   ["batch_mean", "mean batch size", 1],
   ["queue_depth", "queue depth", 0],
 ];
+// Chart samples kept between polls (model → version → columns): after the
+// first answer, each poll asks only for samples newer than the last one.
+const KEYS = ["t_ms", "rps", "errors_ps", "p50_ms", "p99_ms", "batch_mean", "queue_depth"];
+const store = {};
+let lastSample = null;
+
+function merge(doc) {
+  const oldest = doc.now_ms - doc.window_ms;
+  for (const m of doc.models) {
+    const kept = store[m.name] || (store[m.name] = {});
+    const live = new Set(m.versions.map(v => String(v.version)));
+    for (const name of Object.keys(kept)) if (!live.has(name)) delete kept[name];
+    for (const v of m.versions) {
+      const have = kept[v.version] || (kept[v.version] = Object.fromEntries(KEYS.map(k => [k, []])));
+      const newest = have.t_ms.length ? have.t_ms[have.t_ms.length - 1] : -Infinity;
+      v.series.t_ms.forEach((t, i) => {
+        if (t > newest) KEYS.forEach(k => have[k].push(v.series[k][i]));
+      });
+      let cut = 0;
+      while (cut < have.t_ms.length && have.t_ms[cut] <= oldest) cut++;
+      if (cut) KEYS.forEach(k => have[k].splice(0, cut));
+      v.series = have;
+      if (have.t_ms.length) lastSample = Math.max(lastSample ?? 0, have.t_ms[have.t_ms.length - 1]);
+    }
+  }
+  for (const name of Object.keys(store)) if (!doc.models.some(m => m.name === name)) delete store[name];
+}
+
 // The run selected per model, shown beside its parent.
 const selected = {};
 let first = true;
@@ -245,12 +273,14 @@ async function poll() {
   const token = sessionStorage.getItem("quiver-token");
   if (token) headers.Authorization = "Bearer " + token;
   try {
-    const r = await fetch(API, {headers, cache: "no-store"});
+    const url = lastSample === null ? API : `${API}?since_ms=${lastSample}`;
+    const r = await fetch(url, {headers, cache: "no-store"});
     if (r.status === 401 || r.status === 403) {
       document.getElementById("auth").hidden = false;
       document.getElementById("status").textContent = "this gateway protects reads: enter the admin token";
     } else if (r.ok) {
       last = await r.json();
+      merge(last);
       render(last);
     } else {
       document.getElementById("status").textContent = `the gateway answered ${r.status}`;
