@@ -6,7 +6,8 @@
 //! model, version and batch size; an unsampled one leaves no span; one
 //! without the header starts a trace of its own. A Kafka ingress record
 //! (through a real Kafka-protocol broker) is traced under the
-//! `traceparent` in its headers.
+//! `traceparent` in its headers, and a gRPC call under the one in its
+//! metadata.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -311,6 +312,70 @@ async fn a_kafka_ingress_record_is_traced_under_its_traceparent_header() -> Resu
         attr(root, "quiver.model"),
         Some(Value::StringValue("mlp".into()))
     );
+    let mut stages: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_id)
+        .map(|s| s.name.as_str())
+        .collect();
+    stages.sort_unstable();
+    assert_eq!(stages, ["batch", "decode", "encode", "log", "queue"]);
+    drop(gw);
+    Ok(())
+}
+
+/// A gRPC call with a `traceparent` in its metadata is traced like an HTTP
+/// request: a server span under the caller's, one child per stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_is_traced_under_its_traceparent_metadata() -> Result<()> {
+    use quiver_gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use quiver_gateway::grpc::proto::model_infer_request::InferInputTensor;
+    use quiver_gateway::grpc::proto::{InferTensorContents, ModelInferRequest};
+
+    let receiver = Receiver::start()?;
+    let repo = scratch("tracing-grpc-repo")?;
+    copy_model("mlp", &repo)?;
+    let endpoint = format!("http://{}/v1/traces", receiver.addr);
+    let env = [
+        ("QUIVER_TRACING__OTLP_ENDPOINT", endpoint.as_str()),
+        ("QUIVER_TRACING__EXPORT_INTERVAL_MS", "50"),
+    ];
+    let gw = Gateway::start_ready(&repo, &["--grpc-addr", "127.0.0.1:0"], &env).await?;
+    let grpc = gw.grpc_addr.context("gRPC address")?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect()
+        .await?;
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let trace = "6cf92f3577b34da6a3ce929d0e0e4738";
+    let caller = "d7ad6b7169203333";
+    let mut request = tonic::Request::new(ModelInferRequest {
+        model_name: "mlp".into(),
+        inputs: vec![InferInputTensor {
+            name: "features".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 16],
+            parameters: Default::default(),
+            contents: Some(InferTensorContents {
+                fp32_contents: vec![0.5; 16],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", format!("00-{trace}-{caller}-01").parse()?);
+    client.model_infer(request).await?;
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    let spans = tokio::task::spawn_blocking(move || receiver.wait(&trace_id, 7)).await?;
+    let root = spans
+        .iter()
+        .find(|s| s.name == "infer")
+        .context("no infer span")?;
+    assert_eq!(hex(&root.parent_span_id), caller);
+    assert_eq!(root.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(attr(root, "quiver.status_code"), Some(Value::IntValue(200)));
     let mut stages: Vec<&str> = spans
         .iter()
         .filter(|s| s.parent_span_id == root.span_id)
