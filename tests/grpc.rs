@@ -9,8 +9,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use quiver_gateway::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use quiver_gateway::grpc::proto::infer_parameter::ParameterChoice;
 use quiver_gateway::grpc::proto::model_infer_request::InferInputTensor;
-use quiver_gateway::grpc::proto::{InferTensorContents, ModelInferRequest};
+use quiver_gateway::grpc::proto::{InferParameter, InferTensorContents, ModelInferRequest};
 use quiver_tests::{Gateway, copy_model, scratch};
 
 fn python() -> String {
@@ -96,47 +97,113 @@ async fn tritonclient_grpc_talks_to_the_gateway() {
     );
 }
 
-/// SIGTERM with gRPC calls in flight: every one is answered, then the
-/// process exits cleanly and the port no longer accepts, as over HTTP.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_graceful_shutdown_finishes_calls_in_flight() {
-    let repo = scratch("grpc-shutdown").unwrap();
+/// One call of 8 rows to `slow` (about 20 ms of compute).
+fn slow_request(i: u32) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: "slow".into(),
+        id: format!("c{i}"),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![8, 256],
+            parameters: Default::default(),
+            contents: Some(InferTensorContents {
+                fp32_contents: vec![i as f32 / 10.0; 8 * 256],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A repository with `slow` alone, batching one 8-row call at a time.
+fn slow_repo(name: &str) -> std::path::PathBuf {
+    let repo = scratch(name).unwrap();
     copy_model("slow", &repo).unwrap();
-    // One call per batch, 8 rows each (about 20 ms): six stay in flight.
     std::fs::write(
         repo.join("slow/config.toml"),
         "max_batch_size = 8\nmax_queue_delay_us = 0\npreferred_batch_sizes = [8]\n",
     )
     .unwrap();
-    let mut gw = Gateway::start_ready(&repo, &["--grpc-addr", "127.0.0.1:0"], &[])
-        .await
-        .unwrap();
-    let grpc = gw.grpc_addr.expect("gRPC address");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+    repo
+}
+
+async fn channel(grpc: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
         .await
+        .unwrap()
+}
+
+/// A call whose deadline passes while it waits behind others is answered
+/// DEADLINE_EXCEEDED by the gateway and never reaches the model. The
+/// deadline is the protocol's `timeout` parameter: a `grpc-timeout` is
+/// enforced the same way, but a client that sets one gives up at the same
+/// instant itself, so which side reports it is a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_deadline_is_answered_by_the_gateway() {
+    let gw = Gateway::start_ready(
+        &slow_repo("grpc-deadline"),
+        &["--grpc-addr", "127.0.0.1:0"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let channel = channel(gw.grpc_addr.expect("gRPC address")).await;
+    let mut backlog = Vec::new();
+    for i in 0..6u32 {
+        let mut client = GrpcInferenceServiceClient::new(channel.clone());
+        backlog.push(tokio::spawn(async move {
+            client.model_infer(slow_request(i)).await
+        }));
+    }
+    assert_eq!(gw.wait_in_flight("slow", 6.0).await.unwrap(), 6.0);
+    let mut late = slow_request(99);
+    late.parameters.insert(
+        "timeout".into(),
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::Int64Param(5_000)),
+        },
+    );
+    let status = GrpcInferenceServiceClient::new(channel.clone())
+        .model_infer(late)
+        .await
+        .expect_err("a call behind 100 ms of work cannot finish in 5 ms");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+    assert!(status.message().contains("deadline"), "{status}");
+    for call in backlog {
+        call.await.unwrap().unwrap();
+    }
+    let expired = gw
+        .metric(
+            "quiver_dropped_requests_total",
+            &["model=\"slow\"", "reason=\"expired\""],
+        )
+        .await
         .unwrap();
+    assert_eq!(expired, 1.0, "the late call left the queue unrun");
+}
+
+/// SIGTERM with gRPC calls in flight: every one is answered, then the
+/// process exits cleanly and the port no longer accepts, as over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_graceful_shutdown_finishes_calls_in_flight() {
+    // One call per batch, 8 rows each (about 20 ms): six stay in flight.
+    let mut gw = Gateway::start_ready(
+        &slow_repo("grpc-shutdown"),
+        &["--grpc-addr", "127.0.0.1:0"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let grpc = gw.grpc_addr.expect("gRPC address");
+    let channel = channel(grpc).await;
     let mut calls = Vec::new();
     for i in 0..6u32 {
         let mut client = GrpcInferenceServiceClient::new(channel.clone());
         calls.push(tokio::spawn(async move {
-            let request = ModelInferRequest {
-                model_name: "slow".into(),
-                id: format!("c{i}"),
-                inputs: vec![InferInputTensor {
-                    name: "x".into(),
-                    datatype: "FP32".into(),
-                    shape: vec![8, 256],
-                    parameters: Default::default(),
-                    contents: Some(InferTensorContents {
-                        fp32_contents: vec![i as f32 / 10.0; 8 * 256],
-                        ..Default::default()
-                    }),
-                }],
-                ..Default::default()
-            };
-            client.model_infer(request).await
+            client.model_infer(slow_request(i)).await
         }));
     }
     let seen = gw.wait_in_flight("slow", 6.0).await.unwrap();

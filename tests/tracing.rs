@@ -127,6 +127,24 @@ fn attr(span: &Span, key: &str) -> Option<Value> {
         .and_then(|v| v.value.clone())
 }
 
+/// A trace id written in hex, as bytes.
+fn unhex(trace: &str) -> Result<Vec<u8>> {
+    Ok((0..trace.len() / 2)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()?)
+}
+
+/// The names of `root`'s children, sorted.
+fn children<'a>(spans: &'a [Span], root: &Span) -> Vec<&'a str> {
+    let mut names: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_id)
+        .map(|s| s.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -162,9 +180,7 @@ async fn spans_per_stage_reach_an_otlp_receiver_under_the_callers_span() -> Resu
     let caller = "b7ad6b7169203331";
     infer(&gw, Some(&format!("00-{trace}-{caller}-01"))).await?;
 
-    let trace_id: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
-        .collect::<Result<_, _>>()?;
+    let trace_id = unhex(trace)?;
     let spans = receiver.wait(&trace_id, 7);
     let by_name = |name: &str| {
         spans.iter().find(|s| s.name == name).with_context(|| {
@@ -297,9 +313,7 @@ async fn a_kafka_ingress_record_is_traced_under_its_traceparent_header() -> Resu
             headers: vec![("traceparent", traceparent.as_str())],
         }],
     )?;
-    let trace_id: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
-        .collect::<Result<_, _>>()?;
+    let trace_id = unhex(trace)?;
     let spans = tokio::task::spawn_blocking(move || receiver.wait(&trace_id, 7)).await?;
     let root = spans
         .iter()
@@ -312,13 +326,10 @@ async fn a_kafka_ingress_record_is_traced_under_its_traceparent_header() -> Resu
         attr(root, "quiver.model"),
         Some(Value::StringValue("mlp".into()))
     );
-    let mut stages: Vec<&str> = spans
-        .iter()
-        .filter(|s| s.parent_span_id == root.span_id)
-        .map(|s| s.name.as_str())
-        .collect();
-    stages.sort_unstable();
-    assert_eq!(stages, ["batch", "decode", "encode", "log", "queue"]);
+    assert_eq!(
+        children(&spans, root),
+        ["batch", "decode", "encode", "log", "queue"]
+    );
     drop(gw);
     Ok(())
 }
@@ -365,9 +376,7 @@ async fn a_grpc_call_is_traced_under_its_traceparent_metadata() -> Result<()> {
         .metadata_mut()
         .insert("traceparent", format!("00-{trace}-{caller}-01").parse()?);
     client.model_infer(request).await?;
-    let trace_id: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
-        .collect::<Result<_, _>>()?;
+    let trace_id = unhex(trace)?;
     let spans = tokio::task::spawn_blocking(move || receiver.wait(&trace_id, 7)).await?;
     let root = spans
         .iter()
@@ -376,13 +385,10 @@ async fn a_grpc_call_is_traced_under_its_traceparent_metadata() -> Result<()> {
     assert_eq!(hex(&root.parent_span_id), caller);
     assert_eq!(root.kind, 2, "SPAN_KIND_SERVER");
     assert_eq!(attr(root, "quiver.status_code"), Some(Value::IntValue(200)));
-    let mut stages: Vec<&str> = spans
-        .iter()
-        .filter(|s| s.parent_span_id == root.span_id)
-        .map(|s| s.name.as_str())
-        .collect();
-    stages.sort_unstable();
-    assert_eq!(stages, ["batch", "decode", "encode", "log", "queue"]);
+    assert_eq!(
+        children(&spans, root),
+        ["batch", "decode", "encode", "log", "queue"]
+    );
     drop(gw);
     Ok(())
 }

@@ -13,24 +13,15 @@ the same ONNX files in onnxruntime here. Exits non-zero if any check fails.
 import argparse
 import os
 import sys
-import traceback
 
 import numpy as np
 import onnxruntime as ort
 import tritonclient.http as httpclient
-from datatype_cases import TYPE_CASES
+from checks import TYPE_CASES, CheckFailed, expect, run
 from tritonclient.utils import InferenceServerException
 
 MLP_TOLERANCE = 1e-5
 
-
-class CheckFailed(Exception):
-    pass
-
-
-def expect(condition, message):
-    if not condition:
-        raise CheckFailed(message)
 
 
 def newest_version(models_dir, model):
@@ -142,24 +133,9 @@ def main():
         ("every datatype, JSON", lambda: types_round_trip(client, binary=False)),
         ("unknown model is 404", lambda: unknown_model_is_404(client)),
     ]
-    passed = failed = 0
-    for name, check in checks:
-        try:
-            check()
-        except CheckFailed as err:
-            failed += 1
-            print(f"FAIL {name}: {err}", flush=True)
-        except Exception as err:  # a client error or a crash is a failed check too
-            failed += 1
-            print(f"FAIL {name}: {type(err).__name__}: {err}", flush=True)
-            if args.verbose:
-                traceback.print_exc()
-        else:
-            passed += 1
-            print(f"ok   {name}", flush=True)
+    status = run("tritonclient check", checks, show_traceback=args.verbose)
     client.close()
-    print(f"tritonclient check: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,8 +1,41 @@
-"""The datatype cases both tritonclient checks send through the `types`
-model: each protocol datatype with values of shape [2, 3] that include the
-type's extremes, so a server that narrows or widens a type is caught."""
+"""What both tritonclient checks share: `expect` and the runner that prints
+one line per check, and the datatype cases they send through the `types`
+model (each protocol datatype with values of shape [2, 3] that include the
+type's extremes, so a server that narrows or widens a type is caught)."""
+
+import traceback
 
 import numpy as np
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def expect(condition, message):
+    if not condition:
+        raise CheckFailed(message)
+
+
+def run(title, checks, show_traceback=True):
+    """Runs (name, check) pairs, one line each; returns the exit status."""
+    passed = failed = 0
+    for name, check in checks:
+        try:
+            check()
+        except CheckFailed as err:
+            failed += 1
+            print(f"FAIL {name}: {err}", flush=True)
+        except Exception as err:  # a client error or a crash is a failed check too
+            failed += 1
+            print(f"FAIL {name}: {type(err).__name__}: {err}", flush=True)
+            if show_traceback:
+                traceback.print_exc()
+        else:
+            passed += 1
+            print(f"ok   {name}", flush=True)
+    print(f"{title}: {passed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 def int_values(dtype):
