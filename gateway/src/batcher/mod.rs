@@ -264,7 +264,6 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
         .record(compute_time.as_secs_f64());
     shared.metrics.batch_size.record(rows as f64);
     shared.metrics.totals.batch(rows, compute_time);
-    shared.metrics.dashboard.batch(rows);
     let outputs = result.and_then(|outputs| split(outputs, &batch, rows, shared.spec.is_batched()));
     match outputs {
         Ok(per_job) => {

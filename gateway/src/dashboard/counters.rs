@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crate::rollout::stats::{Snapshot, VersionStats};
 
-/// One model version's cumulative counts since it was loaded.
+/// One model version's cumulative counts since it was loaded. Batches and
+/// their rows are the engine's totals (`metrics::Totals`), counted once for
+/// the protocol's statistics and the dashboard alike.
 #[derive(Default)]
 pub struct Counters {
     /// Every request (routed and pinned): count, non-successes, latency.
     requests: VersionStats,
-    batches: AtomicU64,
-    batch_rows: AtomicU64,
     shadow_agree: AtomicU64,
     shadow_disagree: AtomicU64,
 }
@@ -35,12 +35,6 @@ impl Counters {
         self.requests.record(elapsed, failed);
     }
 
-    /// A batch the engine ran.
-    pub fn batch(&self, rows: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batch_rows.fetch_add(rows as u64, Ordering::Relaxed);
-    }
-
     /// A shadow answer compared with the served one.
     pub fn shadow(&self, agreed: bool) {
         let c = if agreed {
@@ -51,11 +45,12 @@ impl Counters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn totals(&self) -> Totals {
+    /// The counts now, with the batches from the version's `engine` totals.
+    pub fn totals(&self, engine: &crate::metrics::Totals) -> Totals {
         Totals {
             requests: self.requests.snapshot(),
-            batches: self.batches.load(Ordering::Relaxed),
-            batch_rows: self.batch_rows.load(Ordering::Relaxed),
+            batches: engine.compute.get().0,
+            batch_rows: engine.rows.load(Ordering::Relaxed),
             shadow_agree: self.shadow_agree.load(Ordering::Relaxed),
             shadow_disagree: self.shadow_disagree.load(Ordering::Relaxed),
         }

@@ -54,7 +54,7 @@ impl Rings {
     pub fn sample(&mut self, live: &LiveModels, now: Instant, t_ms: u64) {
         for (name, entry) in &live.models {
             for served in entry.ready_versions() {
-                let totals = served.metrics.dashboard.totals();
+                let totals = served.metrics.dashboard.totals(&served.metrics.totals);
                 let depth = served.batcher.queue_len() as u64;
                 let key = (name.clone(), served.spec.version);
                 let series = self.series.entry(key).or_insert_with(|| Series {
@@ -136,13 +136,14 @@ mod tests {
     #[test]
     fn a_sample_is_the_difference_per_second() {
         let c = Counters::default();
-        let before = c.totals();
+        let engine = crate::metrics::Totals::default();
+        let before = c.totals(&engine);
         for i in 0..10u64 {
             c.request(Duration::from_millis(1 + i), i == 9);
         }
-        c.batch(6);
-        c.batch(4);
-        let s = difference(&c.totals(), &before, 2.0, 3, 42);
+        engine.batch(6, Duration::from_micros(30));
+        engine.batch(4, Duration::from_micros(20));
+        let s = difference(&c.totals(&engine), &before, 2.0, 3, 42);
         assert_eq!(s.rps, 5.0);
         assert_eq!(s.errors_ps, 0.5);
         assert_eq!(s.batch_mean, Some(5.0));
@@ -150,7 +151,7 @@ mod tests {
         let (p50, p99) = (s.p50_ms.unwrap(), s.p99_ms.unwrap());
         assert!((5.0..=6.5).contains(&p50), "{p50}");
         assert!((10.0..=11.5).contains(&p99), "{p99}");
-        let idle = difference(&c.totals(), &c.totals(), 1.0, 0, 43);
+        let idle = difference(&c.totals(&engine), &c.totals(&engine), 1.0, 0, 43);
         assert_eq!((idle.rps, idle.p99_ms, idle.batch_mean), (0.0, None, None));
     }
 }

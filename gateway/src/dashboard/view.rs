@@ -106,7 +106,7 @@ fn model(
                 "none"
             };
             let served = e.and_then(|e| e.served.as_ref());
-            let totals = served.map(|s| s.metrics.dashboard.totals());
+            let totals = served.map(|s| s.metrics.dashboard.totals(&s.metrics.totals));
             let shadow = totals
                 .as_ref()
                 .filter(|t| t.shadow_agree + t.shadow_disagree > 0)
