@@ -161,18 +161,34 @@ async fn infer(gw: &Gateway, traceparent: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_per_stage_reach_an_otlp_receiver_under_the_callers_span() -> Result<()> {
+/// A receiver, and a gateway serving `mlp` that exports to it every 50 ms,
+/// started with `args` and the extra environment `env`.
+async fn traced_gateway(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(Receiver, Gateway)> {
     let receiver = Receiver::start()?;
-    let repo = scratch("tracing-repo")?;
+    let repo = scratch(name)?;
     copy_model("mlp", &repo)?;
     let endpoint = format!("http://{}/v1/traces", receiver.addr);
-    let env = [
+    let mut all = vec![
         ("QUIVER_TRACING__OTLP_ENDPOINT", endpoint.as_str()),
         ("QUIVER_TRACING__EXPORT_INTERVAL_MS", "50"),
-        ("QUIVER_TRACING__SERVICE_NAME", "quiver-under-test"),
     ];
-    let gw = Gateway::start_ready(&repo, &[], &env).await?;
+    all.extend_from_slice(env);
+    let gw = Gateway::start_ready(&repo, args, &all).await?;
+    Ok((receiver, gw))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_per_stage_reach_an_otlp_receiver_under_the_callers_span() -> Result<()> {
+    let (receiver, gw) = traced_gateway(
+        "tracing-repo",
+        &[],
+        &[("QUIVER_TRACING__SERVICE_NAME", "quiver-under-test")],
+    )
+    .await?;
 
     let unsampled = "4bf92f3577b34da6a3ce929d0e0e4736";
     infer(&gw, Some(&format!("00-{unsampled}-00f067aa0ba902b7-00"))).await?;
@@ -284,21 +300,15 @@ async fn spans_per_stage_reach_an_otlp_receiver_under_the_callers_span() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_ingress_record_is_traced_under_its_traceparent_header() -> Result<()> {
     let broker = Broker::start()?;
-    let receiver = Receiver::start()?;
-    let repo = scratch("tracing-kafka-repo")?;
-    copy_model("mlp", &repo)?;
     let spool = scratch("tracing-kafka-spool")?;
-    let endpoint = format!("http://{}/v1/traces", receiver.addr);
     let bootstrap = broker.bootstrap();
     let env = [
         ("QUIVER_KAFKA__BROKERS", bootstrap.as_str()),
         ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("path")?),
         ("QUIVER_KAFKA__INGRESS__ENABLED", "true"),
         ("QUIVER_KAFKA__INGRESS__GROUP_ID", "tracing"),
-        ("QUIVER_TRACING__OTLP_ENDPOINT", endpoint.as_str()),
-        ("QUIVER_TRACING__EXPORT_INTERVAL_MS", "50"),
     ];
-    let gw = Gateway::start_ready(&repo, &[], &env).await?;
+    let (receiver, gw) = traced_gateway("tracing-kafka-repo", &[], &env).await?;
     let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
     let producer_span = "c7ad6b7169203332";
     let traceparent = format!("00-{trace}-{producer_span}-01");
@@ -342,15 +352,8 @@ async fn a_grpc_call_is_traced_under_its_traceparent_metadata() -> Result<()> {
     use quiver_gateway::grpc::proto::model_infer_request::InferInputTensor;
     use quiver_gateway::grpc::proto::{InferTensorContents, ModelInferRequest};
 
-    let receiver = Receiver::start()?;
-    let repo = scratch("tracing-grpc-repo")?;
-    copy_model("mlp", &repo)?;
-    let endpoint = format!("http://{}/v1/traces", receiver.addr);
-    let env = [
-        ("QUIVER_TRACING__OTLP_ENDPOINT", endpoint.as_str()),
-        ("QUIVER_TRACING__EXPORT_INTERVAL_MS", "50"),
-    ];
-    let gw = Gateway::start_ready(&repo, &["--grpc-addr", "127.0.0.1:0"], &env).await?;
+    let (receiver, gw) =
+        traced_gateway("tracing-grpc-repo", &["--grpc-addr", "127.0.0.1:0"], &[]).await?;
     let grpc = gw.grpc_addr.context("gRPC address")?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
         .connect()
