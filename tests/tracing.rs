@@ -134,6 +134,16 @@ fn unhex(trace: &str) -> Result<Vec<u8>> {
         .collect::<Result<_, _>>()?)
 }
 
+/// The span called `name`.
+fn named<'a>(spans: &'a [Span], name: &str) -> Result<&'a Span> {
+    spans.iter().find(|s| s.name == name).with_context(|| {
+        format!(
+            "no {name} span in {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        )
+    })
+}
+
 /// The names of `root`'s children, sorted.
 fn children<'a>(spans: &'a [Span], root: &Span) -> Vec<&'a str> {
     let mut names: Vec<&str> = spans
@@ -198,14 +208,7 @@ async fn spans_per_stage_reach_an_otlp_receiver_under_the_callers_span() -> Resu
 
     let trace_id = unhex(trace)?;
     let spans = receiver.wait(&trace_id, 7);
-    let by_name = |name: &str| {
-        spans.iter().find(|s| s.name == name).with_context(|| {
-            format!(
-                "no {name} span in {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-            )
-        })
-    };
+    let by_name = |name: &str| named(&spans, name);
     let root = by_name("infer")?;
     assert_eq!(
         hex(&root.parent_span_id),
@@ -325,10 +328,7 @@ async fn a_kafka_ingress_record_is_traced_under_its_traceparent_header() -> Resu
     )?;
     let trace_id = unhex(trace)?;
     let spans = tokio::task::spawn_blocking(move || receiver.wait(&trace_id, 7)).await?;
-    let root = spans
-        .iter()
-        .find(|s| s.name == "infer")
-        .context("no infer span")?;
+    let root = named(&spans, "infer")?;
     assert_eq!(hex(&root.parent_span_id), producer_span);
     assert_eq!(root.kind, 5, "SPAN_KIND_CONSUMER");
     assert_eq!(attr(root, "quiver.status_code"), Some(Value::IntValue(200)));
@@ -381,10 +381,7 @@ async fn a_grpc_call_is_traced_under_its_traceparent_metadata() -> Result<()> {
     client.model_infer(request).await?;
     let trace_id = unhex(trace)?;
     let spans = tokio::task::spawn_blocking(move || receiver.wait(&trace_id, 7)).await?;
-    let root = spans
-        .iter()
-        .find(|s| s.name == "infer")
-        .context("no infer span")?;
+    let root = named(&spans, "infer")?;
     assert_eq!(hex(&root.parent_span_id), caller);
     assert_eq!(root.kind, 2, "SPAN_KIND_SERVER");
     assert_eq!(attr(root, "quiver.status_code"), Some(Value::IntValue(200)));
