@@ -31,6 +31,13 @@
 #   --swap-rate R       offered rate during the swap scenario (default 5000)
 #   --wait-idle         before each server, wait (up to 10 min) for the 1-minute
 #                       load average to fall below 0.7
+#   --before-bin PATH   a gateway binary built from an earlier commit, run as the
+#                       server quiver-before, for a before/after table in one run
+#   --wrk               also load each HTTP server with plain wrk (-t1 -c32 -d10s,
+#                       one JSON row per request) and write wrk.md
+#
+# For each Quiver server, memory.json records the resident set size once the
+# server is up and idle, and again 5 s after its load ended.
 #
 # Each server runs alone while it is measured; the load generator shares the
 # machine's cores with it, as the report says.
@@ -41,7 +48,7 @@ ROOT="$PWD"
 model=mlp out="" servers="quiver,bare,triton,mlserver,fastapi"
 rates="500,1000,2000,3000,5000,7000,10000,14000,20000,28000,40000,56000,80000,112000,160000"
 duration=10 warmup=1 slo=5 format=json rows=1 connections=64 closed=0 wait_idle=0 fixed=()
-swap=0 swap_rate=5000
+swap=0 swap_rate=5000 before_bin="" use_wrk=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out-dir) out="$2"; shift 2 ;;
@@ -59,6 +66,8 @@ while [[ $# -gt 0 ]]; do
         --wait-idle) wait_idle=1; shift ;;
         --swap) swap=1; shift ;;
         --swap-rate) swap_rate="$2"; shift 2 ;;
+        --before-bin) before_bin="$(realpath "$2")"; shift 2 ;;
+        --wrk) use_wrk=1; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -140,6 +149,56 @@ tls_files() {
         -CAcreateserial -days 1 -extfile "$tls_dir/ext" -out "$tls_dir/server.pem" 2>/dev/null
 }
 
+# Plain wrk, closed loop, one JSON row per request (wrk.md).
+wrk_body=""
+run_wrk() {
+    local label="$1" url="$2"
+    [[ "$use_wrk" == 1 && "$url" == http://* ]] || return 0
+    command -v wrk >/dev/null || { log "wrk is not installed (apt-get install wrk); skipping"; return 0; }
+    if [[ -z "$wrk_body" ]]; then
+        wrk_body="$(mktemp -d)"
+        "$QUIVER_PYTHON" - "$model" "$wrk_body/post.lua" <<'PY'
+import json, random, sys
+model, path = sys.argv[1], sys.argv[2]
+random.seed(7)
+if model == "mlp":
+    inp = {"name": "features", "shape": [1, 16], "datatype": "FP32",
+           "data": [round(random.random(), 4) for _ in range(16)]}
+else:
+    inp = {"name": "tokens", "shape": [1, 16, 64], "datatype": "FP32",
+           "data": [round(random.random(), 4) for _ in range(16 * 64)]}
+body = json.dumps({"inputs": [inp]})
+with open(path, "w") as f:
+    f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+    f.write("wrk.body = [[" + body + "]]\n")
+PY
+        printf '| server | req/s | p50 | p99 |\n|---|---:|---:|---:|\n' >"$out/wrk.md"
+    fi
+    local res
+    res="$(wrk -t1 -c32 -d10s --latency -s "$wrk_body/post.lua" "$url/v2/models/$model/infer" 2>&1)"
+    local rps p50 p99
+    rps="$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' <<<"$res")"
+    p50="$(awk '$1 == "50%" { print $2 }' <<<"$res")"
+    p99="$(awk '$1 == "99%" { print $2 }' <<<"$res")"
+    grep -q "Non-2xx" <<<"$res" && log "wrk: $label answered errors: $(grep Non-2xx <<<"$res")"
+    printf '| %s | %s | %s | %s |\n' "$label" "$rps" "$p50" "$p99" >>"$out/wrk.md"
+    log "wrk $label: $rps req/s, p50 $p50, p99 $p99"
+}
+
+# Resident set size of the server, in kB.
+rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+echo "[]" >"$out/memory.json"
+record_memory() {
+    "$QUIVER_PYTHON" - "$out/memory.json" "$1" "$2" "$3" <<'PY'
+import json, sys
+path, server, idle, after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rows = json.load(open(path))
+rows.append({"server": server, "rss_idle_kb": idle, "rss_after_load_kb": after,
+             "ratio": round(after / idle, 2) if idle else None})
+json.dump(rows, open(path, "w"), indent=1)
+PY
+}
+
 port=8100
 for s in ${servers//,/ }; do
     port=$((port + 2))
@@ -162,6 +221,10 @@ for s in ${servers//,/ }; do
     [[ "$s" == quiver-https || "$s" == quiver-grpcs ]] &&
         tls_env=(QUIVER_TLS__CERT_PATH="$tls_dir/server.pem" QUIVER_TLS__KEY_PATH="$tls_dir/server.key")
     case "$s" in
+        quiver-before)
+            [[ -x "$before_bin" ]] || { log "quiver-before needs --before-bin PATH"; exit 2; }
+            "$before_bin" --model-repository "$repo" --http-addr "127.0.0.1:$port" \
+                --grpc-addr "127.0.0.1:$((port + 1))" --log warn 2>"$out/$s.log" & ;;
         quiver|quiver-grpc|quiver-grpc-stream|quiver-https|quiver-grpcs)
             env "${tls_env[@]}" "$target/quiver-gateway" --model-repository "$repo" \
                 --http-addr "127.0.0.1:$port" --grpc-addr "127.0.0.1:$((port + 1))" \
@@ -179,16 +242,22 @@ for s in ${servers//,/ }; do
         *) log "unknown server $s"; exit 2 ;;
     esac
     server_pid=$!
-    if [[ "$s" == quiver || "$s" == quiver-grpc || "$s" == triton-grpc ]]; then
+    if [[ "$s" == quiver || "$s" == quiver-before || "$s" == quiver-grpc || "$s" == triton-grpc ]]; then
         # Idle overhead: one request at a time.
         "$bench" run --url "$url" --label "$s-idle" --model "$model" "${extra[@]}" \
             --rows "$rows" --closed --connections 1 --duration 5 --warmup 1 \
             --out "$out/$s-idle.json" >/dev/null
         files+=("$out/$s-idle.json")
     fi
+    rss_idle=$(rss_kb "$server_pid")
     "$bench" run --url "$url" --label "$s" "${load_args[@]}" "${extra[@]}" \
         --out "$out/$s.json" >/dev/null
     files+=("$out/$s.json")
+    run_wrk "$s" "$url"
+    if [[ "$s" == quiver* ]]; then
+        sleep 5
+        record_memory "$s" "$rss_idle" "$(rss_kb "$server_pid")"
+    fi
     stop_server
     if [[ "$s" == quiver && "$swap" == 1 ]]; then
         # Hot swap under load: a scratch copy of the repository whose model
@@ -215,5 +284,6 @@ for s in ${servers//,/ }; do
 done
 
 [[ -n "$tls_dir" ]] && rm -rf "$tls_dir"
+[[ -n "$wrk_body" ]] && rm -rf "$wrk_body"
 "$bench" report --out-dir "$out" --gateway quiver --bare bare --inprocess onnxruntime \
     "${fixed[@]}" "${files[@]}"

@@ -765,47 +765,133 @@ async fn queue_full_is_429_and_expired_is_504() {
 
 /// SIGTERM with requests in flight: every one of them is answered, then
 /// the process exits cleanly.
+///
+/// Nothing here depends on timing. Each of six connections is first proven
+/// to be served (a health check answered on it), then sends the head and
+/// half the body of an inference request, so all six are inside the
+/// gateway, mid-request, before SIGTERM. Once the gateway has stopped
+/// accepting (a new connection is refused), the rest of each body goes out:
+/// the six requests reach the one slow instance together (one runs, five
+/// queue) during the shutdown, and every one must be answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_requests_in_flight() {
-    // One request per batch, 8 rows each: ~20 ms apiece, so six of them
-    // stay in flight long enough to be seen.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let repo = slow_repo(
         "shutdown",
         "max_batch_size = 8\nmax_queue_delay_us = 0\npreferred_batch_sizes = [8]\n",
     );
     let mut gw = Gateway::start_ready(&repo, &[], &[]).await.unwrap();
-    let mut tasks = Vec::new();
+    let mut conns = Vec::new();
     for i in 0..6u64 {
-        let addr = gw.addr;
-        tasks.push(tokio::spawn(async move {
-            send(
-                addr,
-                "POST",
-                "/v2/models/slow/infer",
-                &[],
-                Bytes::from(slow_request(8, i, None).to_string()),
-            )
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        conn.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: quiver\r\n\r\n")
             .await
+            .unwrap();
+        let head = read_response(&mut conn).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let body = slow_request(8, i, None).to_string().into_bytes();
+        let half = body.len() / 2;
+        let head = format!(
+            "POST /v2/models/slow/infer HTTP/1.1\r\nhost: quiver\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&body[..half]).await.unwrap();
+        conns.push((conn, body, half));
+    }
+    gw.terminate().unwrap();
+    let mut refused = false;
+    for _ in 0..3000 {
+        if tokio::net::TcpStream::connect(gw.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "still accepting connections 30 s after SIGTERM");
+    let mut answers = Vec::new();
+    for (mut conn, body, half) in conns {
+        answers.push(tokio::spawn(async move {
+            conn.write_all(&body[half..]).await.unwrap();
+            let response = read_response(&mut conn).await;
+            // The connection closes after its last answer.
+            let mut rest = Vec::new();
+            let closed = conn.read_to_end(&mut rest).await.is_ok() && rest.is_empty();
+            (response, closed)
         }));
     }
-    // SIGTERM only once all six are inside the gateway: one running, five
-    // queued.
-    let seen = gw.wait_in_flight("slow", 6.0).await.unwrap();
-    assert_eq!(seen, 6.0, "requests never all in flight");
-    gw.terminate().unwrap();
-    for t in tasks {
-        let r = t
-            .await
-            .unwrap()
-            .expect("in-flight request must be answered");
-        assert_eq!(r.status, 200, "{}", r.text());
+    for a in answers {
+        let (response, closed) = a.await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("\"outputs\""), "{response}");
+        assert!(closed, "the connection stays open after shutdown");
     }
     assert_eq!(gw.wait_exit(Duration::from_secs(30)).unwrap(), 0);
     assert!(gw.log().contains("shutdown complete"), "{}", gw.log());
+}
+
+/// A request's `priority` parameter is checked against the model's levels:
+/// a level it does not have is a 400 naming the setting; one it has runs.
+#[tokio::test]
+async fn priority_outside_the_models_levels_is_refused() {
+    let repo = slow_repo("priority", "max_batch_size = 8\npriority_levels = 2\n");
+    let gw = Gateway::start_ready(&repo, &[], &[]).await.unwrap();
+    let ask = |priority: u64| {
+        let mut req = slow_request(1, priority, None);
+        req["parameters"] = json!({"priority": priority});
+        send(
+            gw.addr,
+            "POST",
+            "/v2/models/slow/infer",
+            &[],
+            Bytes::from(req.to_string()),
+        )
+    };
+    let refused = ask(3).await.unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.text());
     assert!(
-        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
-        "no longer accepting"
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("priority_levels"),
+        "{}",
+        refused.text()
     );
+    for level in [0, 1, 2] {
+        let ok = ask(level).await.unwrap();
+        assert_eq!(ok.status, 200, "priority {level}: {}", ok.text());
+    }
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` body: head and body.
+async fn read_response(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf[..end + 4 + len]).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut chunk))
+            .await
+            .expect("no answer within 30 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before the answer: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// The official Triton client (`tritonclient[http]`), unmodified.

@@ -124,10 +124,15 @@ pub async fn predict(
         outputs: wanted,
         binary_output,
         timeout,
+        priority,
     } = request;
     let served = &route.served;
     let spec = &served.spec;
     admission::check_outputs(spec, &wanted)?;
+    let priority = served
+        .priorities
+        .level(priority)
+        .map_err(ApiError::BadRequest)?;
     // Shadows and the log need the inputs after the answer; copy only then.
     let shadow_inputs = (!route.shadows.is_empty()).then(|| inputs.clone());
     let logged_inputs = route.logged.then(|| inputs.clone());
@@ -139,6 +144,7 @@ pub async fn predict(
         rows: admitted.rows,
         enqueued_at: Instant::now(),
         deadline,
+        priority,
         reply: tx,
     };
     match served.batcher.submit(job) {

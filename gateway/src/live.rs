@@ -27,11 +27,34 @@ pub struct ServedVersion {
     pub metrics: VersionMetrics,
     /// Deadline for requests that send no `timeout`.
     pub default_timeout: Option<Duration>,
+    pub priorities: Priorities,
     /// Routed (not pinned) traffic, for the rollout guardrail.
     pub stats: VersionStats,
     /// Which load this is, unique in the process: the fleet's guardrail
     /// counts each load's traffic from zero.
     pub instance: u64,
+}
+
+/// A version's priority levels (1 the highest) and the level of requests
+/// that ask for none.
+#[derive(Debug, Clone, Copy)]
+pub struct Priorities {
+    pub levels: u32,
+    pub default: u32,
+}
+
+impl Priorities {
+    /// The level a request runs at, or why it cannot ask for that one.
+    pub fn level(&self, asked: Option<u32>) -> Result<u32, String> {
+        match asked {
+            None => Ok(self.default),
+            Some(p) if p <= self.levels => Ok(p),
+            Some(p) => Err(format!(
+                "priority {p} is not within 1..={} (the model's priority_levels)",
+                self.levels
+            )),
+        }
+    }
 }
 
 /// Numbers each loaded version.

@@ -158,17 +158,36 @@ pub fn load_version(
         max_queue_delay: Duration::from_micros(s.max_queue_delay_us),
         preferred: s.preferred_batch_sizes.clone(),
         capacity: s.max_queue_size,
+        priority_levels: s.priority_levels,
+        max_priority_wait: Duration::from_millis(s.max_priority_wait_ms),
     };
     let metrics = VersionMetrics::new(name, version);
-    let batcher = Batcher::start(Arc::clone(&spec), backends, limits, metrics.clone())
-        .map_err(|e| format!("cannot start instance threads: {e}"))?;
+    let inline_max =
+        (s.inline_max_compute_us > 0).then(|| Duration::from_micros(s.inline_max_compute_us));
+    let batcher = Batcher::start(
+        Arc::clone(&spec),
+        backends,
+        limits,
+        metrics.clone(),
+        inline_max,
+    )
+    .map_err(|e| format!("cannot start instance threads: {e}"))?;
     let default_timeout =
         (s.default_timeout_ms > 0).then(|| Duration::from_millis(s.default_timeout_ms));
+    let priorities = crate::live::Priorities {
+        levels: s.priority_levels,
+        default: if s.default_priority == 0 {
+            s.priority_levels
+        } else {
+            s.default_priority
+        },
+    };
     Ok(ServedVersion {
         spec,
         batcher,
         metrics,
         default_timeout,
+        priorities,
         stats: Default::default(),
         instance: crate::live::next_instance(),
     })

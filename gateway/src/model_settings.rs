@@ -36,6 +36,23 @@ pub struct ModelDefaults {
     /// Deadline for requests that do not send a `timeout` parameter, in
     /// milliseconds; 0 means none. Expired requests never reach the model.
     pub default_timeout_ms: u64,
+    /// Priority levels a request may ask for with its `priority` parameter,
+    /// 1 the highest (as Triton's dynamic batcher counts them). Higher
+    /// levels are batched first; 1 means no priorities (plain FIFO).
+    pub priority_levels: u32,
+    /// The level of a request that asks for none (or for 0); 0 here means
+    /// the lowest level.
+    pub default_priority: u32,
+    /// How long a request without a deadline may wait behind higher
+    /// priorities before it goes ahead of them, in milliseconds. A request
+    /// with a deadline goes ahead once half its time budget is gone.
+    pub max_priority_wait_ms: u64,
+    /// A request runs on the thread that received it, with no hand-off to
+    /// an instance thread, when nothing is queued, an instance is free and
+    /// the model's measured compute time for it is at most this many
+    /// microseconds; 0 never runs inline. Kept small, so a heavy model
+    /// never holds up the async runtime.
+    pub inline_max_compute_us: u64,
     /// ONNX Runtime sessions per model version, each on its own OS thread.
     pub instances: usize,
     /// ONNX Runtime intra-op threads per session.
@@ -64,6 +81,10 @@ impl Default for ModelDefaults {
             preferred_batch_sizes: Vec::new(),
             max_queue_size: 1024,
             default_timeout_ms: 0,
+            inline_max_compute_us: 50,
+            priority_levels: 1,
+            default_priority: 0,
+            max_priority_wait_ms: 100,
             instances: 1,
             intra_op_threads: 1,
             execution_provider: ExecutionProvider::Cpu,
@@ -141,6 +162,18 @@ pub fn validate_model_settings(m: &ModelDefaults) -> Result<(), (&'static str, S
         return Err(("batching", "\"on\" needs max_batch_size above 0".into()));
     }
     m.rollout.validate().map_err(|e| ("rollout", e))?;
+    if m.priority_levels == 0 {
+        return Err(("priority_levels", "must be at least 1".into()));
+    }
+    if m.default_priority > m.priority_levels {
+        return Err((
+            "default_priority",
+            format!(
+                "{} is not within 0..={} (priority_levels)",
+                m.default_priority, m.priority_levels
+            ),
+        ));
+    }
     if let Some(p) = m
         .preferred_batch_sizes
         .iter()

@@ -25,6 +25,9 @@ pub struct InferRequest {
     pub binary_output: bool,
     /// The `timeout` parameter (microseconds on the wire, as Triton's clients send).
     pub timeout: Option<Duration>,
+    /// The `priority` parameter: 1 is the highest level; absent or 0 means
+    /// the model's default.
+    pub priority: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +129,7 @@ pub fn parse_infer_request(
     let timeout = u64_param(&wire.parameters, "timeout", "the request")?
         .filter(|&us| us > 0)
         .map(Duration::from_micros);
+    let priority = priority(u64_param(&wire.parameters, "priority", "the request")?)?;
 
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
@@ -207,7 +211,19 @@ pub fn parse_infer_request(
         outputs,
         binary_output,
         timeout,
+        priority,
     })
+}
+
+/// The `priority` parameter's value: 0 (as Triton's clients send by
+/// default) means none was asked for.
+pub fn priority(value: Option<u64>) -> Result<Option<u32>, ProtocolError> {
+    match value {
+        None | Some(0) => Ok(None),
+        Some(p) => u32::try_from(p).map(Some).map_err(|_| {
+            ProtocolError(format!("parameter 'priority' {p} is not a priority level"))
+        }),
+    }
 }
 
 #[derive(Serialize)]
@@ -381,5 +397,24 @@ mod tests {
         assert_eq!(header["outputs"][0]["data"], serde_json::json!([1.0, 2.0]));
         assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 8);
         assert_eq!(&enc.body[header_len..], &9i64.to_le_bytes());
+    }
+
+    #[test]
+    fn priority_parameter_is_read_and_zero_means_the_default() {
+        let req = |p: &str| {
+            let body = format!(r#"{{"parameters":{{"priority":{p}}},"inputs":[]}}"#);
+            parse_infer_request(body.as_bytes(), None)
+        };
+        assert_eq!(req("2").unwrap().priority, Some(2));
+        assert_eq!(req("0").unwrap().priority, None);
+        assert!(req("-1").unwrap_err().0.contains("priority"));
+        assert!(req("99999999999").unwrap_err().0.contains("priority"));
+        let levels = crate::live::Priorities {
+            levels: 3,
+            default: 3,
+        };
+        assert_eq!(levels.level(None), Ok(3));
+        assert_eq!(levels.level(Some(1)), Ok(1));
+        assert!(levels.level(Some(4)).unwrap_err().contains("1..=3"));
     }
 }

@@ -52,9 +52,13 @@ impl Shadows {
                 rows: admitted.rows,
                 enqueued_at: started,
                 deadline: None,
+                // A copy for comparison never goes ahead of served traffic.
+                priority: shadow.priorities.levels,
                 reply: tx,
             };
-            if shadow.batcher.submit(job).is_err() {
+            // Queued, never run inline: the copy must not hold up the
+            // answer to the request it copies.
+            if shadow.batcher.enqueue(job).is_err() {
                 m.shadow_skipped.increment(1);
                 continue;
             }

@@ -41,6 +41,8 @@ pub struct Job {
     pub rows: usize,
     pub enqueued_at: Instant,
     pub deadline: Option<Instant>,
+    /// Its priority level, 1 the highest.
+    pub priority: u32,
     pub reply: oneshot::Sender<Reply>,
 }
 
@@ -57,6 +59,9 @@ impl Queued for Job {
     fn is_cancelled(&self) -> bool {
         self.reply.is_closed()
     }
+    fn priority(&self) -> u32 {
+        self.priority
+    }
     fn fits_with(&self, head: &Self) -> bool {
         self.inputs
             .iter()
@@ -67,9 +72,16 @@ impl Queued for Job {
 
 struct State {
     queue: BatchQueue<Job>,
-    /// Instances running a batch now.
+    /// Backends free to run a batch, for the instance threads and for
+    /// inline runs.
+    idle: Vec<Box<dyn Backend>>,
+    /// Batches running now, on instance threads or inline.
     busy: usize,
     closed: bool,
+    /// Compute time per row of recent one-request batches, in nanoseconds
+    /// (a moving average; 0 until measured): what an inline run would
+    /// cost the caller's thread.
+    row_cost_ns: u64,
 }
 
 struct Shared {
@@ -77,6 +89,9 @@ struct Shared {
     wake: Condvar,
     spec: Arc<ModelSpec>,
     metrics: VersionMetrics,
+    /// A request runs on the submitting thread when the model is idle and
+    /// its estimated compute time is at most this; `None`: never.
+    inline_max: Option<Duration>,
 }
 
 impl Shared {
@@ -84,6 +99,30 @@ impl Shared {
         // A panic while holding this lock is a bug elsewhere; the queue's
         // contents are still consistent, so keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives a backend back after a batch and lets a waiting thread on.
+    fn release(&self, backend: Box<dyn Backend>, one_job_cost: Option<(Duration, usize)>) {
+        let mut state = self.lock();
+        state.idle.push(backend);
+        state.busy -= 1;
+        if let Some((compute, rows)) = one_job_cost {
+            let sample =
+                (compute.as_nanos() / rows.max(1) as u128).min(u128::from(u64::MAX)) as u64;
+            state.row_cost_ns = match state.row_cost_ns {
+                0 => sample.max(1),
+                old => (old.saturating_mul(7).saturating_add(sample) / 8).max(1),
+            };
+        }
+        self.metrics.busy_instances.set(state.busy as f64);
+        let (waiting, closed) = (!state.queue.is_empty(), state.closed);
+        drop(state);
+        if closed {
+            // Threads waiting for a backend must see the end too.
+            self.wake.notify_all();
+        } else if waiting {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -99,32 +138,39 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts one thread per backend (model instance).
+    /// Starts one thread per backend (model instance). `inline_max`: the
+    /// most estimated compute a request may run for on the submitting
+    /// thread when nothing is queued (`None`: always through the queue).
     pub fn start(
         spec: Arc<ModelSpec>,
         backends: Vec<Box<dyn Backend>>,
         limits: BatchLimits,
         metrics: VersionMetrics,
+        inline_max: Option<Duration>,
     ) -> std::io::Result<Batcher> {
         metrics.queue_depth.set(0.0);
         metrics.busy_instances.set(0.0);
+        let instances = backends.len();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: BatchQueue::new(limits),
+                idle: backends,
                 busy: 0,
                 closed: false,
+                row_cost_ns: 0,
             }),
             wake: Condvar::new(),
             spec,
             metrics,
+            inline_max,
         });
-        let mut threads = Vec::with_capacity(backends.len());
-        for (i, backend) in backends.into_iter().enumerate() {
+        let mut threads = Vec::with_capacity(instances);
+        for i in 0..instances {
             let mine = Arc::clone(&shared);
             let name = format!("quiver-{}-v{}-{i}", shared.spec.name, shared.spec.version);
             let thread = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || instance_loop(&mine, backend));
+                .spawn(move || instance_loop(&mine));
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -144,11 +190,36 @@ impl Batcher {
         })
     }
 
-    /// Queues `job`; a full queue hands it back at once.
+    /// Queues `job`; a full queue hands it back at once. When nothing is
+    /// queued, a backend is free and the model is cheap enough, the job
+    /// runs here, on the caller's thread, before this returns: no thread
+    /// hop at all. The answer goes to the job's reply either way.
     pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+        self.push(job, true)
+    }
+
+    /// Queues `job` for an instance thread, never running it here.
+    pub fn enqueue(&self, job: Job) -> Result<(), Rejected> {
+        self.push(job, false)
+    }
+
+    fn push(&self, job: Job, inline: bool) -> Result<(), Rejected> {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(Rejected::Closed(job));
+        }
+        if let Some(max) = self.shared.inline_max
+            && inline
+            && state.queue.is_empty()
+            && state.row_cost_ns > 0
+            && u128::from(state.row_cost_ns) * job.rows as u128 <= max.as_nanos()
+            && let Some(backend) = state.idle.pop()
+        {
+            state.busy += 1;
+            self.shared.metrics.busy_instances.set(state.busy as f64);
+            drop(state);
+            run_inline(&self.shared, backend, job);
+            return Ok(());
         }
         state.queue.push(job).map_err(Rejected::Full)?;
         self.shared
@@ -193,26 +264,79 @@ impl Drop for Batcher {
     }
 }
 
-fn instance_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
+/// A backend lent to an inline run; given back even if the run panics.
+struct Lease<'a> {
+    shared: &'a Shared,
+    backend: Option<Box<dyn Backend>>,
+    cost: Option<(Duration, usize)>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(backend) = self.backend.take() {
+            self.shared.release(backend, self.cost);
+        }
+    }
+}
+
+fn run_inline(shared: &Shared, backend: Box<dyn Backend>, job: Job) {
+    let mut lease = Lease {
+        shared,
+        backend: Some(backend),
+        cost: None,
+    };
+    let Some(backend) = lease.backend.as_mut() else {
+        return;
+    };
+    if job.deadline.is_some_and(|d| d <= Instant::now()) {
+        shared.metrics.expired.increment(1);
+        let _ = job.reply.send(Err(InferError::Expired));
+        return;
+    }
+    let rows = job.rows;
+    let compute = run_batch(shared, backend.as_mut(), vec![job]);
+    lease.cost = Some((compute, rows));
+}
+
+fn instance_loop(shared: &Shared) {
     let mut dropped = Vec::new();
     loop {
-        let batch = {
+        let work = {
             let mut state = shared.lock();
             loop {
+                let Some(backend) = state.idle.pop() else {
+                    // Every backend is busy (some inline): wait for one.
+                    if state.closed && state.queue.is_empty() {
+                        return;
+                    }
+                    state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                };
                 let busy = state.busy > 0;
                 match state.queue.next(Instant::now(), busy, &mut dropped) {
                     Next::Batch(batch) => {
                         state.busy += 1;
                         shared.metrics.queue_depth.set(state.queue.len() as f64);
                         shared.metrics.busy_instances.set(state.busy as f64);
-                        break Some(batch);
+                        break Some((batch, backend));
                     }
-                    _ if !dropped.is_empty() => break None,
-                    Next::Empty if state.closed => return,
+                    _ if !dropped.is_empty() => {
+                        state.idle.push(backend);
+                        break None;
+                    }
+                    Next::Empty if state.closed => {
+                        // The session is freed on this thread, not on
+                        // whoever drops the batcher last.
+                        drop(state);
+                        drop(backend);
+                        return;
+                    }
                     Next::Empty => {
+                        state.idle.push(backend);
                         state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner())
                     }
                     Next::WaitUntil(t) => {
+                        state.idle.push(backend);
                         let timeout = t.saturating_duration_since(Instant::now());
                         state = shared
                             .wake
@@ -233,19 +357,18 @@ fn instance_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
                 Dropped::Cancelled => shared.metrics.cancelled.increment(1),
             }
         }
-        let Some(batch) = batch else { continue };
-        run_batch(shared, backend.as_mut(), batch);
-        {
-            let mut state = shared.lock();
-            state.busy -= 1;
-            shared.metrics.busy_instances.set(state.busy as f64);
-        }
-        // Another instance may be waiting for this one to finish.
-        shared.wake.notify_one();
+        let Some((batch, mut backend)) = work else {
+            continue;
+        };
+        let one_job = (batch.len() == 1).then(|| batch.iter().map(|j| j.rows).sum::<usize>());
+        let compute = run_batch(shared, backend.as_mut(), batch);
+        // Wakes an instance waiting for this one to finish, if work waits.
+        shared.release(backend, one_job.map(|rows| (compute, rows)));
     }
 }
 
-fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
+/// Runs one batch and answers each of its jobs; returns the compute time.
+fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) -> Duration {
     let started = Instant::now();
     let rows: usize = batch.iter().map(|j| j.rows).sum();
     let inputs = if batch.len() == 1 {
@@ -290,6 +413,7 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) {
             }
         }
     }
+    compute_time
 }
 
 /// Concatenates each input along the batch dimension, in job order.
@@ -426,6 +550,7 @@ mod tests {
                 rows,
                 enqueued_at: Instant::now(),
                 deadline: None,
+                priority: 1,
                 reply: tx,
             },
             rx,
@@ -450,12 +575,15 @@ mod tests {
             max_queue_delay,
             preferred: vec![],
             capacity,
+            priority_levels: 1,
+            max_priority_wait: Duration::from_secs(1),
         };
         let b = Batcher::start(
             spec(),
             vec![Box::new(backend)],
             limits,
             VersionMetrics::new("m", 1),
+            None,
         )
         .unwrap();
         let open = move || {
@@ -521,5 +649,69 @@ mod tests {
             rx2.blocking_recv().unwrap().is_ok(),
             "queued work finishes on close"
         );
+    }
+
+    /// Records the name of the thread each batch ran on.
+    struct Where(Arc<Mutex<Vec<String>>>);
+
+    impl Backend for Where {
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            self.0.lock().unwrap().push(name);
+            let x = &inputs[0];
+            Ok(vec![Tensor {
+                name: "y".into(),
+                shape: x.shape.clone(),
+                data: x.data.clone(),
+            }])
+        }
+    }
+
+    /// A cheap model runs on the submitting thread once its cost is
+    /// measured, and not at all when inline runs are off.
+    #[test]
+    fn cheap_idle_model_runs_inline_once_measured() {
+        for inline in [Some(Duration::from_secs(1)), None] {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let limits = BatchLimits {
+                max_rows: 8,
+                max_queue_delay: Duration::ZERO,
+                preferred: vec![],
+                capacity: 4,
+                priority_levels: 1,
+                max_priority_wait: Duration::from_secs(1),
+            };
+            let b = Batcher::start(
+                spec(),
+                vec![Box::new(Where(Arc::clone(&threads)))],
+                limits,
+                VersionMetrics::new("m", 1),
+                inline,
+            )
+            .unwrap();
+            std::thread::Builder::new()
+                .name("caller".into())
+                .spawn(move || {
+                    for i in 0..3 {
+                        let (j, rx) = job(1, i as f32);
+                        b.submit(j).ok().unwrap();
+                        let out = rx.blocking_recv().unwrap().unwrap();
+                        assert_eq!(out.outputs[0].shape, vec![1, 2]);
+                    }
+                    b.close();
+                    b.join();
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            let ran = threads.lock().unwrap().clone();
+            let want = if inline.is_some() {
+                // The first run measures the cost on the instance thread.
+                vec!["quiver-m-v1-0", "caller", "caller"]
+            } else {
+                vec!["quiver-m-v1-0"; 3]
+            };
+            assert_eq!(ran, want);
+        }
     }
 }

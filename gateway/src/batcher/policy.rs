@@ -10,6 +10,13 @@
 //!   that does not fit (too many rows, or other non-batch dimensions).
 //! - Requests past their deadline, or whose client went away, are taken
 //!   out before they can reach the model, and handed back to the caller.
+//! - With priority levels (1 is the highest), the queue is served in
+//!   priority order, FIFO within a level, and the batch is a prefix of that
+//!   order. A request that is *due* goes ahead of every level, so a low
+//!   priority is never starved past its deadline: it is due once half of
+//!   its time budget (enqueue to deadline) has gone, or after
+//!   `max_priority_wait` when it has no deadline. With one level the queue
+//!   is plain FIFO.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -24,6 +31,10 @@ pub trait Queued {
     fn is_cancelled(&self) -> bool;
     /// Whether this request can share a batch with `head`.
     fn fits_with(&self, head: &Self) -> bool;
+    /// Its priority level, 1 the highest.
+    fn priority(&self) -> u32 {
+        1
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +47,11 @@ pub struct BatchLimits {
     pub preferred: Vec<usize>,
     /// Most requests in the queue.
     pub capacity: usize,
+    /// Priority levels; 1 (or 0) means none: plain FIFO.
+    pub priority_levels: u32,
+    /// How long a request without a deadline may wait behind higher
+    /// priorities before it goes ahead of them.
+    pub max_priority_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,16 +116,73 @@ impl<T: Queued> BatchQueue<T> {
         dropped: &mut Vec<(T, Dropped)>,
     ) -> Next<T> {
         self.evict(now, dropped);
+        if self.limits.priority_levels > 1 {
+            return self.next_by_priority(now, model_busy);
+        }
         let Some(head) = self.items.front() else {
             return Next::Empty;
         };
-        let (count, rows, full) = self.extent();
+        let (count, rows, full) = self.extent(self.items.iter());
         let waited_enough = now >= head.enqueued_at() + self.limits.max_queue_delay;
         if !model_busy || full || waited_enough {
-            let take = self.cut(count, rows);
+            let take = self
+                .cut(self.items.iter().take(count), rows)
+                .unwrap_or(count);
             return Next::Batch(self.items.drain(..take).collect());
         }
         Next::WaitUntil(head.enqueued_at() + self.limits.max_queue_delay)
+    }
+
+    /// [`BatchQueue::next`] over the service order: due requests first,
+    /// then by level, FIFO within each.
+    fn next_by_priority(&mut self, now: Instant, model_busy: bool) -> Next<T> {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        let rank = |item: &T| {
+            if self.due_at(item) <= now {
+                0
+            } else {
+                item.priority().max(1)
+            }
+        };
+        // Stable: queue order (arrival) within a rank.
+        order.sort_by_key(|&i| rank(&self.items[i]));
+        let Some(&head) = order.first() else {
+            return Next::Empty;
+        };
+        let head_at = self.items[head].enqueued_at();
+        let in_order = order.iter().map(|&i| &self.items[i]);
+        let (count, rows, full) = self.extent(in_order.clone());
+        let waited_enough = now >= head_at + self.limits.max_queue_delay;
+        if !model_busy || full || waited_enough {
+            let take = self.cut(in_order.take(count), rows).unwrap_or(count);
+            let mut slots: Vec<Option<T>> = self.items.drain(..).map(Some).collect();
+            let batch = order[..take]
+                .iter()
+                .filter_map(|&i| slots[i].take())
+                .collect();
+            self.items = slots.into_iter().flatten().collect();
+            return Next::Batch(batch);
+        }
+        // Someone falling due may change the head before the delay ends.
+        let falls_due = self
+            .items
+            .iter()
+            .map(|item| self.due_at(item))
+            .filter(|&t| t > now)
+            .min();
+        let wait = head_at + self.limits.max_queue_delay;
+        Next::WaitUntil(falls_due.map_or(wait, |t| t.min(wait)))
+    }
+
+    /// When a request goes ahead of every priority level: half-way from
+    /// enqueue to its deadline, and no later than `max_priority_wait`.
+    fn due_at(&self, item: &T) -> Instant {
+        let at = item.enqueued_at();
+        let aged = at + self.limits.max_priority_wait;
+        match item.deadline() {
+            Some(d) => aged.min(at + d.saturating_duration_since(at) / 2),
+            None => aged,
+        }
     }
 
     /// Takes everything out (shutdown of an instance-less queue).
@@ -137,15 +210,18 @@ impl<T: Queued> BatchQueue<T> {
         self.items = kept;
     }
 
-    /// How many leading requests form the largest possible batch, their
-    /// rows, and whether the batch is full (nothing more could join).
-    fn extent(&self) -> (usize, usize, bool) {
-        let mut iter = self.items.iter();
-        let Some(head) = iter.next() else {
+    /// How many leading requests (in service order) form the largest
+    /// possible batch, their rows, and whether the batch is full (nothing
+    /// more could join).
+    fn extent<'a>(&self, mut order: impl Iterator<Item = &'a T>) -> (usize, usize, bool)
+    where
+        T: 'a,
+    {
+        let Some(head) = order.next() else {
             return (0, 0, false);
         };
         let (mut count, mut rows) = (1, head.rows());
-        for item in iter {
+        for item in order {
             if !item.fits_with(head) || rows + item.rows() > self.limits.max_rows {
                 return (count, rows, true);
             }
@@ -155,21 +231,25 @@ impl<T: Queued> BatchQueue<T> {
         (count, rows, rows >= self.limits.max_rows)
     }
 
-    /// Cuts a batch of `count` requests (`rows` rows) back to the largest
-    /// preferred size it passes through exactly, if any.
-    fn cut(&self, count: usize, rows: usize) -> usize {
+    /// Cuts a batch (`rows` rows, in service order) back to the largest
+    /// preferred size it passes through exactly, if any: how many requests
+    /// to take, or `None` to take them all.
+    fn cut<'a>(&self, batch: impl Iterator<Item = &'a T>, rows: usize) -> Option<usize>
+    where
+        T: 'a,
+    {
         if self.limits.preferred.is_empty() || self.limits.preferred.contains(&rows) {
-            return count;
+            return None;
         }
         let mut best = None;
         let mut sum = 0;
-        for (i, item) in self.items.iter().take(count).enumerate() {
+        for (i, item) in batch.enumerate() {
             sum += item.rows();
             if self.limits.preferred.binary_search(&sum).is_ok() {
                 best = Some(i + 1);
             }
         }
-        best.unwrap_or(count)
+        best
     }
 }
 
@@ -186,6 +266,7 @@ mod tests {
         deadline: Option<Instant>,
         cancelled: bool,
         key: u8,
+        priority: u32,
     }
 
     impl Queued for Item {
@@ -204,6 +285,9 @@ mod tests {
         fn fits_with(&self, head: &Self) -> bool {
             self.key == head.key
         }
+        fn priority(&self) -> u32 {
+            self.priority
+        }
     }
 
     fn limits(
@@ -217,6 +301,8 @@ mod tests {
             max_queue_delay: Duration::from_micros(delay_us),
             preferred,
             capacity,
+            priority_levels: 1,
+            max_priority_wait: Duration::from_secs(1),
         }
     }
 
@@ -228,6 +314,7 @@ mod tests {
             deadline: None,
             cancelled: false,
             key: 0,
+            priority: 1,
         }
     }
 
@@ -288,12 +375,95 @@ mod tests {
         assert_eq!(q.push(item(1, 1, t0)), Err(item(1, 1, t0)));
     }
 
+    fn prioritised(levels: u32, max_wait_us: u64) -> BatchQueue<Item> {
+        let mut l = limits(4, 0, vec![], 64);
+        l.priority_levels = levels;
+        l.max_priority_wait = Duration::from_micros(max_wait_us);
+        BatchQueue::new(l)
+    }
+
+    fn ids(next: Next<Item>) -> Vec<usize> {
+        match next {
+            Next::Batch(b) => b.iter().map(|i| i.id).collect(),
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn higher_priority_is_taken_first_fifo_within_a_level() {
+        let t0 = Instant::now();
+        let mut q = prioritised(3, 1_000_000);
+        for (id, priority) in [(0, 3), (1, 2), (2, 1), (3, 2), (4, 1)] {
+            q.push(Item {
+                priority,
+                ..item(id, 1, t0)
+            })
+            .unwrap();
+        }
+        let mut dropped = Vec::new();
+        // Four rows per batch: both level-1 requests, then level 2 in order.
+        assert_eq!(ids(q.next(t0, false, &mut dropped)), vec![2, 4, 1, 3]);
+        assert_eq!(ids(q.next(t0, false, &mut dropped)), vec![0]);
+    }
+
+    #[test]
+    fn one_level_stays_fifo() {
+        let t0 = Instant::now();
+        let mut q = prioritised(1, 0);
+        for (id, priority) in [(0, 3), (1, 1)] {
+            q.push(Item {
+                priority,
+                ..item(id, 1, t0)
+            })
+            .unwrap();
+        }
+        assert_eq!(ids(q.next(t0, false, &mut Vec::new())), vec![0, 1]);
+    }
+
+    /// A flood of full high-priority batches, one taken every 100 µs, and
+    /// one low-priority request: it is served once half its 2 ms budget
+    /// has gone (or after `max_priority_wait` without a deadline), never
+    /// expired.
+    #[test]
+    fn low_priority_is_not_starved_past_its_deadline() {
+        for deadline in [Some(2_000u64), None] {
+            let t0 = Instant::now();
+            let mut q = prioritised(2, 3_000);
+            let low = Item {
+                priority: 2,
+                deadline: deadline.map(|us| t0 + Duration::from_micros(us)),
+                ..item(0, 1, t0)
+            };
+            q.push(low).unwrap();
+            let mut now = t0;
+            let mut served_at = None;
+            for step in 1..100 {
+                q.push(Item {
+                    priority: 1,
+                    ..item(step, 4, now)
+                })
+                .unwrap();
+                let mut dropped = Vec::new();
+                let batch = ids(q.next(now, true, &mut dropped));
+                assert!(dropped.is_empty(), "nothing expires");
+                if batch.contains(&0) {
+                    served_at = Some(now - t0);
+                    break;
+                }
+                now += Duration::from_micros(100);
+            }
+            let want = if deadline.is_some() { 1_000 } else { 3_000 };
+            assert_eq!(served_at, Some(Duration::from_micros(want)), "{deadline:?}");
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Push {
             rows: usize,
             ttl_us: Option<u64>,
             key: u8,
+            priority: u32,
         },
         Cancel(usize),
         Advance(u64),
@@ -304,17 +474,43 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (1usize..5, proptest::option::of(0u64..300), 0u8..2).prop_map(|(rows, ttl_us, key)| Op::Push { rows, ttl_us, key }),
+            4 => (1usize..5, proptest::option::of(0u64..300), 0u8..2, 1u32..4).prop_map(|(rows, ttl_us, key, priority)| Op::Push { rows, ttl_us, key, priority }),
             1 => (0usize..64).prop_map(Op::Cancel),
             2 => (0u64..200).prop_map(Op::Advance),
             3 => any::<bool>().prop_map(|busy| Op::Next { busy }),
         ]
     }
 
+    /// The plain model's service order: with levels, requests past half
+    /// their budget (or `max_wait` without a deadline) first, then by
+    /// level; arrival order within each.
+    fn expected_order(model: &[Item], now: Instant, levels: u32, max_wait: Duration) -> Vec<Item> {
+        if levels <= 1 {
+            return model.to_vec();
+        }
+        let due = |m: &Item| {
+            let aged = m.at + max_wait;
+            let half = m.deadline.map(|d| m.at + (d - m.at) / 2);
+            half.map_or(aged, |h| h.min(aged)) <= now
+        };
+        let mut first: Vec<Item> = model.iter().filter(|m| due(m)).cloned().collect();
+        for level in 1..=3 {
+            first.extend(
+                model
+                    .iter()
+                    .filter(|m| !due(m) && m.priority == level)
+                    .cloned(),
+            );
+        }
+        first
+    }
+
     proptest! {
         /// Against a plain model (a list of what was pushed and not yet
-        /// accounted for): nothing lost or duplicated, FIFO, limits held,
-        /// expired and cancelled requests never dispatched.
+        /// accounted for): nothing lost or duplicated, served in the
+        /// model's order (FIFO with one level; due first, then by level,
+        /// with several), limits held, expired and cancelled requests never
+        /// dispatched.
         #[test]
         fn policy_matches_a_plain_model(
             ops in proptest::collection::vec(op(), 1..200),
@@ -322,19 +518,26 @@ mod tests {
             delay_us in 0u64..150,
             capacity in 1usize..12,
             preferred in proptest::collection::vec(1usize..8, 0..3),
+            levels in 1u32..4,
+            max_wait_us in 0u64..400,
         ) {
             let preferred: Vec<usize> = preferred.into_iter().filter(|&p| p <= max_rows).collect();
+            let max_wait = Duration::from_micros(max_wait_us);
+            let delay = Duration::from_micros(delay_us);
             let t0 = Instant::now();
             let mut now = t0;
-            let mut q = BatchQueue::new(limits(max_rows, delay_us, preferred.clone(), capacity));
+            let mut l = limits(max_rows, delay_us, preferred.clone(), capacity);
+            l.priority_levels = levels;
+            l.max_priority_wait = max_wait;
+            let mut q = BatchQueue::new(l);
             let mut model: Vec<Item> = Vec::new();
             let mut last_dispatched: Option<usize> = None;
             let mut next_id = 0;
             let mut seen = std::collections::HashSet::new();
             for op in ops {
                 match op {
-                    Op::Push { rows, ttl_us, key } => {
-                        let it = Item { id: next_id, rows, at: now, deadline: ttl_us.map(|t| now + Duration::from_micros(t)), cancelled: false, key };
+                    Op::Push { rows, ttl_us, key, priority } => {
+                        let it = Item { id: next_id, rows, at: now, deadline: ttl_us.map(|t| now + Duration::from_micros(t)), cancelled: false, key, priority };
                         next_id += 1;
                         let accepted = q.push(it.clone()).is_ok();
                         prop_assert_eq!(accepted, model.len() < capacity);
@@ -363,33 +566,45 @@ mod tests {
                         }
                         // Everything left in the model is live now.
                         prop_assert!(model.iter().all(|m| !m.cancelled && m.deadline.is_none_or(|d| d > now)));
+                        let order = expected_order(&model, now, levels, max_wait);
                         match next {
                             Next::Empty => prop_assert!(model.is_empty()),
                             Next::WaitUntil(t) => {
                                 prop_assert!(busy && !model.is_empty());
-                                prop_assert_eq!(t, model[0].at + Duration::from_micros(delay_us));
+                                let mut want = order[0].at + delay;
+                                if levels > 1 {
+                                    // The next moment someone falls due.
+                                    for m in &model {
+                                        let aged = m.at + max_wait;
+                                        let due = m.deadline.map_or(aged, |d| aged.min(m.at + (d - m.at) / 2));
+                                        if due > now { want = want.min(due); }
+                                    }
+                                }
+                                prop_assert_eq!(t, want);
                                 prop_assert!(t > now);
                             }
                             Next::Batch(batch) => {
                                 prop_assert!(!batch.is_empty());
-                                // A FIFO prefix of the live queue.
-                                for (b, m) in batch.iter().zip(model.iter()) {
+                                // A prefix of the service order.
+                                for (b, m) in batch.iter().zip(order.iter()) {
                                     prop_assert_eq!(b.id, m.id);
                                 }
                                 let rows: usize = batch.iter().map(|b| b.rows).sum();
                                 prop_assert!(batch.len() == 1 || rows <= max_rows);
                                 prop_assert!(batch.iter().all(|b| b.key == batch[0].key));
-                                if let Some(last) = last_dispatched { prop_assert!(batch[0].id > last); }
-                                last_dispatched = batch.last().map(|b| b.id);
+                                if levels <= 1 {
+                                    if let Some(last) = last_dispatched { prop_assert!(batch[0].id > last); }
+                                    last_dispatched = batch.last().map(|b| b.id);
+                                }
                                 for b in &batch { prop_assert!(seen.insert(b.id), "dispatched twice"); }
                                 // An idle model never leaves work waiting;
                                 // a busy one only when full or overdue.
                                 if busy {
                                     let full = batch.len() < model.len() || rows >= max_rows;
-                                    let overdue = now >= model[0].at + Duration::from_micros(delay_us);
+                                    let overdue = now >= order[0].at + delay;
                                     prop_assert!(full || overdue || preferred.contains(&rows) || batch.len() < model.len());
                                 }
-                                model.drain(..batch.len());
+                                model.retain(|m| !batch.iter().any(|b| b.id == m.id));
                             }
                         }
                     }

@@ -34,21 +34,40 @@ pub fn version(v: &str) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// The request's `timeout` parameter (microseconds, as Triton's clients
-/// send it).
-fn timeout(params: &HashMap<String, InferParameter>) -> Result<Option<Duration>, ApiError> {
-    let Some(p) = params.get("timeout") else {
+/// A non-negative integer parameter, if the request has it; `unit` names
+/// what the number counts, for the error.
+fn u64_param(
+    params: &HashMap<String, InferParameter>,
+    name: &str,
+    unit: &str,
+) -> Result<Option<u64>, ApiError> {
+    let Some(p) = params.get(name) else {
         return Ok(None);
     };
-    let us = match &p.parameter_choice {
+    match &p.parameter_choice {
         Some(ParameterChoice::Int64Param(n)) => u64::try_from(*n).ok(),
         Some(ParameterChoice::Uint64Param(n)) => Some(*n),
         _ => None,
     }
+    .map(Some)
     .ok_or_else(|| {
-        bad("parameter 'timeout' must be a non-negative integer (microseconds)".into())
-    })?;
-    Ok((us > 0).then(|| Duration::from_micros(us)))
+        bad(format!(
+            "parameter '{name}' must be a non-negative integer{unit}"
+        ))
+    })
+}
+
+/// The request's `timeout` parameter (microseconds, as Triton's clients
+/// send it).
+fn timeout(params: &HashMap<String, InferParameter>) -> Result<Option<Duration>, ApiError> {
+    let us = u64_param(params, "timeout", " (microseconds)")?;
+    Ok(us.filter(|&us| us > 0).map(Duration::from_micros))
+}
+
+/// The request's `priority` parameter (1 the highest; 0 or absent: the
+/// model's default).
+fn priority(params: &HashMap<String, InferParameter>) -> Result<Option<u32>, ApiError> {
+    crate::protocol::priority(u64_param(params, "priority", "")?).map_err(|e| bad(e.0))
 }
 
 /// Decodes a `ModelInferRequest` into the request every door hands to
@@ -109,6 +128,7 @@ pub fn infer_request(req: ModelInferRequest) -> Result<InferRequest, ApiError> {
             .collect(),
         binary_output: false,
         timeout: timeout(&parameters)?,
+        priority: priority(&parameters)?,
     })
 }
 

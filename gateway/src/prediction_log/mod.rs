@@ -2,9 +2,10 @@
 //! feedback endpoint) becomes a record for the trainer, off the request's
 //! critical path.
 //!
-//! - [`TrafficLog`] is the handle the handlers use: one bounded channel
-//!   into the writer thread; a full channel drops the record and counts it
-//!   (it should stay 0: the channel holds seconds of traffic).
+//! - [`TrafficLog`] is the handle the handlers use: one bounded lock-free
+//!   queue into the writer thread, which polls it, so a request never
+//!   takes a lock or wakes a thread to log; a full queue drops the record
+//!   and counts it (it should stay 0: the queue holds seconds of traffic).
 //! - [`encode`] turns an event into the JSON record of `quiver_contract::records`.
 //! - [`writer`] is the thread. With brokers configured it produces to Kafka
 //!   ([`kafka`]) and, while the broker is slow or away, appends to the disk
@@ -18,11 +19,12 @@ pub mod settings;
 pub mod spool;
 pub mod writer;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
 
 use quiver_contract::records::LabelRecord;
 
@@ -85,8 +87,23 @@ impl Stream {
 pub(crate) enum Entry {
     Prediction(Box<PredictionEvent>),
     Labels(Vec<LabelRecord>),
-    /// Finish everything queued before it, then stop.
-    Shutdown,
+}
+
+/// What the handlers and the writer share.
+struct Queue {
+    entries: ArrayQueue<Entry>,
+    /// Set at shutdown: nothing more is taken; the writer writes out what
+    /// is queued and stops.
+    closed: AtomicBool,
+}
+
+impl Queue {
+    fn push(&self, entry: Entry) -> Result<(), LogError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        self.entries.push(entry).map_err(|_| LogError::Full)
+    }
 }
 
 /// Why labels were not taken.
@@ -102,7 +119,7 @@ pub enum LogError {
 
 /// The handlers' side of the log.
 pub struct TrafficLog {
-    tx: SyncSender<Entry>,
+    queue: Arc<Queue>,
     predictions: bool,
     /// Requests whose key hash falls below this are logged.
     sample_below: u64,
@@ -114,7 +131,11 @@ pub struct TrafficLog {
 impl TrafficLog {
     /// Starts the writer thread.
     pub fn start(settings: LogSettings) -> Result<Self, LogError> {
-        let (tx, rx) = sync_channel(settings.queue_capacity);
+        let queue = Arc::new(Queue {
+            entries: ArrayQueue::new(settings.queue_capacity.max(1)),
+            closed: AtomicBool::new(false),
+        });
+        let rx = Arc::clone(&queue);
         let predictions = settings.predictions;
         let sample_below = sample_threshold(settings.sample_rate);
         let writer = writer::Writer::open(settings).map_err(|e| LogError::Start(e.to_string()))?;
@@ -127,7 +148,7 @@ impl TrafficLog {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ (u64::from(std::process::id()) << 32);
         Ok(TrafficLog {
-            tx,
+            queue,
             predictions,
             sample_below,
             thread: Mutex::new(Some(thread)),
@@ -152,22 +173,15 @@ impl TrafficLog {
 
     /// Queues a prediction; never blocks. A full queue drops it (counted).
     pub fn log_prediction(&self, event: PredictionEvent) {
-        match self.tx.try_send(Entry::Prediction(Box::new(event))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                crate::metrics::log_records(Stream::Predictions.as_str(), "dropped", 1);
-            }
+        if self.queue.push(Entry::Prediction(Box::new(event))).is_err() {
+            crate::metrics::log_records(Stream::Predictions.as_str(), "dropped", 1);
         }
     }
 
     /// Queues labels; a full queue is the caller's to retry (the feedback
     /// endpoint answers 503), so no label is lost silently.
     pub fn log_labels(&self, labels: Vec<LabelRecord>) -> Result<(), LogError> {
-        match self.tx.try_send(Entry::Labels(labels)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(LogError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
-        }
+        self.queue.push(Entry::Labels(labels))
     }
 
     /// Writes out everything queued (to Kafka, else the spool; or the local
@@ -179,44 +193,59 @@ impl TrafficLog {
         let Some(thread) = slot.take() else {
             return;
         };
-        if self.tx.send(Entry::Shutdown).is_err() {
-            tracing::warn!("prediction log writer was already gone");
-        }
+        self.queue.closed.store(true, Ordering::Release);
+        thread.thread().unpark();
         if thread.join().is_err() {
             tracing::error!("prediction log writer panicked");
         }
     }
 }
 
-fn run(mut writer: writer::Writer, rx: Receiver<Entry>) {
-    let tick = Duration::from_millis(50);
+/// The writer polls the queue: every [`BUSY_POLL`] while records come,
+/// backing off to [`IDLE_POLL`] when none do. Nobody wakes it per record,
+/// so logging costs a request one lock-free push.
+fn run(mut writer: writer::Writer, queue: Arc<Queue>) {
+    let mut nap = BUSY_POLL;
     loop {
-        let first = match rx.recv_timeout(tick) {
-            Ok(e) => Some(e),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(Entry::Shutdown),
-        };
-        // Take what is queued now in one go: one flush per burst, not per
-        // record. Anything queued behind Shutdown (nothing should be) still
-        // goes out before the writer stops.
-        let mut stop = false;
-        for entry in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
+        // Checked before draining: whatever was queued before the close is
+        // written out below, and nothing can be queued after it.
+        let stop = queue.closed.load(Ordering::Acquire);
+        let mut taken = 0usize;
+        while let Some(entry) = queue.entries.pop() {
+            taken += 1;
             match entry {
                 Entry::Prediction(event) => writer.prediction(&event),
                 Entry::Labels(labels) => writer.labels(&labels),
-                Entry::Shutdown => stop = true,
             }
         }
         if stop {
+            // A push that saw the queue open just before the close lands
+            // right after it (the doors have drained by now, so there are
+            // none in practice): take those too.
+            while let Some(entry) = queue.entries.pop() {
+                match entry {
+                    Entry::Prediction(event) => writer.prediction(&event),
+                    Entry::Labels(labels) => writer.labels(&labels),
+                }
+            }
             writer.shutdown();
             return;
         }
         writer.tick();
+        nap = if taken > 0 {
+            BUSY_POLL
+        } else {
+            (nap * 2).min(IDLE_POLL)
+        };
+        std::thread::park_timeout(nap);
     }
 }
+
+/// How long records gather between bursts while traffic flows: what a
+/// record may wait on top of the flush.
+const BUSY_POLL: Duration = Duration::from_millis(2);
+/// The longest nap of an idle writer (it also ticks the spool and flushes).
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 fn sample_threshold(rate: f64) -> u64 {
     if rate >= 1.0 {
