@@ -82,6 +82,8 @@ struct State {
     /// (a moving average; 0 until measured): what an inline run would
     /// cost the caller's thread.
     row_cost_ns: u64,
+    /// When a request last arrived to find the model busy or work queued.
+    contended_at: Option<Instant>,
 }
 
 struct Shared {
@@ -158,6 +160,7 @@ impl Batcher {
                 busy: 0,
                 closed: false,
                 row_cost_ns: 0,
+                contended_at: None,
             }),
             wake: Condvar::new(),
             spec,
@@ -190,10 +193,11 @@ impl Batcher {
         })
     }
 
-    /// Queues `job`; a full queue hands it back at once. When nothing is
-    /// queued, a backend is free and the model is cheap enough, the job
-    /// runs here, on the caller's thread, before this returns: no thread
-    /// hop at all. The answer goes to the job's reply either way.
+    /// Queues `job`; a full queue hands it back at once. When the model is
+    /// idle (nothing queued or running, and no request found it busy in
+    /// the last [`INLINE_HOLD`]) and cheap enough, the job runs here, on
+    /// the caller's thread, before this returns: no thread hop at all. The
+    /// answer goes to the job's reply either way.
     pub fn submit(&self, job: Job) -> Result<(), Rejected> {
         self.push(job, true)
     }
@@ -208,9 +212,17 @@ impl Batcher {
         if state.closed {
             return Err(Rejected::Closed(job));
         }
+        let now = Instant::now();
+        if !state.queue.is_empty() || state.busy > 0 {
+            state.contended_at = Some(now);
+        }
         if let Some(max) = self.shared.inline_max
             && inline
             && state.queue.is_empty()
+            && state.busy == 0
+            && state
+                .contended_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= INLINE_HOLD)
             && state.row_cost_ns > 0
             && u128::from(state.row_cost_ns) * job.rows as u128 <= max.as_nanos()
             && let Some(backend) = state.idle.pop()
@@ -263,6 +275,12 @@ impl Drop for Batcher {
         self.close();
     }
 }
+
+/// After a request found the model busy, how long requests keep going
+/// through the queue instead of running inline. Under load that keeps
+/// them batching (one engine call for many), which costs less per request
+/// than a call each; a quiet model goes back to inline runs.
+const INLINE_HOLD: Duration = Duration::from_millis(2);
 
 /// A backend lent to an inline run; given back even if the run panics.
 struct Lease<'a> {
