@@ -23,10 +23,20 @@ pub type Body = Full<Bytes>;
 
 /// Every request enters here.
 pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // The URI's parts are shared, not copied; the path's segments go into
+    // a fixed array (no route has more than six), so routing allocates
+    // nothing.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let mut parts = [""; MAX_SEGMENTS + 1];
+    let mut count = 0;
+    for (slot, segment) in parts.iter_mut().zip(path.trim_matches('/').split('/')) {
+        *slot = segment;
+        count += 1;
+    }
+    let segments = &parts[..count];
     let method = req.method().clone();
-    let result = match (&method, segments.as_slice()) {
+    let result = match (&method, segments) {
         (&Method::GET, ["v2", "health", "live"]) => {
             Ok(reply::json(200, &serde_json::json!({"live": true})))
         }
@@ -92,6 +102,10 @@ pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<
         reply::error(&e)
     }))
 }
+
+/// The most path segments a route has (`v2/models/m/versions/1/infer`);
+/// a longer path keeps one more, so it matches no route.
+const MAX_SEGMENTS: usize = 6;
 
 /// `versions/{v}/...` → `(Some(v), ...)`; anything else has no version.
 fn split_version<'a, 'b>(rest: &'a [&'b str]) -> Result<(Option<u64>, &'a [&'b str]), ApiError> {
