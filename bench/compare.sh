@@ -31,6 +31,14 @@
 #   --swap-rate R       offered rate during the swap scenario (default 5000)
 #   --wait-idle         before each server, wait (up to 10 min) for the 1-minute
 #                       load average to fall below 0.7
+#   --kafka             also measure the Kafka door against a local broker
+#                       (nisshi, from scripts/setup.sh --broker): the ingress's
+#                       records/s end to end at saturation and its p99 at half
+#                       that rate (quiver-bench kafka), and HTTP closed-loop
+#                       throughput with the prediction log to Kafka against
+#                       off, --kafka-runs times; written to DIR/kafka/ and
+#                       printed. With --servers none, only this.
+#   --kafka-runs N      rounds of the prediction-log on/off pair (default 3)
 #
 # Each server runs alone while it is measured; the load generator shares the
 # machine's cores with it, as the report says.
@@ -41,7 +49,7 @@ ROOT="$PWD"
 model=mlp out="" servers="quiver,bare,triton,mlserver,fastapi"
 rates="500,1000,2000,3000,5000,7000,10000,14000,20000,28000,40000,56000,80000,112000,160000"
 duration=10 warmup=1 slo=5 format=json rows=1 connections=64 closed=0 wait_idle=0 fixed=()
-swap=0 swap_rate=5000
+swap=0 swap_rate=5000 kafka=0 kafka_runs=3
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out-dir) out="$2"; shift 2 ;;
@@ -59,6 +67,8 @@ while [[ $# -gt 0 ]]; do
         --wait-idle) wait_idle=1; shift ;;
         --swap) swap=1; shift ;;
         --swap-rate) swap_rate="$2"; shift 2 ;;
+        --kafka) kafka=1; shift ;;
+        --kafka-runs) kafka_runs="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -66,8 +76,9 @@ done
 out="${out:-bench/results/$model}"
 log() { echo "compare: $*" >&2; }
 
-eval "$(scripts/setup.sh)"
+if [[ "$kafka" == 1 ]]; then eval "$(scripts/setup.sh --broker)"; else eval "$(scripts/setup.sh)"; fi
 export ORT_DYLIB_PATH QUIVER_PYTHON
+[[ "$servers" == none ]] && servers=""
 case "$model" in
     mlp)
         repo="$ROOT/examples/models"; onnx="$repo/mlp/2/model.onnx"
@@ -115,11 +126,13 @@ stop_server() {
 }
 trap stop_server EXIT
 
-wait_idle
-log "in-process ONNX Runtime (compute ceiling)"
-"$bench" inprocess --model-path "${onnx#"$ROOT"/}" --batch-sizes 1,2,4,8,16,32 --seconds 3 \
-    --label onnxruntime --out "$out/onnxruntime.json" >/dev/null
-files+=("$out/onnxruntime.json")
+if [[ -n "$servers" ]]; then
+    wait_idle
+    log "in-process ONNX Runtime (compute ceiling)"
+    "$bench" inprocess --model-path "${onnx#"$ROOT"/}" --batch-sizes 1,2,4,8,16,32 --seconds 3 \
+        --label onnxruntime --out "$out/onnxruntime.json" >/dev/null
+    files+=("$out/onnxruntime.json")
+fi
 
 load_args=(--model "$model" --rows "$rows" --connections "$connections"
            --duration "$duration" --warmup "$warmup" --slo-p99-ms "$slo")
@@ -215,5 +228,96 @@ for s in ${servers//,/ }; do
 done
 
 [[ -n "$tls_dir" ]] && rm -rf "$tls_dir"
-"$bench" report --out-dir "$out" --gateway quiver --bare bare --inprocess onnxruntime \
-    "${fixed[@]}" "${files[@]}"
+if [[ -n "$servers" ]]; then
+    "$bench" report --out-dir "$out" --gateway quiver --bare bare --inprocess onnxruntime \
+        "${fixed[@]}" "${files[@]}"
+fi
+[[ "$kafka" == 1 ]] || exit 0
+
+# The Kafka door: one broker for the whole section, a fresh gateway (and
+# consumer group) per measurement.
+kout="$out/kafka"
+mkdir -p "$kout"
+kport=$((port + 10))
+brokers="127.0.0.1:$kport"
+broker_pid=""
+stop_all() {
+    stop_server
+    if [[ -n "$broker_pid" ]]; then
+        kill -TERM "$broker_pid" 2>/dev/null || true
+        wait "$broker_pid" 2>/dev/null || true
+        broker_pid=""
+    fi
+}
+trap stop_all EXIT
+log "starting the broker (nisshi) on $brokers"
+"$QUIVER_NISSHI" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
+    --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0s >"$kout/broker.log" 2>&1 &
+broker_pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$kport") 2>/dev/null && break; sleep 0.1; done
+spool="$(mktemp -d)" logdir="$(mktemp -d)"
+
+# A gateway on port+20 with the given environment; waits until it is ready.
+kgateway() {
+    env "$@" QUIVER_LOG__DIR="$logdir" QUIVER_KAFKA__SPOOL_DIR="$spool" \
+        "$target/quiver-gateway" --model-repository "$repo" --http-addr "127.0.0.1:$((port + 20))" \
+        --log warn 2>>"$kout/gateway.log" &
+    server_pid=$!
+}
+
+wait_idle
+log "Kafka ingress: saturation, then half of it"
+group="compare-$(date +%s)"
+kgateway QUIVER_KAFKA__BROKERS="$brokers" QUIVER_KAFKA__INGRESS__ENABLED=true \
+    QUIVER_KAFKA__INGRESS__GROUP_ID="$group" QUIVER_LOG__PREDICTIONS=false
+"$bench" kafka --brokers "$brokers" --url "http://127.0.0.1:$((port + 20))" --model "$model" \
+    --rows "$rows" --closed --half-saturation --duration "$duration" --warmup "$warmup" \
+    --slo-p99-ms "$slo" --label quiver-kafka --out "$kout/ingress.json" >"$kout/ingress.md"
+stop_server
+
+# The prediction log's cost: HTTP closed loop with it off, then to Kafka.
+for run in $(seq "$kafka_runs"); do
+    for mode in off kafka; do
+        wait_idle
+        log "prediction log $mode, round $run"
+        if [[ "$mode" == off ]]; then
+            kgateway QUIVER_LOG__PREDICTIONS=false
+        else
+            kgateway QUIVER_KAFKA__BROKERS="$brokers"
+        fi
+        "$bench" run --url "http://127.0.0.1:$((port + 20))" --label "log-$mode-$run" --model "$model" \
+            --format "$format" --rows "$rows" --closed --connections "$connections" \
+            --duration "$duration" --warmup "$warmup" --out "$kout/log-$mode-$run.json" >/dev/null
+        stop_server
+        sleep 1
+    done
+done
+stop_all
+rm -rf "$spool" "$logdir"
+
+# The summary: the two ingress figures and the on/off ratio per round.
+"$QUIVER_PYTHON" - "$kout" "$kafka_runs" >"$kout/report.md" <<'PY'
+import json, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+k = json.load(open(f"{out}/ingress.json"))["kafka"]
+totals = {f: sum(p[f] for p in k["points"]) for f in
+          ("produced", "answered", "error_answers", "unanswered", "produce_failed", "duplicates")}
+print("## Kafka door\n")
+print("| figure | value |\n|---|---:|")
+print(f"| ingress records/s end to end, saturation | {k['saturation_rps'] or 0:,.0f} |")
+if k.get("half_rate_rps"):
+    print(f"| p99 at half that rate ({k['half_rate_rps']:,.0f}/s) | {k['half_rate_p99_ms']:.2f} ms |")
+print(f"| first answer after (group join, not measured) | {k['ready_s']:.2f} s |")
+print("| records " + ", ".join(f"{n} {v}" for n, v in totals.items()) + " | |")
+print("\n| round | log off req/s | log to Kafka req/s | on/off |\n|---|---:|---:|---:|")
+ratios = []
+for r in range(1, runs + 1):
+    rps = {m: json.load(open(f"{out}/log-{m}-{r}.json"))["points"][-1]["achieved_rps"] for m in ("off", "kafka")}
+    ratio = rps["kafka"] / rps["off"] if rps["off"] else 0.0
+    ratios.append(ratio)
+    print(f"| {r} | {rps['off']:,.0f} | {rps['kafka']:,.0f} | {ratio:.3f} |")
+if ratios:
+    print(f"\nPrediction log on/off: mean {sum(ratios) / len(ratios):.3f}, "
+          f"spread {min(ratios):.3f}–{max(ratios):.3f} over {len(ratios)} rounds.")
+PY
+cat "$kout/report.md"

@@ -1,4 +1,5 @@
-//! The command line: `run` (load one server), `inprocess` (compute
+//! The command line: `run` (load one server), `kafka` (load a Kafka
+//! ingress), `inprocess` (compute
 //! ceiling), `bare-server` (transport ceiling), `report` (side by side);
 //! the `stream*` subcommands live in [`crate::online::cli`].
 
@@ -29,6 +30,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// The compute ceiling: run a model in process through ONNX Runtime.
     Inprocess(InprocessArgs),
+    /// Load a gateway's Kafka ingress: produce requests, match the answers.
+    Kafka(Box<crate::kafka::KafkaArgs>),
     /// The transport ceiling: an HTTP server on the gateway's stack with no model.
     BareServer(BareArgs),
     /// Put result files side by side: report.md, report.json, SVG plots.
@@ -221,6 +224,7 @@ pub fn main() -> Result<()> {
             write_out(a.out.as_ref(), &ResultFile::Inprocess(r))?;
             emit(&md)
         }
+        Command::Kafka(a) => crate::kafka::main(*a),
         Command::BareServer(a) => bare::serve(
             &a.addr,
             &a.model,
@@ -243,7 +247,7 @@ pub fn main() -> Result<()> {
     }
 }
 
-fn roles_none() -> report::Roles {
+pub(crate) fn roles_none() -> report::Roles {
     report::Roles {
         gateway: String::new(),
         bare: String::new(),
@@ -253,14 +257,14 @@ fn roles_none() -> report::Roles {
 }
 
 /// The report on stdout: the one thing this CLI prints there.
-fn emit(text: &str) -> Result<()> {
+pub(crate) fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
-fn write_out(path: Option<&PathBuf>, file: &ResultFile) -> Result<()> {
+pub(crate) fn write_out(path: Option<&PathBuf>, file: &ResultFile) -> Result<()> {
     if let Some(p) = path {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -271,7 +275,7 @@ fn write_out(path: Option<&PathBuf>, file: &ResultFile) -> Result<()> {
     Ok(())
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok());
@@ -520,6 +524,7 @@ async fn run(a: RunArgs) -> Result<()> {
         max_rate_held: analysis::max_rate_held(&points),
         points,
         swap: swap_report,
+        kafka: None,
     };
     write_out(a.out.as_ref(), &ResultFile::Load(Box::new(result.clone())))?;
     let md = report::markdown::render(

@@ -255,8 +255,14 @@ impl KafkaSink {
         }
     }
 
-    /// Spools what the broker refused, then flushes (or syncs) the spools.
+    /// Counts what the broker confirmed, spools what it refused, then
+    /// flushes (or syncs) the spools.
     fn absorb_failed(&mut self, sync: bool) {
+        for (stream, n) in Stream::ALL.into_iter().zip(self.producer.take_produced()) {
+            if n > 0 {
+                crate::metrics::log_records(stream.as_str(), "produced", n);
+            }
+        }
         let failed = self.producer.take_failed();
         if let Some(first) = failed.first() {
             let why = format!("delivery failed: {}", first.error);
