@@ -34,7 +34,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{MAX_EARLY, Plan, Sample};
+use crate::driver::{Pacer, Plan, Sample};
 use crate::endpoint::{Outcome, Status};
 use crate::result::{LoadRun, ResultFile, SCHEMA};
 use crate::schedule::Schedule;
@@ -151,7 +151,8 @@ pub struct KafkaReport {
 pub struct KafkaPoint {
     /// Records handed to the producer.
     pub produced: u64,
-    /// Records the broker refused or that timed out in the producer.
+    /// Records the broker refused (or that timed out in the producer),
+    /// and records librdkafka's queue never took.
     pub produce_failed: u64,
     /// Records answered (any status), each counted once.
     pub answered: u64,
@@ -426,17 +427,10 @@ impl Client {
                     length: plan.length(),
                 };
                 sent.reserve(schedule.count() as usize);
-                let mut oversleep = Duration::from_micros(50);
+                let mut pacer = Pacer::default();
                 for i in 0..schedule.count() {
                     let due = start + schedule.due(i);
-                    let now = Instant::now();
-                    if due > now + oversleep {
-                        let want = due - now - oversleep;
-                        let before = Instant::now();
-                        std::thread::sleep(want);
-                        let late = before.elapsed().saturating_sub(want);
-                        oversleep = ((oversleep * 7 + late) / 8).min(MAX_EARLY);
-                    }
+                    pacer.wait_until(due);
                     let at = Instant::now();
                     let ok = self.produce(number, i, deadline);
                     // Early sends count as due when sent (see driver::Worker::one).
@@ -473,17 +467,13 @@ impl Client {
             std::thread::sleep(Duration::from_millis(2));
             note.tick(produced, &self.answers, failed());
         }
-        self.account(number, plan, start, &sent)
+        let (answers, refused) = self.take_fates(number);
+        account(number, plan, start, &sent, answers, &refused)
     }
 
-    /// Matches answers and delivery failures to the records of one point.
-    fn account(
-        &self,
-        number: u32,
-        plan: &Plan,
-        start: Instant,
-        sent: &[(Duration, Option<Duration>)],
-    ) -> (Vec<Sample>, KafkaPoint) {
+    /// The answers read since the point began, and the indexes of its
+    /// records the broker refused.
+    fn take_fates(&self, number: u32) -> (Vec<Answer>, Vec<u64>) {
         let answers = self
             .answers
             .list
@@ -500,65 +490,79 @@ impl Client {
                 mine.into_iter().map(|x| x.1).collect()
             })
             .unwrap_or_default();
-        let mut k = KafkaPoint {
-            produced: sent.iter().filter(|s| s.1.is_some()).count() as u64,
-            ..KafkaPoint::default()
-        };
-        let mut first: Vec<Option<(Duration, Status)>> = vec![None; sent.len()];
-        for a in answers {
-            let slot = (a.point == number)
-                .then(|| first.get_mut(a.index as usize))
-                .flatten();
-            match slot {
-                None => k.stale += u64::from(a.point != PROBE),
-                Some(Some(_)) => k.duplicates += 1,
-                Some(s @ None) => *s = Some((a.at.saturating_duration_since(start), a.status)),
-            }
-        }
-        let mut is_refused = vec![false; sent.len()];
-        for i in refused {
-            if let Some(r) = is_refused.get_mut(i as usize) {
-                *r = true;
-            }
-        }
-        let end = plan.length() + plan.drain;
-        let samples = sent
-            .iter()
-            .zip(first)
-            .zip(is_refused)
-            .map(|((&(due, sent_at), answer), refused)| {
-                let sent = sent_at.unwrap_or(due);
-                let (done, status) = match (sent_at, answer, refused) {
-                    (_, Some((done, status)), _) => {
-                        k.answered += 1;
-                        if !status.is_ok() {
-                            k.error_answers += 1;
-                        }
-                        if done.saturating_sub(sent) > plan.timeout {
-                            (done, Status::Timeout)
-                        } else {
-                            (done, status)
-                        }
-                    }
-                    (None, None, _) | (_, None, true) => {
-                        k.produce_failed += 1;
-                        (end, Status::Io)
-                    }
-                    (Some(_), None, false) => {
-                        k.unanswered += 1;
-                        (end, Status::Timeout)
-                    }
-                };
-                Sample {
-                    due,
-                    sent,
-                    done,
-                    outcome: Outcome::failed(status),
-                }
-            })
-            .collect();
-        (samples, k)
+        (answers, refused)
     }
+}
+
+/// Matches the answers and delivery failures of one point to its records
+/// (`sent`: due and sent offsets, `None` when never handed over): each
+/// record becomes one sample, and its fate is counted.
+fn account(
+    number: u32,
+    plan: &Plan,
+    start: Instant,
+    sent: &[(Duration, Option<Duration>)],
+    answers: Vec<Answer>,
+    refused: &[u64],
+) -> (Vec<Sample>, KafkaPoint) {
+    let mut k = KafkaPoint {
+        produced: sent.iter().filter(|s| s.1.is_some()).count() as u64,
+        ..KafkaPoint::default()
+    };
+    let mut first: Vec<Option<(Duration, Status)>> = vec![None; sent.len()];
+    for a in answers {
+        let slot = (a.point == number)
+            .then(|| first.get_mut(a.index as usize))
+            .flatten();
+        match slot {
+            None => k.stale += u64::from(a.point != PROBE),
+            Some(Some(_)) => k.duplicates += 1,
+            Some(s @ None) => *s = Some((a.at.saturating_duration_since(start), a.status)),
+        }
+    }
+    let mut is_refused = vec![false; sent.len()];
+    for &i in refused {
+        if let Some(r) = is_refused.get_mut(i as usize) {
+            *r = true;
+        }
+    }
+    let end = plan.length() + plan.drain;
+    let samples = sent
+        .iter()
+        .zip(first)
+        .zip(is_refused)
+        .map(|((&(due, sent_at), answer), refused)| {
+            let sent = sent_at.unwrap_or(due);
+            let (done, status) = match (sent_at, answer, refused) {
+                (_, Some((done, status)), _) => {
+                    k.answered += 1;
+                    if !status.is_ok() {
+                        k.error_answers += 1;
+                    }
+                    if done.saturating_sub(sent) > plan.timeout {
+                        (done, Status::Timeout)
+                    } else {
+                        (done, status)
+                    }
+                }
+                (None, None, _) | (_, None, true) => {
+                    k.produce_failed += 1;
+                    (end, Status::Io)
+                }
+                (Some(_), None, false) => {
+                    k.unanswered += 1;
+                    (end, Status::Timeout)
+                }
+            };
+            Sample {
+                due,
+                sent,
+                done,
+                outcome: Outcome::failed(status),
+            }
+        })
+        .collect();
+    (samples, k)
 }
 
 /// The consumer thread: every answer of this run, with its arrival time.
@@ -864,6 +868,68 @@ mod tests {
         assert_eq!(a.parse_key(b"qbabc.2"), None);
         assert_eq!(a.parse_key(b"qbabc.x.1"), None);
         assert_eq!(a.parse_key(&[0xff, 0xfe]), None);
+    }
+
+    /// Every record becomes one sample with its fate: answered (first
+    /// answer wins, later ones are duplicates), refused by the broker,
+    /// never handed over, or never answered; other points' answers are
+    /// stale.
+    #[test]
+    fn every_record_is_accounted_for() {
+        let ms = Duration::from_millis;
+        let plan = Plan {
+            rate: Some(1000.0),
+            connections: 1,
+            warmup: Duration::ZERO,
+            duration: ms(10),
+            timeout: ms(100),
+            drain: ms(500),
+        };
+        let start = Instant::now();
+        let sent: Vec<_> = (0..6u64)
+            .map(|i| (ms(i), (i != 4).then(|| ms(i))))
+            .collect();
+        let answer = |point, index, at: u64, code| Answer {
+            point,
+            index,
+            at: start + ms(at),
+            status: Status::Answered(code),
+        };
+        let answers = vec![
+            answer(2, 0, 3, 200),
+            answer(2, 1, 4, 503),
+            answer(2, 0, 9, 200),
+            answer(1, 3, 5, 200),
+            answer(PROBE, 0, 5, 200),
+            answer(2, 5, 300, 200),
+        ];
+        let (samples, k) = account(2, &plan, start, &sent, answers, &[2]);
+        assert_eq!(
+            k,
+            KafkaPoint {
+                produced: 5,
+                produce_failed: 2,
+                answered: 3,
+                error_answers: 1,
+                unanswered: 1,
+                duplicates: 1,
+                stale: 1,
+            }
+        );
+        let status: Vec<Status> = samples.iter().map(|s| s.outcome.status).collect();
+        assert_eq!(
+            status,
+            [
+                Status::Answered(200),
+                Status::Answered(503),
+                Status::Io,
+                Status::Timeout,
+                Status::Io,
+                Status::Timeout,
+            ]
+        );
+        assert_eq!(samples[0].done, ms(3));
+        assert_eq!(samples[3].done, ms(510));
     }
 
     #[test]

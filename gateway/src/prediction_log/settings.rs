@@ -77,8 +77,8 @@ pub struct KafkaConfig {
     pub shutdown_flush_ms: u64,
     /// librdkafka producer options, passed through as they are, e.g.
     /// `"linger.ms" = "5"`, `"security.protocol" = "ssl"`. Quiver's
-    /// defaults: linger.ms 5, compression.type zstd, acks all,
-    /// message.timeout.ms 10000 for the prediction log; the same but
+    /// defaults: linger.ms 50, compression.type zstd, acks all,
+    /// message.timeout.ms 10000 for the prediction log; linger.ms 5 and
     /// compression.type none for ingress answers, which a client waits
     /// for. Options set here apply to both. (Idempotence stays off: a producer id does
     /// not survive a broker that restarts empty, and every record has its
@@ -248,7 +248,9 @@ pub fn validate(
     let brokers = kafka.brokers.trim().to_string();
     let producer = client_options(
         &[
-            ("linger.ms", "5"),
+            // Off every request's path: large batches, few produce requests
+            // (a local broker spends 5x less per record than at 5 ms).
+            ("linger.ms", "50"),
             ("compression.type", "zstd"),
             ("acks", "all"),
             ("message.timeout.ms", "10000"),
