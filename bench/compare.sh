@@ -40,6 +40,9 @@
 #                       off, --kafka-runs times; written to DIR/kafka/ and
 #                       printed. With --servers none, only this.
 #   --kafka-runs N      rounds of the prediction-log on/off pair (default 3)
+#   --kafka-before BIN  also measure this gateway binary (e.g. one built from
+#                       an earlier commit) in the Kafka section, interleaved
+#                       with the current one, for a before/after in one run
 #
 # Each server runs alone while it is measured; the load generator shares the
 # machine's cores with it, as the report says.
@@ -50,7 +53,7 @@ ROOT="$PWD"
 model=mlp out="" servers="quiver,bare,triton,mlserver,fastapi"
 rates="500,1000,2000,3000,5000,7000,10000,14000,20000,28000,40000,56000,80000,112000,160000"
 duration=10 warmup=1 slo=5 format=json rows=1 connections=64 closed=0 wait_idle=0 fixed=()
-swap=0 swap_rate=5000 kafka=0 kafka_runs=3
+swap=0 swap_rate=5000 kafka=0 kafka_runs=3 kafka_before=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out-dir) out="$2"; shift 2 ;;
@@ -70,6 +73,7 @@ while [[ $# -gt 0 ]]; do
         --swap-rate) swap_rate="$2"; shift 2 ;;
         --kafka) kafka=1; shift ;;
         --kafka-runs) kafka_runs="$2"; shift 2 ;;
+        --kafka-before) kafka=1; kafka_before="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -263,79 +267,101 @@ start_broker() {
 }
 spool="$(mktemp -d)" logdir="$(mktemp -d)"
 
-# A gateway on port+20 with the given environment.
+# The gateways measured: the one just built ("after"), and with
+# --kafka-before an earlier build ("before"), interleaved.
+declare -A gateway_bin=([after]="$target/quiver-gateway")
+builds=(after)
+if [[ -n "$kafka_before" ]]; then
+    gateway_bin[before]="$kafka_before"
+    builds=(before after)
+fi
+
+# Gateway build $1 on port+20 with the rest as its environment.
 kgateway() {
+    local bin="${gateway_bin[$1]}"; shift
     env "$@" QUIVER_LOG__DIR="$logdir" QUIVER_KAFKA__SPOOL_DIR="$spool" \
-        "$target/quiver-gateway" --model-repository "$repo" --http-addr "127.0.0.1:$((port + 20))" \
+        "$bin" --model-repository "$repo" --http-addr "127.0.0.1:$((port + 20))" \
         --log warn 2>>"$kout/gateway.log" &
     server_pid=$!
 }
 
-# quiver-bench kafka against a fresh broker and an ingress gateway with
-# Quiver's defaults (its predictions logged to the same broker).
+# quiver-bench kafka against a fresh broker and an ingress gateway (build
+# $1) with Quiver's defaults, its predictions logged to the same broker.
 ingress() {
-    local name="$1"; shift
+    local build="$1" name="$2"; shift 2
     wait_idle
     start_broker
-    kgateway QUIVER_KAFKA__BROKERS="$brokers" QUIVER_KAFKA__INGRESS__ENABLED=true
+    kgateway "$build" QUIVER_KAFKA__BROKERS="$brokers" QUIVER_KAFKA__INGRESS__ENABLED=true
     "$bench" kafka --brokers "$brokers" --url "http://127.0.0.1:$((port + 20))" --model "$model" \
         --rows "$rows" --duration "$duration" --warmup "$warmup" --slo-p99-ms "$slo" \
         --label "$name" --out "$kout/$name.json" "$@" >"$kout/$name.md"
     stop_all
 }
-log "Kafka ingress: saturation"
-ingress ingress-saturation --closed
-half="$("$QUIVER_PYTHON" -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["kafka"]["saturation_rps"] / 2))' "$kout/ingress-saturation.json")"
-log "Kafka ingress: half of saturation, $half records/s"
-ingress ingress-half --rate "$half"
+for build in "${builds[@]}"; do
+    log "Kafka ingress ($build): saturation"
+    ingress "$build" "ingress-saturation-$build" --closed
+done
+for build in "${builds[@]}"; do
+    half="$("$QUIVER_PYTHON" -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["kafka"]["saturation_rps"] / 2))' "$kout/ingress-saturation-$build.json")"
+    log "Kafka ingress ($build): half of saturation, $half records/s"
+    ingress "$build" "ingress-half-$build" --rate "$half"
+done
 
 # The prediction log's cost: HTTP closed loop with it off, then to Kafka.
 start_broker
 for run in $(seq "$kafka_runs"); do
-    for mode in off kafka; do
-        wait_idle
-        log "prediction log $mode, round $run"
-        if [[ "$mode" == off ]]; then
-            kgateway QUIVER_LOG__PREDICTIONS=false
-        else
-            kgateway QUIVER_KAFKA__BROKERS="$brokers"
-        fi
-        "$bench" run --url "http://127.0.0.1:$((port + 20))" --label "log-$mode-$run" --model "$model" \
-            --format "$format" --rows "$rows" --closed --connections "$connections" \
-            --duration "$duration" --warmup "$warmup" --out "$kout/log-$mode-$run.json" >/dev/null
-        stop_server
-        sleep 1
+    for build in "${builds[@]}"; do
+        for mode in off kafka; do
+            wait_idle
+            log "prediction log $mode ($build), round $run"
+            if [[ "$mode" == off ]]; then
+                kgateway "$build" QUIVER_LOG__PREDICTIONS=false
+            else
+                kgateway "$build" QUIVER_KAFKA__BROKERS="$brokers"
+            fi
+            name="log-$mode-$build-$run"
+            "$bench" run --url "http://127.0.0.1:$((port + 20))" --label "$name" --model "$model" \
+                --format "$format" --rows "$rows" --closed --connections "$connections" \
+                --duration "$duration" --warmup "$warmup" --out "$kout/$name.json" >/dev/null
+            stop_server
+            sleep 1
+        done
     done
 done
 stop_all
 rm -rf "$spool" "$logdir"
 
-# The summary: the two ingress figures and the on/off ratio per round.
-"$QUIVER_PYTHON" - "$kout" "$kafka_runs" >"$kout/report.md" <<'PY'
+# The summary: the two ingress figures and the on/off ratio per round,
+# per build.
+"$QUIVER_PYTHON" - "$kout" "$kafka_runs" "${builds[@]}" >"$kout/report.md" <<'PY'
 import json, sys
-out, runs = sys.argv[1], int(sys.argv[2])
-sat = json.load(open(f"{out}/ingress-saturation.json"))
-half = json.load(open(f"{out}/ingress-half.json"))
-fates = sat["kafka"]["points"] + half["kafka"]["points"]
-totals = {f: sum(p[f] for p in fates) for f in
-          ("produced", "answered", "error_answers", "unanswered", "produce_failed", "duplicates")}
-hp = half["points"][0]
+out, runs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+load = lambda name: json.load(open(f"{out}/{name}.json"))
 print("## Kafka door\n")
-print("| figure | value |\n|---|---:|")
-print(f"| ingress records/s end to end, saturation | {sat['kafka']['saturation_rps'] or 0:,.0f} |")
-print(f"| p99 at half that rate ({hp['offered_rps']:,.0f}/s offered, {hp['achieved_rps']:,.0f}/s answered) "
-      f"| {hp['latency']['p99_us'] / 1e3:.2f} ms (p50 {hp['latency']['p50_us'] / 1e3:.2f} ms) |")
-print(f"| first answer after (group join, not measured) | {sat['kafka']['ready_s']:.2f} s, {half['kafka']['ready_s']:.2f} s |")
+print("| build | ingress records/s, saturation | half rate offered | answered | p50 | p99 | first answer after |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+totals = {}
+for b in builds:
+    sat, half = load(f"ingress-saturation-{b}"), load(f"ingress-half-{b}")
+    for p in sat["kafka"]["points"] + half["kafka"]["points"]:
+        for f, v in p.items():
+            totals[f] = totals.get(f, 0) + v
+    hp = half["points"][0]
+    print(f"| {b} | {sat['kafka']['saturation_rps'] or 0:,.0f} | {hp['offered_rps']:,.0f}/s "
+          f"| {hp['achieved_rps']:,.0f}/s | {hp['latency']['p50_us'] / 1e3:.2f} ms "
+          f"| {hp['latency']['p99_us'] / 1e3:.2f} ms | {sat['kafka']['ready_s']:.1f} s |")
 print("\nRecords: " + ", ".join(f"{n} {v}" for n, v in totals.items()) + ".")
-print("\n| round | log off req/s | log to Kafka req/s | on/off |\n|---|---:|---:|---:|")
-ratios = []
+print("\n| round | build | log off req/s | log to Kafka req/s | on/off |\n|---|---|---:|---:|---:|")
+ratios = {b: [] for b in builds}
 for r in range(1, runs + 1):
-    rps = {m: json.load(open(f"{out}/log-{m}-{r}.json"))["points"][-1]["achieved_rps"] for m in ("off", "kafka")}
-    ratio = rps["kafka"] / rps["off"] if rps["off"] else 0.0
-    ratios.append(ratio)
-    print(f"| {r} | {rps['off']:,.0f} | {rps['kafka']:,.0f} | {ratio:.3f} |")
-if ratios:
-    print(f"\nPrediction log on/off: mean {sum(ratios) / len(ratios):.3f}, "
-          f"spread {min(ratios):.3f}–{max(ratios):.3f} over {len(ratios)} rounds.")
+    for b in builds:
+        rps = {m: load(f"log-{m}-{b}-{r}")["points"][-1]["achieved_rps"] for m in ("off", "kafka")}
+        ratio = rps["kafka"] / rps["off"] if rps["off"] else 0.0
+        ratios[b].append(ratio)
+        print(f"| {r} | {b} | {rps['off']:,.0f} | {rps['kafka']:,.0f} | {ratio:.3f} |")
+for b, rs in ratios.items():
+    if rs:
+        print(f"\nPrediction log on/off ({b}): mean {sum(rs) / len(rs):.3f}, "
+              f"spread {min(rs):.3f}–{max(rs):.3f} over {len(rs)} rounds.")
 PY
 cat "$kout/report.md"
