@@ -285,6 +285,21 @@ kgateway() {
     server_pid=$!
 }
 
+# CPU seconds a process has used so far (user + system).
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# Runs the rest as a command and writes the CPU the gateway and the broker
+# spent meanwhile to $kout/$1.cpu.json: on a shared machine, CPU per
+# request moves less than requests per second do.
+with_cpu() {
+    local name="$1"; shift
+    local g0 b0
+    g0="$(cpu_s "$server_pid")" b0="$(cpu_s "$broker_pid")"
+    "$@"
+    printf '{"gateway_cpu_s": %s, "broker_cpu_s": %s}\n' \
+        "$(awk -v a="$g0" -v b="$(cpu_s "$server_pid")" 'BEGIN { print b - a }')" \
+        "$(awk -v a="$b0" -v b="$(cpu_s "$broker_pid")" 'BEGIN { print b - a }')" >"$kout/$name.cpu.json"
+}
+
 # quiver-bench kafka against a fresh broker and an ingress gateway (build
 # $1) with Quiver's defaults, its predictions logged to the same broker.
 ingress() {
@@ -292,9 +307,9 @@ ingress() {
     wait_idle
     start_broker
     kgateway "$build" QUIVER_KAFKA__BROKERS="$brokers" QUIVER_KAFKA__INGRESS__ENABLED=true
-    "$bench" kafka --brokers "$brokers" --url "http://127.0.0.1:$((port + 20))" --model "$model" \
-        --rows "$rows" --duration "$duration" --warmup "$warmup" --slo-p99-ms "$slo" \
-        --label "$name" --out "$kout/$name.json" "$@" >"$kout/$name.md"
+    with_cpu "$name" "$bench" kafka --brokers "$brokers" --url "http://127.0.0.1:$((port + 20))" \
+        --model "$model" --rows "$rows" --duration "$duration" --warmup "$warmup" \
+        --slo-p99-ms "$slo" --label "$name" --out "$kout/$name.json" "$@" >"$kout/$name.md"
     stop_all
 }
 for build in "${builds[@]}"; do
@@ -320,9 +335,10 @@ for run in $(seq "$kafka_runs"); do
                 kgateway "$build" QUIVER_KAFKA__BROKERS="$brokers"
             fi
             name="log-$mode-$build-$run"
-            "$bench" run --url "http://127.0.0.1:$((port + 20))" --label "$name" --model "$model" \
-                --format "$format" --rows "$rows" --closed --connections "$connections" \
-                --duration "$duration" --warmup "$warmup" --out "$kout/$name.json" >/dev/null
+            with_cpu "$name" "$bench" run --url "http://127.0.0.1:$((port + 20))" --label "$name" \
+                --model "$model" --format "$format" --rows "$rows" --closed \
+                --connections "$connections" --duration "$duration" --warmup "$warmup" \
+                --out "$kout/$name.json" >/dev/null
             stop_server
             sleep 1
         done
@@ -338,8 +354,15 @@ import json, sys
 out, runs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 load = lambda name: json.load(open(f"{out}/{name}.json"))
 print("## Kafka door\n")
-print("| build | ingress records/s, saturation | half rate offered | answered | p50 | p99 | first answer after |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+cpu = lambda name: json.load(open(f"{out}/{name}.cpu.json"))
+def per_record(name, run):
+    # CPU over the whole bench run (ready, warm-up, drain too) per answer.
+    c = cpu(name)
+    n = sum(p["answered"] for p in run["kafka"]["points"]) if "kafka" in run else \
+        sum(p["ok"] for p in run["points"])
+    return 1e6 * c["gateway_cpu_s"] / max(n, 1), 1e6 * c["broker_cpu_s"] / max(n, 1)
+print("| build | ingress records/s, saturation | gateway / broker CPU per record | half rate offered | answered | p50 | p99 | first answer after |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 totals = {}
 for b in builds:
     sat, half = load(f"ingress-saturation-{b}"), load(f"ingress-half-{b}")
@@ -347,21 +370,30 @@ for b in builds:
         for f, v in p.items():
             totals[f] = totals.get(f, 0) + v
     hp = half["points"][0]
-    print(f"| {b} | {sat['kafka']['saturation_rps'] or 0:,.0f} | {hp['offered_rps']:,.0f}/s "
+    g, k = per_record(f"ingress-saturation-{b}", sat)
+    print(f"| {b} | {sat['kafka']['saturation_rps'] or 0:,.0f} | {g:.1f} / {k:.1f} µs | {hp['offered_rps']:,.0f}/s "
           f"| {hp['achieved_rps']:,.0f}/s | {hp['latency']['p50_us'] / 1e3:.2f} ms "
           f"| {hp['latency']['p99_us'] / 1e3:.2f} ms | {sat['kafka']['ready_s']:.1f} s |")
 print("\nRecords: " + ", ".join(f"{n} {v}" for n, v in totals.items()) + ".")
-print("\n| round | build | log off req/s | log to Kafka req/s | on/off |\n|---|---|---:|---:|---:|")
+print("\n| round | build | log off req/s | log to Kafka req/s | on/off | CPU per request off → on (gateway + broker) | CPU on/off |")
+print("|---|---|---:|---:|---:|---:|---:|")
 ratios = {b: [] for b in builds}
+cpu_ratios = {b: [] for b in builds}
 for r in range(1, runs + 1):
     for b in builds:
-        rps = {m: load(f"log-{m}-{b}-{r}")["points"][-1]["achieved_rps"] for m in ("off", "kafka")}
+        runs_ = {m: load(f"log-{m}-{b}-{r}") for m in ("off", "kafka")}
+        rps = {m: x["points"][-1]["achieved_rps"] for m, x in runs_.items()}
+        us = {m: sum(per_record(f"log-{m}-{b}-{r}", x)) for m, x in runs_.items()}
         ratio = rps["kafka"] / rps["off"] if rps["off"] else 0.0
         ratios[b].append(ratio)
-        print(f"| {r} | {b} | {rps['off']:,.0f} | {rps['kafka']:,.0f} | {ratio:.3f} |")
+        cpu_ratios[b].append(us["kafka"] / us["off"] if us["off"] else 0.0)
+        print(f"| {r} | {b} | {rps['off']:,.0f} | {rps['kafka']:,.0f} | {ratio:.3f} "
+              f"| {us['off']:.1f} → {us['kafka']:.1f} µs | {cpu_ratios[b][-1]:.3f} |")
 for b, rs in ratios.items():
     if rs:
-        print(f"\nPrediction log on/off ({b}): mean {sum(rs) / len(rs):.3f}, "
-              f"spread {min(rs):.3f}–{max(rs):.3f} over {len(rs)} rounds.")
+        c = cpu_ratios[b]
+        print(f"\nPrediction log on/off ({b}): throughput mean {sum(rs) / len(rs):.3f}, "
+              f"spread {min(rs):.3f}–{max(rs):.3f} over {len(rs)} rounds; server CPU per request "
+              f"on/off mean {sum(c) / len(c):.3f}, spread {min(c):.3f}–{max(c):.3f}.")
 PY
 cat "$kout/report.md"
