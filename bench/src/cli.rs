@@ -74,12 +74,6 @@ struct RunArgs {
     /// json or binary over HTTP; raw (default over gRPC) or typed over gRPC.
     #[arg(long, value_enum)]
     format: Option<Format>,
-    /// Offered rates in req/s, comma-separated; several make a sweep.
-    #[arg(long, value_delimiter = ',')]
-    rate: Vec<f64>,
-    /// A geometric sweep FROM:TO:FACTOR, e.g. 1000:100000:1.5.
-    #[arg(long)]
-    sweep: Option<String>,
     /// Closed loop: each connection sends back to back. With --rate or
     /// --sweep, one closed-loop point after the sweep (saturation).
     #[arg(long)]
@@ -90,28 +84,8 @@ struct RunArgs {
     /// Threads of the load generator's async runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Seconds measured per point.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Seconds sent before measuring, per point.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// A point holds when p99 ≤ this (ms), nothing failed, and achieved ≥ 90 % of offered.
-    #[arg(long, default_value_t = 5.0)]
-    slo_p99_ms: f64,
-    /// Stop the sweep after this many consecutive points fail to hold (one
-    /// noisy point on a shared machine does not end it).
-    #[arg(long, default_value_t = 2)]
-    patience: usize,
-    /// Keep sweeping whatever happens.
-    #[arg(long)]
-    no_stop: bool,
-    /// Per-request timeout, ms.
-    #[arg(long, default_value_t = 10_000)]
-    timeout_ms: u64,
-    /// Timeline resolution, ms.
-    #[arg(long, default_value_t = 1_000)]
-    slice_ms: u64,
+    #[command(flatten)]
+    points: PointArgs,
     /// The server's name in reports.
     #[arg(long, default_value = "server")]
     label: String,
@@ -120,6 +94,40 @@ struct RunArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     swap: SwapArgs,
+}
+
+/// The points of a run and how each is measured: shared by `run` and
+/// `kafka`.
+#[derive(Args, Debug)]
+pub struct PointArgs {
+    /// Offered rates per second, comma-separated; several make a sweep.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// A geometric sweep FROM:TO:FACTOR, e.g. 1000:100000:1.5.
+    #[arg(long)]
+    pub sweep: Option<String>,
+    /// Seconds measured per point.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds sent before measuring, per point.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// A point holds when p99 ≤ this (ms), nothing failed, and achieved ≥ 90 % of offered.
+    #[arg(long, default_value_t = 5.0)]
+    pub slo_p99_ms: f64,
+    /// Stop the sweep after this many consecutive points fail to hold (one
+    /// noisy point on a shared machine does not end it).
+    #[arg(long, default_value_t = 2)]
+    pub patience: usize,
+    /// Keep sweeping whatever happens.
+    #[arg(long)]
+    pub no_stop: bool,
+    /// Per-request timeout, ms: a later answer counts as a timeout.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Timeline resolution, ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub slice_ms: u64,
 }
 
 /// The hot-swap scenario (open loop, one rate).
@@ -417,7 +425,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let endpoint = Arc::new(endpoint);
     // The open-loop rates, then (with --closed) one closed-loop point that
     // finds saturation.
-    let open_rates = rates(&a.rate, a.sweep.as_deref())?;
+    let open_rates = rates(&a.points.rate, a.points.sweep.as_deref())?;
     let mut rates: Vec<Option<f64>> = open_rates.iter().copied().map(Some).collect();
     if a.closed {
         rates.push(None);
@@ -431,7 +439,7 @@ async fn run(a: RunArgs) -> Result<()> {
     if a.swap.swap_repo.is_some() && addr.is_none() {
         bail!("the swap scenario runs over HTTP");
     }
-    let slo = Duration::from_secs_f64(a.slo_p99_ms / 1e3);
+    let slo = Duration::from_secs_f64(a.points.slo_p99_ms / 1e3);
     let mut points = Vec::new();
     let mut swap_report = None;
     let mut stopped = false;
@@ -442,9 +450,9 @@ async fn run(a: RunArgs) -> Result<()> {
         let plan = Plan {
             rate: *rate,
             connections: a.connections,
-            warmup: Duration::from_secs_f64(a.warmup),
-            duration: Duration::from_secs_f64(a.duration),
-            timeout: Duration::from_millis(a.timeout_ms),
+            warmup: Duration::from_secs_f64(a.points.warmup),
+            duration: Duration::from_secs_f64(a.points.duration),
+            timeout: Duration::from_millis(a.points.timeout_ms),
             drain: Duration::from_secs(5),
         };
         let counters = Arc::new(Counters::default());
@@ -462,7 +470,12 @@ async fn run(a: RunArgs) -> Result<()> {
         });
         let run = driver::run(Arc::clone(&endpoint), plan, counters).await;
         drop(bar);
-        let point = analysis::point(&plan, &run.samples, slo, Duration::from_millis(a.slice_ms));
+        let point = analysis::point(
+            &plan,
+            &run.samples,
+            slo,
+            Duration::from_millis(a.points.slice_ms),
+        );
         if let Some((swap_start, task)) = swapper {
             let published = task.await??;
             // Swap times are taken from the swapper's clock; shift them to
@@ -495,7 +508,11 @@ async fn run(a: RunArgs) -> Result<()> {
         );
         let held = point.held;
         points.push(point);
-        if !held && !a.no_stop && rate.is_some() && analysis::sweep_over(&points, a.patience) {
+        if !held
+            && !a.points.no_stop
+            && rate.is_some()
+            && analysis::sweep_over(&points, a.points.patience)
+        {
             eprintln!("quiver-bench: stopping the sweep (use --no-stop to go on)");
             stopped = true;
         }
@@ -517,9 +534,9 @@ async fn run(a: RunArgs) -> Result<()> {
         .into(),
         connections: a.connections,
         client_threads: a.threads,
-        warmup_s: a.warmup,
-        duration_s: a.duration,
-        slo_p99_ms: a.slo_p99_ms,
+        warmup_s: a.points.warmup,
+        duration_s: a.points.duration,
+        slo_p99_ms: a.points.slo_p99_ms,
         machine,
         max_rate_held: analysis::max_rate_held(&points),
         points,

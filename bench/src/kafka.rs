@@ -69,12 +69,8 @@ pub struct KafkaArgs {
     /// Rows per request.
     #[arg(long, default_value_t = 1)]
     rows: u64,
-    /// Offered rates in records/s, comma-separated; several make a sweep.
-    #[arg(long, value_delimiter = ',')]
-    rate: Vec<f64>,
-    /// A geometric sweep FROM:TO:FACTOR, e.g. 2000:64000:2.
-    #[arg(long)]
-    sweep: Option<String>,
+    #[command(flatten)]
+    points: cli::PointArgs,
     /// Saturation: --in-flight records outstanding, one produced per
     /// answer. With --rate or --sweep, one such point after the sweep.
     #[arg(long)]
@@ -85,33 +81,12 @@ pub struct KafkaArgs {
     /// Records outstanding in the saturation point.
     #[arg(long, default_value_t = 2048)]
     in_flight: usize,
-    /// Seconds measured per point.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Seconds produced before measuring, per point.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
     /// Seconds answers are still waited for after a point's last record.
     #[arg(long, default_value_t = 10.0)]
     drain: f64,
     /// Seconds to wait for the first answer (group join, topic creation).
     #[arg(long, default_value_t = 60.0)]
     ready_timeout: f64,
-    /// A record answered later than this (ms) counts as a timeout.
-    #[arg(long, default_value_t = 10_000)]
-    timeout_ms: u64,
-    /// A point holds when p99 ≤ this (ms), nothing failed, and achieved ≥ 90 % of offered.
-    #[arg(long, default_value_t = 5.0)]
-    slo_p99_ms: f64,
-    /// Stop the sweep after this many consecutive points fail to hold.
-    #[arg(long, default_value_t = 2)]
-    patience: usize,
-    /// Keep sweeping whatever happens.
-    #[arg(long)]
-    no_stop: bool,
-    /// Timeline resolution, ms.
-    #[arg(long, default_value_t = 1_000)]
-    slice_ms: u64,
     /// librdkafka producer option KEY=VALUE (repeatable), over the defaults
     /// linger.ms 5, compression.type none.
     #[arg(long = "producer-option")]
@@ -683,7 +658,7 @@ fn record_value(a: &KafkaArgs) -> Result<Vec<u8>> {
 /// Runs `quiver-bench kafka`.
 pub fn main(a: KafkaArgs) -> Result<()> {
     let machine = cli::machine();
-    let open_rates = cli::rates(&a.rate, a.sweep.as_deref())?;
+    let open_rates = cli::rates(&a.points.rate, a.points.sweep.as_deref())?;
     if open_rates.is_empty() && !a.closed {
         bail!("give --rate, --sweep or --closed");
     }
@@ -698,13 +673,13 @@ pub fn main(a: KafkaArgs) -> Result<()> {
         a.label,
         ready.as_secs_f64()
     ));
-    let slo = Duration::from_secs_f64(a.slo_p99_ms / 1e3);
+    let slo = Duration::from_secs_f64(a.points.slo_p99_ms / 1e3);
     let plan = |rate: Option<f64>| Plan {
         rate,
         connections: a.in_flight,
-        warmup: Duration::from_secs_f64(a.warmup),
-        duration: Duration::from_secs_f64(a.duration),
-        timeout: Duration::from_millis(a.timeout_ms),
+        warmup: Duration::from_secs_f64(a.points.warmup),
+        duration: Duration::from_secs_f64(a.points.duration),
+        timeout: Duration::from_millis(a.points.timeout_ms),
         drain: Duration::from_secs_f64(a.drain),
     };
     let mut points = Vec::new();
@@ -722,7 +697,12 @@ pub fn main(a: KafkaArgs) -> Result<()> {
         });
         let number = points.len() as u32;
         let (samples, k) = client.point(number, &plan, &title);
-        let point = analysis::point(&plan, &samples, slo, Duration::from_millis(a.slice_ms));
+        let point = analysis::point(
+            &plan,
+            &samples,
+            slo,
+            Duration::from_millis(a.points.slice_ms),
+        );
         progress(&format!(
             "{} offered {} achieved {:.0}/s p50 {:.3} ms p99 {:.3} ms produced {} answered {} \
              errors {} unanswered {} refused {} duplicates {} {}",
@@ -746,7 +726,7 @@ pub fn main(a: KafkaArgs) -> Result<()> {
     };
     for rate in &open_rates {
         run_point(Some(*rate), &mut points);
-        if !a.no_stop && analysis::sweep_over(&points, a.patience) {
+        if !a.points.no_stop && analysis::sweep_over(&points, a.points.patience) {
             progress("stopping the sweep (use --no-stop to go on)");
             break;
         }
@@ -788,9 +768,9 @@ pub fn main(a: KafkaArgs) -> Result<()> {
         .into(),
         connections: a.in_flight,
         client_threads: 1,
-        warmup_s: a.warmup,
-        duration_s: a.duration,
-        slo_p99_ms: a.slo_p99_ms,
+        warmup_s: a.points.warmup,
+        duration_s: a.points.duration,
+        slo_p99_ms: a.points.slo_p99_ms,
         machine,
         max_rate_held: analysis::max_rate_held(&points),
         points,
