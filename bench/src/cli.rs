@@ -58,19 +58,8 @@ struct RunArgs {
     /// sends its requests on it, instead of unary ModelInfer calls.
     #[arg(long)]
     stream: bool,
-    /// Model name.
-    #[arg(long, default_value = "mlp")]
-    model: String,
-    /// Pin a model version (default: the server's default version).
-    #[arg(long)]
-    version: Option<String>,
-    /// Inputs as NAME:DATATYPE:D1xD2 (repeatable); read from the server's
-    /// model metadata when not given.
-    #[arg(long = "input")]
-    inputs: Vec<String>,
-    /// Rows per request (replaces the dynamic first dimension).
-    #[arg(long, default_value_t = 1)]
-    rows: u64,
+    #[command(flatten)]
+    request: RequestArgs,
     /// json or binary over HTTP; raw (default over gRPC) or typed over gRPC.
     #[arg(long, value_enum)]
     format: Option<Format>,
@@ -94,6 +83,24 @@ struct RunArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     swap: SwapArgs,
+}
+
+/// The request every point sends: shared by `run` and `kafka`.
+#[derive(Args, Debug)]
+pub struct RequestArgs {
+    /// Model name.
+    #[arg(long, default_value = "mlp")]
+    pub model: String,
+    /// Pin a model version (default: the server's default version).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Inputs as NAME:DATATYPE:D1xD2 (repeatable); read from the server's
+    /// model metadata when not given.
+    #[arg(long = "input")]
+    pub inputs: Vec<String>,
+    /// Rows per request (replaces the dynamic first dimension).
+    #[arg(long, default_value_t = 1)]
+    pub rows: u64,
 }
 
 /// The points of a run and how each is measured: shared by `run` and
@@ -326,8 +333,14 @@ pub fn rates(rate: &[f64], sweep: Option<&str>) -> Result<Vec<f64>> {
 
 /// The endpoint a run loads, from its URL and format.
 async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
-    let given: Option<Vec<InputSpec>> = (!a.inputs.is_empty())
-        .then(|| a.inputs.iter().map(|s| InputSpec::parse(s)).collect())
+    let given: Option<Vec<InputSpec>> = (!a.request.inputs.is_empty())
+        .then(|| {
+            a.request
+                .inputs
+                .iter()
+                .map(|s| InputSpec::parse(s))
+                .collect()
+        })
         .transpose()?;
     if a.url.starts_with("grpc://") || a.url.starts_with("grpcs://") {
         let format = a.format.unwrap_or(Format::Raw);
@@ -338,13 +351,13 @@ async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
         target.wait_ready(Duration::from_secs(30)).await?;
         let inputs = match given {
             Some(i) => i,
-            None => target.inputs(&a.model).await?,
+            None => target.inputs(&a.request.model).await?,
         };
         let request = grpc::request(
-            &a.model,
-            a.version.as_deref(),
+            &a.request.model,
+            a.request.version.as_deref(),
             &inputs,
-            a.rows,
+            a.request.rows,
             format == Format::Raw,
         )?;
         return Ok((
@@ -374,11 +387,17 @@ async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
     let inputs = match given {
         Some(i) => i,
         None => {
-            let path = format!("/v2/models/{}", a.model);
+            let path = format!("/v2/models/{}", a.request.model);
             InputSpec::from_metadata(&http::get_json_with(addr, tls.as_ref(), &path).await?)?
         }
     };
-    let request = workload::build(&a.model, a.version.as_deref(), &inputs, a.rows, format)?;
+    let request = workload::build(
+        &a.request.model,
+        a.request.version.as_deref(),
+        &inputs,
+        a.request.rows,
+        format,
+    )?;
     Ok((
         format,
         AnyEndpoint::Http(http::HttpEndpoint { addr, request, tls }),
@@ -523,9 +542,9 @@ async fn run(a: RunArgs) -> Result<()> {
         schema: SCHEMA,
         label: a.label.clone(),
         url: a.url.clone(),
-        model: a.model.clone(),
+        model: a.request.model.clone(),
         format,
-        rows_per_request: a.rows,
+        rows_per_request: a.request.rows,
         mode: if open_rates.is_empty() {
             "closed"
         } else {
@@ -558,15 +577,15 @@ async fn run(a: RunArgs) -> Result<()> {
 
 fn swap_plan(a: &RunArgs, repository: PathBuf) -> swap::SwapPlan {
     let source = a.swap.swap_source.clone().unwrap_or_else(|| {
-        let latest = swap::latest_version(&repository, &a.model).unwrap_or(1);
+        let latest = swap::latest_version(&repository, &a.request.model).unwrap_or(1);
         repository
-            .join(&a.model)
+            .join(&a.request.model)
             .join(latest.to_string())
             .join("model.onnx")
     });
     swap::SwapPlan {
         repository,
-        model: a.model.clone(),
+        model: a.request.model.clone(),
         source,
         count: a.swap.swaps,
         every: Duration::from_secs_f64(a.swap.swap_every),

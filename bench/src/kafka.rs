@@ -53,22 +53,11 @@ pub struct KafkaArgs {
     /// The gateway's responses topic (`kafka.ingress.responses_topic`).
     #[arg(long, default_value = RESPONSES_TOPIC)]
     responses_topic: String,
-    /// Model name.
-    #[arg(long, default_value = "mlp")]
-    model: String,
-    /// Pin a model version (the record's `model_version`).
-    #[arg(long)]
-    version: Option<String>,
-    /// Inputs as NAME:DATATYPE:D1xD2 (repeatable); else read from the
-    /// model's metadata at --url.
-    #[arg(long = "input")]
-    inputs: Vec<String>,
+    #[command(flatten)]
+    request: cli::RequestArgs,
     /// The gateway's HTTP address, only to read the model's inputs.
     #[arg(long)]
     url: Option<String>,
-    /// Rows per request.
-    #[arg(long, default_value_t = 1)]
-    rows: u64,
     #[command(flatten)]
     points: cli::PointArgs,
     /// Saturation: --in-flight records outstanding, one produced per
@@ -624,12 +613,12 @@ fn progress(line: &str) {
 /// The record value: the model's OIP v2 JSON request plus `model_name`
 /// (and `model_version` when pinned).
 fn record_value(a: &KafkaArgs) -> Result<Vec<u8>> {
-    let inputs: Vec<InputSpec> = if a.inputs.is_empty() {
+    let inputs: Vec<InputSpec> = if a.request.inputs.is_empty() {
         let url = a
             .url
             .as_deref()
             .context("give the model's inputs with --input, or the gateway's --url to read them")?;
-        let path = format!("/v2/models/{}", a.model);
+        let path = format!("/v2/models/{}", a.request.model);
         let metadata = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -640,16 +629,23 @@ fn record_value(a: &KafkaArgs) -> Result<Vec<u8>> {
             })?;
         InputSpec::from_metadata(&metadata)?
     } else {
-        a.inputs
+        a.request
+            .inputs
             .iter()
             .map(|s| InputSpec::parse(s))
             .collect::<Result<_>>()?
     };
-    let request = workload::build(&a.model, None, &inputs, a.rows, Format::Json)?;
+    let request = workload::build(
+        &a.request.model,
+        None,
+        &inputs,
+        a.request.rows,
+        Format::Json,
+    )?;
     let mut body: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&request.body).context("the built request is not a JSON object")?;
-    body.insert("model_name".into(), a.model.clone().into());
-    if let Some(v) = &a.version {
+    body.insert("model_name".into(), a.request.model.clone().into());
+    if let Some(v) = &a.request.version {
         body.insert("model_version".into(), v.clone().into());
     }
     Ok(serde_json::to_vec(&body)?)
@@ -757,9 +753,9 @@ pub fn main(a: KafkaArgs) -> Result<()> {
         schema: SCHEMA,
         label: a.label.clone(),
         url: format!("kafka://{}/{}", a.brokers, a.requests_topic),
-        model: a.model.clone(),
+        model: a.request.model.clone(),
         format: Format::Json,
-        rows_per_request: a.rows,
+        rows_per_request: a.request.rows,
         mode: if open_rates.is_empty() {
             "closed"
         } else {
