@@ -64,7 +64,10 @@ pub struct KafkaArgs {
     /// answer. With --rate or --sweep, one such point after the sweep.
     #[arg(long)]
     closed: bool,
-    /// After the saturation point, one open-loop point at half its rate.
+    /// After the saturation point, one open-loop point at half its rate, on
+    /// the same topics (compare.sh runs it on a fresh broker instead: a
+    /// broker whose fetch cost grows with what it holds would make it
+    /// measure the saturation point's records).
     #[arg(long, requires = "closed")]
     half_saturation: bool,
     /// Records outstanding in the saturation point.
