@@ -38,6 +38,18 @@
 #
 # For each Quiver server, memory.json records the resident set size once the
 # server is up and idle, and again 5 s after its load ended.
+#   --kafka             also measure the Kafka door against a local broker
+#                       (nisshi, from scripts/setup.sh --broker): the ingress's
+#                       records/s end to end at saturation and its p99 at half
+#                       that rate (quiver-bench kafka, each on a fresh
+#                       broker and gateway), and HTTP closed-loop
+#                       throughput with the prediction log to Kafka against
+#                       off, --kafka-runs times; written to DIR/kafka/ and
+#                       printed. With --servers none, only this.
+#   --kafka-runs N      rounds of the prediction-log on/off pair (default 3)
+#   --kafka-before BIN  also measure this gateway binary (e.g. one built from
+#                       an earlier commit) in the Kafka section, interleaved
+#                       with the current one, for a before/after in one run
 #
 # Each server runs alone while it is measured; the load generator shares the
 # machine's cores with it, as the report says.
@@ -48,7 +60,7 @@ ROOT="$PWD"
 model=mlp out="" servers="quiver,bare,triton,mlserver,fastapi"
 rates="500,1000,2000,3000,5000,7000,10000,14000,20000,28000,40000,56000,80000,112000,160000"
 duration=10 warmup=1 slo=5 format=json rows=1 connections=64 closed=0 wait_idle=0 fixed=()
-swap=0 swap_rate=5000 before_bin="" use_wrk=0
+swap=0 swap_rate=5000 before_bin="" use_wrk=0 kafka=0 kafka_runs=3 kafka_before=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out-dir) out="$2"; shift 2 ;;
@@ -68,6 +80,9 @@ while [[ $# -gt 0 ]]; do
         --swap-rate) swap_rate="$2"; shift 2 ;;
         --before-bin) before_bin="$(realpath "$2")"; shift 2 ;;
         --wrk) use_wrk=1; shift ;;
+        --kafka) kafka=1; shift ;;
+        --kafka-runs) kafka_runs="$2"; shift 2 ;;
+        --kafka-before) kafka=1; kafka_before="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -75,8 +90,9 @@ done
 out="${out:-bench/results/$model}"
 log() { echo "compare: $*" >&2; }
 
-eval "$(scripts/setup.sh)"
+if [[ "$kafka" == 1 ]]; then eval "$(scripts/setup.sh --broker)"; else eval "$(scripts/setup.sh)"; fi
 export ORT_DYLIB_PATH QUIVER_PYTHON
+[[ "$servers" == none ]] && servers=""
 case "$model" in
     mlp)
         repo="$ROOT/examples/models"; onnx="$repo/mlp/2/model.onnx"
@@ -124,11 +140,13 @@ stop_server() {
 }
 trap stop_server EXIT
 
-wait_idle
-log "in-process ONNX Runtime (compute ceiling)"
-"$bench" inprocess --model-path "${onnx#"$ROOT"/}" --batch-sizes 1,2,4,8,16,32 --seconds 3 \
-    --label onnxruntime --out "$out/onnxruntime.json" >/dev/null
-files+=("$out/onnxruntime.json")
+if [[ -n "$servers" ]]; then
+    wait_idle
+    log "in-process ONNX Runtime (compute ceiling)"
+    "$bench" inprocess --model-path "${onnx#"$ROOT"/}" --batch-sizes 1,2,4,8,16,32 --seconds 3 \
+        --label onnxruntime --out "$out/onnxruntime.json" >/dev/null
+    files+=("$out/onnxruntime.json")
+fi
 
 load_args=(--model "$model" --rows "$rows" --connections "$connections"
            --duration "$duration" --warmup "$warmup" --slo-p99-ms "$slo")
@@ -285,5 +303,167 @@ done
 
 [[ -n "$tls_dir" ]] && rm -rf "$tls_dir"
 [[ -n "$wrk_body" ]] && rm -rf "$wrk_body"
-"$bench" report --out-dir "$out" --gateway quiver --bare bare --inprocess onnxruntime \
-    "${fixed[@]}" "${files[@]}"
+if [[ -n "$servers" ]]; then
+    "$bench" report --out-dir "$out" --gateway quiver --bare bare --inprocess onnxruntime \
+        "${fixed[@]}" "${files[@]}"
+fi
+[[ "$kafka" == 1 ]] || exit 0
+
+# The Kafka door. A fresh broker (in-memory nisshi) per measurement: its
+# fetch looks through every batch a partition holds, so on a broker that
+# already holds the records of an earlier measurement a later one would
+# measure that history.
+kout="$out/kafka"
+mkdir -p "$kout"
+kport=$((port + 10))
+brokers="127.0.0.1:$kport"
+broker_pid=""
+stop_broker() {
+    if [[ -n "$broker_pid" ]]; then
+        kill -TERM "$broker_pid" 2>/dev/null || true
+        wait "$broker_pid" 2>/dev/null || true
+        broker_pid=""
+    fi
+}
+stop_all() { stop_server; stop_broker; }
+trap stop_all EXIT
+start_broker() {
+    stop_broker
+    "$QUIVER_NISSHI" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
+        --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0s >>"$kout/broker.log" 2>&1 &
+    broker_pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$kport") 2>/dev/null && return 0; sleep 0.1; done
+    log "the broker did not start; see $kout/broker.log"; exit 1
+}
+spool="$(mktemp -d)" logdir="$(mktemp -d)"
+
+# The gateways measured: the one just built ("after"), and with
+# --kafka-before an earlier build ("before"), interleaved.
+declare -A gateway_bin=([after]="$target/quiver-gateway")
+builds=(after)
+if [[ -n "$kafka_before" ]]; then
+    gateway_bin[before]="$kafka_before"
+    builds=(before after)
+fi
+
+# Gateway build $1 on port+20 with the rest as its environment.
+kgateway() {
+    local bin="${gateway_bin[$1]}"; shift
+    env "$@" QUIVER_LOG__DIR="$logdir" QUIVER_KAFKA__SPOOL_DIR="$spool" \
+        "$bin" --model-repository "$repo" --http-addr "127.0.0.1:$((port + 20))" \
+        --log warn 2>>"$kout/gateway.log" &
+    server_pid=$!
+}
+
+# CPU seconds a process has used so far (user + system).
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# Runs the rest as a command and writes the CPU the gateway and the broker
+# spent meanwhile to $kout/$1.cpu.json: on a shared machine, CPU per
+# request moves less than requests per second do.
+with_cpu() {
+    local name="$1"; shift
+    local g0 b0
+    g0="$(cpu_s "$server_pid")" b0="$(cpu_s "$broker_pid")"
+    "$@"
+    printf '{"gateway_cpu_s": %s, "broker_cpu_s": %s}\n' \
+        "$(awk -v a="$g0" -v b="$(cpu_s "$server_pid")" 'BEGIN { print b - a }')" \
+        "$(awk -v a="$b0" -v b="$(cpu_s "$broker_pid")" 'BEGIN { print b - a }')" >"$kout/$name.cpu.json"
+}
+
+# quiver-bench kafka against a fresh broker and an ingress gateway (build
+# $1) with Quiver's defaults, its predictions logged to the same broker.
+ingress() {
+    local build="$1" name="$2"; shift 2
+    wait_idle
+    start_broker
+    kgateway "$build" QUIVER_KAFKA__BROKERS="$brokers" QUIVER_KAFKA__INGRESS__ENABLED=true
+    with_cpu "$name" "$bench" kafka --brokers "$brokers" --url "http://127.0.0.1:$((port + 20))" \
+        --model "$model" --rows "$rows" --duration "$duration" --warmup "$warmup" \
+        --slo-p99-ms "$slo" --label "$name" --out "$kout/$name.json" "$@" >"$kout/$name.md"
+    stop_all
+}
+for build in "${builds[@]}"; do
+    log "Kafka ingress ($build): saturation"
+    ingress "$build" "ingress-saturation-$build" --closed
+done
+for build in "${builds[@]}"; do
+    half="$("$QUIVER_PYTHON" -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["kafka"]["saturation_rps"] / 2))' "$kout/ingress-saturation-$build.json")"
+    log "Kafka ingress ($build): half of saturation, $half records/s"
+    ingress "$build" "ingress-half-$build" --rate "$half"
+done
+
+# The prediction log's cost: HTTP closed loop with it off, then to Kafka.
+start_broker
+for run in $(seq "$kafka_runs"); do
+    for build in "${builds[@]}"; do
+        for mode in off kafka; do
+            wait_idle
+            log "prediction log $mode ($build), round $run"
+            if [[ "$mode" == off ]]; then
+                kgateway "$build" QUIVER_LOG__PREDICTIONS=false
+            else
+                kgateway "$build" QUIVER_KAFKA__BROKERS="$brokers"
+            fi
+            name="log-$mode-$build-$run"
+            with_cpu "$name" "$bench" run --url "http://127.0.0.1:$((port + 20))" --label "$name" \
+                --model "$model" --format "$format" --rows "$rows" --closed \
+                --connections "$connections" --duration "$duration" --warmup "$warmup" \
+                --out "$kout/$name.json" >/dev/null
+            stop_server
+            sleep 1
+        done
+    done
+done
+stop_all
+rm -rf "$spool" "$logdir"
+
+# The summary: the two ingress figures and the on/off ratio per round,
+# per build.
+"$QUIVER_PYTHON" - "$kout" "$kafka_runs" "${builds[@]}" >"$kout/report.md" <<'PY'
+import json, sys
+out, runs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+load = lambda name: json.load(open(f"{out}/{name}.json"))
+print("## Kafka door\n")
+cpu = lambda name: json.load(open(f"{out}/{name}.cpu.json"))
+def per_record(name, run):
+    # CPU over the whole bench run (ready, warm-up, drain too) per answer.
+    c = cpu(name)
+    n = sum(p["answered"] for p in run["kafka"]["points"]) if "kafka" in run else \
+        sum(p["ok"] for p in run["points"])
+    return 1e6 * c["gateway_cpu_s"] / max(n, 1), 1e6 * c["broker_cpu_s"] / max(n, 1)
+print("| build | ingress records/s, saturation | gateway / broker CPU per record | half rate offered | answered | p50 | p99 | first answer after |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+totals = {}
+for b in builds:
+    sat, half = load(f"ingress-saturation-{b}"), load(f"ingress-half-{b}")
+    for p in sat["kafka"]["points"] + half["kafka"]["points"]:
+        for f, v in p.items():
+            totals[f] = totals.get(f, 0) + v
+    hp = half["points"][0]
+    g, k = per_record(f"ingress-saturation-{b}", sat)
+    print(f"| {b} | {sat['kafka']['saturation_rps'] or 0:,.0f} | {g:.1f} / {k:.1f} µs | {hp['offered_rps']:,.0f}/s "
+          f"| {hp['achieved_rps']:,.0f}/s | {hp['latency']['p50_us'] / 1e3:.2f} ms "
+          f"| {hp['latency']['p99_us'] / 1e3:.2f} ms | {sat['kafka']['ready_s']:.1f} s |")
+print("\nRecords: " + ", ".join(f"{n} {v}" for n, v in totals.items()) + ".")
+print("\n| round | build | log off req/s | log to Kafka req/s | on/off | CPU per request off → on (gateway + broker) | CPU on/off |")
+print("|---|---|---:|---:|---:|---:|---:|")
+ratios = {b: [] for b in builds}
+cpu_ratios = {b: [] for b in builds}
+for r in range(1, runs + 1):
+    for b in builds:
+        runs_ = {m: load(f"log-{m}-{b}-{r}") for m in ("off", "kafka")}
+        rps = {m: x["points"][-1]["achieved_rps"] for m, x in runs_.items()}
+        us = {m: sum(per_record(f"log-{m}-{b}-{r}", x)) for m, x in runs_.items()}
+        ratio = rps["kafka"] / rps["off"] if rps["off"] else 0.0
+        ratios[b].append(ratio)
+        cpu_ratios[b].append(us["kafka"] / us["off"] if us["off"] else 0.0)
+        print(f"| {r} | {b} | {rps['off']:,.0f} | {rps['kafka']:,.0f} | {ratio:.3f} "
+              f"| {us['off']:.1f} → {us['kafka']:.1f} µs | {cpu_ratios[b][-1]:.3f} |")
+for b, rs in ratios.items():
+    if rs:
+        c = cpu_ratios[b]
+        print(f"\nPrediction log on/off ({b}): throughput mean {sum(rs) / len(rs):.3f}, "
+              f"spread {min(rs):.3f}–{max(rs):.3f} over {len(rs)} rounds; server CPU per request "
+              f"on/off mean {sum(c) / len(c):.3f}, spread {min(c):.3f}–{max(c):.3f}.")
+PY
+cat "$kout/report.md"

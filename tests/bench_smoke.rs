@@ -211,3 +211,95 @@ async fn swap_scenario_publishes_versions_during_the_run() -> Result<()> {
     );
     Ok(())
 }
+
+/// The Kafka mode against the real gateway's ingress and a real broker: an
+/// open-loop point, the saturation point and the half-rate point, every
+/// record answered once and matched by its correlation id.
+#[tokio::test]
+async fn kafka_mode_matches_every_answer() -> Result<()> {
+    let broker = quiver_tests::kafka::Broker::start()?;
+    let bootstrap = broker.bootstrap();
+    let repo = scratch("bench-smoke-kafka-repo")?;
+    copy_model("mlp", &repo)?;
+    let spool = scratch("bench-smoke-kafka-spool")?;
+    let gw = Gateway::start_ready(
+        &repo,
+        &[],
+        &[
+            ("QUIVER_KAFKA__BROKERS", bootstrap.as_str()),
+            ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("path")?),
+            ("QUIVER_KAFKA__INGRESS__ENABLED", "true"),
+        ],
+    )
+    .await?;
+    let dir = scratch("bench-smoke-kafka")?;
+    let json = dir.join("kafka.json");
+    let url = format!("http://{}", gw.addr);
+    let md = bench(&[
+        "kafka",
+        "--brokers",
+        &bootstrap,
+        "--url",
+        &url,
+        "--model",
+        "mlp",
+        "--rate",
+        "200",
+        "--closed",
+        "--half-saturation",
+        "--in-flight",
+        "64",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.5",
+        "--slo-p99-ms",
+        "1000",
+        "--label",
+        "kafka",
+        "--out",
+        json.to_str().context("path")?,
+    ])?;
+    assert!(md.contains("| kafka |"), "{md}");
+    assert!(md.contains("saturation:"), "{md}");
+    let r = read_json(&json)?;
+    assert_eq!(r["kind"], "load");
+    let points = r["points"].as_array().unwrap();
+    let kafka = &r["kafka"];
+    let fates = kafka["points"].as_array().unwrap();
+    // The asked rate, saturation, then half of saturation.
+    assert_eq!(points.len(), 3, "{r}");
+    assert_eq!(fates.len(), 3);
+    assert_eq!(points[0]["offered_rps"], 200.0);
+    assert!(points[1]["offered_rps"].is_null());
+    let saturation = kafka["saturation_rps"].as_f64().unwrap();
+    assert_eq!(points[1]["achieved_rps"].as_f64(), Some(saturation));
+    assert_eq!(
+        points[2]["offered_rps"].as_f64(),
+        Some((saturation / 2.0).round())
+    );
+    assert!(kafka["half_rate_p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(kafka["ready_s"].as_f64().unwrap() > 0.0);
+    for (p, k) in points.iter().zip(fates) {
+        check_point(p);
+        assert_eq!(sum(&p["errors"]), 0, "{p}");
+        // Every record produced was answered exactly once, without error.
+        let produced = k["produced"].as_u64().unwrap();
+        assert!(produced >= p["requests"].as_u64().unwrap(), "{k}");
+        assert_eq!(k["answered"].as_u64(), Some(produced), "{k}");
+        for none in [
+            "produce_failed",
+            "error_answers",
+            "unanswered",
+            "duplicates",
+        ] {
+            assert_eq!(k[none].as_u64(), Some(0), "{none}: {k}");
+        }
+    }
+    // The open-loop point produced its whole schedule (2 s at 200/s) and
+    // the gateway kept up with it.
+    assert_eq!(fates[0]["produced"].as_u64(), Some(400));
+    let achieved = points[0]["achieved_rps"].as_f64().unwrap();
+    assert!((100.0..=300.0).contains(&achieved), "{achieved}");
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! The command line: `run` (load one server), `inprocess` (compute
+//! The command line: `run` (load one server), `kafka` (load a Kafka
+//! ingress), `inprocess` (compute
 //! ceiling), `bare-server` (transport ceiling), `report` (side by side);
 //! the `stream*` subcommands live in [`crate::online::cli`].
 
@@ -29,6 +30,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// The compute ceiling: run a model in process through ONNX Runtime.
     Inprocess(InprocessArgs),
+    /// Load a gateway's Kafka ingress: produce requests, match the answers.
+    Kafka(Box<crate::kafka::KafkaArgs>),
     /// The transport ceiling: an HTTP server on the gateway's stack with no model.
     BareServer(BareArgs),
     /// Put result files side by side: report.md, report.json, SVG plots.
@@ -55,28 +58,11 @@ struct RunArgs {
     /// sends its requests on it, instead of unary ModelInfer calls.
     #[arg(long)]
     stream: bool,
-    /// Model name.
-    #[arg(long, default_value = "mlp")]
-    model: String,
-    /// Pin a model version (default: the server's default version).
-    #[arg(long)]
-    version: Option<String>,
-    /// Inputs as NAME:DATATYPE:D1xD2 (repeatable); read from the server's
-    /// model metadata when not given.
-    #[arg(long = "input")]
-    inputs: Vec<String>,
-    /// Rows per request (replaces the dynamic first dimension).
-    #[arg(long, default_value_t = 1)]
-    rows: u64,
+    #[command(flatten)]
+    request: RequestArgs,
     /// json or binary over HTTP; raw (default over gRPC) or typed over gRPC.
     #[arg(long, value_enum)]
     format: Option<Format>,
-    /// Offered rates in req/s, comma-separated; several make a sweep.
-    #[arg(long, value_delimiter = ',')]
-    rate: Vec<f64>,
-    /// A geometric sweep FROM:TO:FACTOR, e.g. 1000:100000:1.5.
-    #[arg(long)]
-    sweep: Option<String>,
     /// Closed loop: each connection sends back to back. With --rate or
     /// --sweep, one closed-loop point after the sweep (saturation).
     #[arg(long)]
@@ -87,28 +73,8 @@ struct RunArgs {
     /// Threads of the load generator's async runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Seconds measured per point.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Seconds sent before measuring, per point.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// A point holds when p99 ≤ this (ms), nothing failed, and achieved ≥ 90 % of offered.
-    #[arg(long, default_value_t = 5.0)]
-    slo_p99_ms: f64,
-    /// Stop the sweep after this many consecutive points fail to hold (one
-    /// noisy point on a shared machine does not end it).
-    #[arg(long, default_value_t = 2)]
-    patience: usize,
-    /// Keep sweeping whatever happens.
-    #[arg(long)]
-    no_stop: bool,
-    /// Per-request timeout, ms.
-    #[arg(long, default_value_t = 10_000)]
-    timeout_ms: u64,
-    /// Timeline resolution, ms.
-    #[arg(long, default_value_t = 1_000)]
-    slice_ms: u64,
+    #[command(flatten)]
+    points: PointArgs,
     /// The server's name in reports.
     #[arg(long, default_value = "server")]
     label: String,
@@ -117,6 +83,58 @@ struct RunArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     swap: SwapArgs,
+}
+
+/// The request every point sends: shared by `run` and `kafka`.
+#[derive(Args, Debug)]
+pub struct RequestArgs {
+    /// Model name.
+    #[arg(long, default_value = "mlp")]
+    pub model: String,
+    /// Pin a model version (default: the server's default version).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Inputs as NAME:DATATYPE:D1xD2 (repeatable); read from the server's
+    /// model metadata when not given.
+    #[arg(long = "input")]
+    pub inputs: Vec<String>,
+    /// Rows per request (replaces the dynamic first dimension).
+    #[arg(long, default_value_t = 1)]
+    pub rows: u64,
+}
+
+/// The points of a run and how each is measured: shared by `run` and
+/// `kafka`.
+#[derive(Args, Debug)]
+pub struct PointArgs {
+    /// Offered rates per second, comma-separated; several make a sweep.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// A geometric sweep FROM:TO:FACTOR, e.g. 1000:100000:1.5.
+    #[arg(long)]
+    pub sweep: Option<String>,
+    /// Seconds measured per point.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds sent before measuring, per point.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// A point holds when p99 ≤ this (ms), nothing failed, and achieved ≥ 90 % of offered.
+    #[arg(long, default_value_t = 5.0)]
+    pub slo_p99_ms: f64,
+    /// Stop the sweep after this many consecutive points fail to hold (one
+    /// noisy point on a shared machine does not end it).
+    #[arg(long, default_value_t = 2)]
+    pub patience: usize,
+    /// Keep sweeping whatever happens.
+    #[arg(long)]
+    pub no_stop: bool,
+    /// Per-request timeout, ms: a later answer counts as a timeout.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Timeline resolution, ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub slice_ms: u64,
 }
 
 /// The hot-swap scenario (open loop, one rate).
@@ -221,6 +239,7 @@ pub fn main() -> Result<()> {
             write_out(a.out.as_ref(), &ResultFile::Inprocess(r))?;
             emit(&md)
         }
+        Command::Kafka(a) => crate::kafka::main(*a),
         Command::BareServer(a) => bare::serve(
             &a.addr,
             &a.model,
@@ -243,7 +262,7 @@ pub fn main() -> Result<()> {
     }
 }
 
-fn roles_none() -> report::Roles {
+pub(crate) fn roles_none() -> report::Roles {
     report::Roles {
         gateway: String::new(),
         bare: String::new(),
@@ -253,14 +272,14 @@ fn roles_none() -> report::Roles {
 }
 
 /// The report on stdout: the one thing this CLI prints there.
-fn emit(text: &str) -> Result<()> {
+pub(crate) fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
-fn write_out(path: Option<&PathBuf>, file: &ResultFile) -> Result<()> {
+pub(crate) fn write_out(path: Option<&PathBuf>, file: &ResultFile) -> Result<()> {
     if let Some(p) = path {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -271,7 +290,7 @@ fn write_out(path: Option<&PathBuf>, file: &ResultFile) -> Result<()> {
     Ok(())
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok());
@@ -314,8 +333,14 @@ pub fn rates(rate: &[f64], sweep: Option<&str>) -> Result<Vec<f64>> {
 
 /// The endpoint a run loads, from its URL and format.
 async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
-    let given: Option<Vec<InputSpec>> = (!a.inputs.is_empty())
-        .then(|| a.inputs.iter().map(|s| InputSpec::parse(s)).collect())
+    let given: Option<Vec<InputSpec>> = (!a.request.inputs.is_empty())
+        .then(|| {
+            a.request
+                .inputs
+                .iter()
+                .map(|s| InputSpec::parse(s))
+                .collect()
+        })
         .transpose()?;
     if a.url.starts_with("grpc://") || a.url.starts_with("grpcs://") {
         let format = a.format.unwrap_or(Format::Raw);
@@ -326,13 +351,13 @@ async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
         target.wait_ready(Duration::from_secs(30)).await?;
         let inputs = match given {
             Some(i) => i,
-            None => target.inputs(&a.model).await?,
+            None => target.inputs(&a.request.model).await?,
         };
         let request = grpc::request(
-            &a.model,
-            a.version.as_deref(),
+            &a.request.model,
+            a.request.version.as_deref(),
             &inputs,
-            a.rows,
+            a.request.rows,
             format == Format::Raw,
         )?;
         return Ok((
@@ -362,11 +387,17 @@ async fn endpoint(a: &RunArgs) -> Result<(Format, AnyEndpoint)> {
     let inputs = match given {
         Some(i) => i,
         None => {
-            let path = format!("/v2/models/{}", a.model);
+            let path = format!("/v2/models/{}", a.request.model);
             InputSpec::from_metadata(&http::get_json_with(addr, tls.as_ref(), &path).await?)?
         }
     };
-    let request = workload::build(&a.model, a.version.as_deref(), &inputs, a.rows, format)?;
+    let request = workload::build(
+        &a.request.model,
+        a.request.version.as_deref(),
+        &inputs,
+        a.request.rows,
+        format,
+    )?;
     Ok((
         format,
         AnyEndpoint::Http(http::HttpEndpoint { addr, request, tls }),
@@ -413,7 +444,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let endpoint = Arc::new(endpoint);
     // The open-loop rates, then (with --closed) one closed-loop point that
     // finds saturation.
-    let open_rates = rates(&a.rate, a.sweep.as_deref())?;
+    let open_rates = rates(&a.points.rate, a.points.sweep.as_deref())?;
     let mut rates: Vec<Option<f64>> = open_rates.iter().copied().map(Some).collect();
     if a.closed {
         rates.push(None);
@@ -427,7 +458,7 @@ async fn run(a: RunArgs) -> Result<()> {
     if a.swap.swap_repo.is_some() && addr.is_none() {
         bail!("the swap scenario runs over HTTP");
     }
-    let slo = Duration::from_secs_f64(a.slo_p99_ms / 1e3);
+    let slo = Duration::from_secs_f64(a.points.slo_p99_ms / 1e3);
     let mut points = Vec::new();
     let mut swap_report = None;
     let mut stopped = false;
@@ -438,9 +469,9 @@ async fn run(a: RunArgs) -> Result<()> {
         let plan = Plan {
             rate: *rate,
             connections: a.connections,
-            warmup: Duration::from_secs_f64(a.warmup),
-            duration: Duration::from_secs_f64(a.duration),
-            timeout: Duration::from_millis(a.timeout_ms),
+            warmup: Duration::from_secs_f64(a.points.warmup),
+            duration: Duration::from_secs_f64(a.points.duration),
+            timeout: Duration::from_millis(a.points.timeout_ms),
             drain: Duration::from_secs(5),
         };
         let counters = Arc::new(Counters::default());
@@ -458,7 +489,12 @@ async fn run(a: RunArgs) -> Result<()> {
         });
         let run = driver::run(Arc::clone(&endpoint), plan, counters).await;
         drop(bar);
-        let point = analysis::point(&plan, &run.samples, slo, Duration::from_millis(a.slice_ms));
+        let point = analysis::point(
+            &plan,
+            &run.samples,
+            slo,
+            Duration::from_millis(a.points.slice_ms),
+        );
         if let Some((swap_start, task)) = swapper {
             let published = task.await??;
             // Swap times are taken from the swapper's clock; shift them to
@@ -491,7 +527,11 @@ async fn run(a: RunArgs) -> Result<()> {
         );
         let held = point.held;
         points.push(point);
-        if !held && !a.no_stop && rate.is_some() && analysis::sweep_over(&points, a.patience) {
+        if !held
+            && !a.points.no_stop
+            && rate.is_some()
+            && analysis::sweep_over(&points, a.points.patience)
+        {
             eprintln!("quiver-bench: stopping the sweep (use --no-stop to go on)");
             stopped = true;
         }
@@ -502,9 +542,9 @@ async fn run(a: RunArgs) -> Result<()> {
         schema: SCHEMA,
         label: a.label.clone(),
         url: a.url.clone(),
-        model: a.model.clone(),
+        model: a.request.model.clone(),
         format,
-        rows_per_request: a.rows,
+        rows_per_request: a.request.rows,
         mode: if open_rates.is_empty() {
             "closed"
         } else {
@@ -513,13 +553,14 @@ async fn run(a: RunArgs) -> Result<()> {
         .into(),
         connections: a.connections,
         client_threads: a.threads,
-        warmup_s: a.warmup,
-        duration_s: a.duration,
-        slo_p99_ms: a.slo_p99_ms,
+        warmup_s: a.points.warmup,
+        duration_s: a.points.duration,
+        slo_p99_ms: a.points.slo_p99_ms,
         machine,
         max_rate_held: analysis::max_rate_held(&points),
         points,
         swap: swap_report,
+        kafka: None,
     };
     write_out(a.out.as_ref(), &ResultFile::Load(Box::new(result.clone())))?;
     let md = report::markdown::render(
@@ -536,15 +577,15 @@ async fn run(a: RunArgs) -> Result<()> {
 
 fn swap_plan(a: &RunArgs, repository: PathBuf) -> swap::SwapPlan {
     let source = a.swap.swap_source.clone().unwrap_or_else(|| {
-        let latest = swap::latest_version(&repository, &a.model).unwrap_or(1);
+        let latest = swap::latest_version(&repository, &a.request.model).unwrap_or(1);
         repository
-            .join(&a.model)
+            .join(&a.request.model)
             .join(latest.to_string())
             .join("model.onnx")
     });
     swap::SwapPlan {
         repository,
-        model: a.model.clone(),
+        model: a.request.model.clone(),
         source,
         count: a.swap.swaps,
         every: Duration::from_secs_f64(a.swap.swap_every),

@@ -128,23 +128,43 @@ fn pace(
     tx: mpsc::UnboundedSender<(u64, Instant)>,
     stop: &AtomicBool,
 ) {
-    let mut oversleep = Duration::from_micros(50);
+    let mut pacer = Pacer::default();
     for i in 0..schedule.count() {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let due = start + schedule.due(i);
+        pacer.wait_until(due);
+        if tx.send((i, due)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sleeps until a due time, waking early by what the kernel's timer slack
+/// has lately made sleeps overrun (see [`pace`]).
+pub struct Pacer {
+    oversleep: Duration,
+}
+
+impl Default for Pacer {
+    fn default() -> Pacer {
+        Pacer {
+            oversleep: Duration::from_micros(50),
+        }
+    }
+}
+
+impl Pacer {
+    pub fn wait_until(&mut self, due: Instant) {
         let now = Instant::now();
-        if due > now + oversleep {
-            let want = due - now - oversleep;
+        if due > now + self.oversleep {
+            let want = due - now - self.oversleep;
             let before = Instant::now();
             std::thread::sleep(want);
             let late = before.elapsed().saturating_sub(want);
             // Moving average over ~8 sleeps.
-            oversleep = ((oversleep * 7 + late) / 8).min(MAX_EARLY);
-        }
-        if tx.send((i, due)).is_err() {
-            return;
+            self.oversleep = ((self.oversleep * 7 + late) / 8).min(MAX_EARLY);
         }
     }
 }

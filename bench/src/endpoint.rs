@@ -1,9 +1,9 @@
 //! What the driver sends requests to. The driver only needs "open a
 //! connection" and "make one call on it"; HTTP is one implementation
-//! ([`crate::http`]). The Kafka mode slots in as another: a connection is a
-//! producer plus a consumer of the responses topic, and a call produces one
-//! request record and resolves when the response with its correlation id
-//! arrives, so the same schedule, histograms and reports apply end to end.
+//! ([`crate::http`]), gRPC another ([`crate::grpc`]). The Kafka mode
+//! ([`crate::kafka`]) has no connections to take turns on: it produces on
+//! the same schedule from one thread and matches answers by correlation id,
+//! into the same samples, histograms and reports.
 
 use std::future::Future;
 

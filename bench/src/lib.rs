@@ -4,7 +4,9 @@
 //!   send time (coordinated-omission correction);
 //! - [`histogram`]: HdrHistogram of nanoseconds and its percentile summary;
 //! - [`workload`]: the OIP v2 request each point sends (JSON or binary);
-//! - [`endpoint`]: what the driver loads (HTTP today; Kafka slots in here);
+//! - [`endpoint`]: what the driver loads (HTTP and gRPC);
+//! - [`kafka`]: the Kafka mode, a producer on the ingress's requests topic
+//!   and a consumer matching answers by correlation id;
 //! - [`http`]: the HTTP/1.1 keep-alive client (plaintext or TLS);
 //! - [`grpc`]: the gRPC client (unary or streaming, typed or raw, TLS);
 //! - [`driver`]: runs one load point (open or closed loop) into samples;
@@ -27,6 +29,7 @@ pub mod grpc;
 pub mod histogram;
 pub mod http;
 pub mod inprocess;
+pub mod kafka;
 pub mod online;
 pub mod progress;
 pub mod report;

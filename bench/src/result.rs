@@ -57,6 +57,9 @@ pub struct LoadRun {
     pub max_rate_held: Option<f64>,
     /// Present when the hot-swap scenario ran.
     pub swap: Option<SwapReport>,
+    /// Present for a Kafka ingress run: the fate of every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<crate::kafka::KafkaReport>,
 }
 
 /// One load point.

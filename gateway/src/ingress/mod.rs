@@ -7,32 +7,36 @@
 //! - **At-least-once.** A record's offset is committed only after its answer
 //!   (or its dead letter) is confirmed by the broker ([`offsets`]); a
 //!   restarted consumer resumes from there.
-//! - **Bounded.** At most `max_in_flight` records are being answered; at the
-//!   cap the consumer reads nothing more until one is answered. While a
-//!   model's queue is full it pauses its partitions (no fetching at all)
-//!   and resumes when there is room.
+//! - **Bounded.** At most `max_in_flight` records are between being read
+//!   and having their answer confirmed; at the cap the consumer reads
+//!   nothing more until one is confirmed. While a model's queue is full it
+//!   pauses its partitions (no fetching at all) and resumes when there is
+//!   room.
 //! - **Dead letters.** A record that cannot be read (not JSON, no
 //!   `model_name`, not a valid request) goes to the dead-letter topic as it
 //!   was, with a `quiver-error` header saying why. A readable request that
 //!   fails (unknown model, wrong shape) is answered with an error response.
+//!
+//! Each record is one task from read to hand-off: the answer goes to
+//! librdkafka with the record's place and its in-flight permit attached,
+//! and the delivery report (on librdkafka's thread) marks the offset
+//! finished and frees the permit, so no task waits on the broker.
 
 pub mod offsets;
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver_contract::records::{
-    HEADER_CORRELATION_ID, HEADER_ERROR, HEADER_STATUS, IngressRequest,
-};
-use rdkafka::ClientConfig;
-use rdkafka::Message;
+use quiver_contract::records::{HEADER_CORRELATION_ID, HEADER_ERROR, HEADER_STATUS};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::ApiError;
 use crate::inference;
@@ -46,6 +50,11 @@ use offsets::Offsets;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a queue-full request waits before it tries again, at most.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an answer waits for room in librdkafka's queue before it is
+/// given up (its offset stays uncommitted, so it is answered again later).
+const SEND_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the answers in flight to be confirmed.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -53,14 +62,52 @@ pub enum IngressError {
     Client(#[from] KafkaError),
 }
 
+/// A record's place, carried through librdkafka with its answer: the
+/// delivery report finishes the offset, and dropping it frees the record's
+/// in-flight permit.
+struct Pending {
+    partition: i32,
+    offset: i64,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The answer producer's delivery reports.
+struct Deliveries {
+    offsets: Arc<Mutex<Offsets>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        match result {
+            Ok(_) => {
+                if let Ok(mut o) = self.offsets.lock() {
+                    o.finish(pending.partition, pending.offset);
+                }
+            }
+            // Not finished, so never committed: after a restart or
+            // rebalance the record is read and answered again.
+            Err((e, _)) => tracing::error!(
+                error = %e,
+                partition = pending.partition,
+                offset = pending.offset,
+                "cannot produce an ingress answer; its offset stays uncommitted"
+            ),
+        }
+    }
+}
+
 /// State shared by the reading loop and the answering tasks.
 struct Shared {
     gw: Arc<Gateway>,
     settings: IngressSettings,
-    producer: FutureProducer,
-    offsets: Mutex<Offsets>,
+    producer: ThreadedProducer<Deliveries>,
+    offsets: Arc<Mutex<Offsets>>,
     /// Requests waiting for room in a full model queue.
-    blocked: std::sync::atomic::AtomicUsize,
+    blocked: AtomicUsize,
     room: Notify,
 }
 
@@ -89,7 +136,10 @@ pub fn start(
     for (k, v) in &settings.producer {
         producer_config.set(k, v);
     }
-    let producer: FutureProducer = producer_config.create()?;
+    let offsets = Arc::new(Mutex::new(Offsets::default()));
+    let producer = producer_config.create_with_context(Deliveries {
+        offsets: Arc::clone(&offsets),
+    })?;
     tracing::info!(
         topic = %settings.requests_topic,
         group = %settings.group_id,
@@ -100,16 +150,20 @@ pub fn start(
         gw,
         settings,
         producer,
-        offsets: Mutex::new(Offsets::default()),
-        blocked: std::sync::atomic::AtomicUsize::new(0),
+        offsets,
+        blocked: AtomicUsize::new(0),
         room: Notify::new(),
     });
     Ok(tokio::spawn(run(shared, consumer, stop)))
 }
 
 async fn run(shared: Arc<Shared>, consumer: StreamConsumer, stop: Arc<Notify>) {
-    let permits = Arc::new(Semaphore::new(shared.settings.max_in_flight));
-    let mut tasks = JoinSet::new();
+    let max_in_flight = shared.settings.max_in_flight;
+    // One permit per record from read until its answer is confirmed; the
+    // permits are what tracks the answering tasks (each is spawned with
+    // one and frees it only through the delivery report), so shutdown
+    // waits for all of them to come back.
+    let permits = Arc::new(Semaphore::new(max_in_flight));
     let mut last_commit = Instant::now();
     let mut paused = false;
     let stopped = stop.notified();
@@ -117,21 +171,16 @@ async fn run(shared: Arc<Shared>, consumer: StreamConsumer, stop: Arc<Notify>) {
     loop {
         // A model queue refusing work pauses the partitions: no more
         // records are fetched until it has room.
-        let blocked = shared.blocked.load(std::sync::atomic::Ordering::Acquire) > 0;
+        let blocked = shared.blocked.load(Ordering::Acquire) > 0;
         if blocked != paused {
             set_paused(&consumer, blocked);
             paused = blocked;
         }
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             commit(&shared, &consumer, CommitMode::Async);
+            crate::metrics::ingress_in_flight(max_in_flight - permits.available_permits());
             last_commit = Instant::now();
         }
-        while let Some(done) = tasks.try_join_next() {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "ingress task failed");
-            }
-        }
-        crate::metrics::ingress_in_flight(tasks.len());
         if paused {
             tokio::select! {
                 () = &mut stopped => break,
@@ -143,46 +192,54 @@ async fn run(shared: Arc<Shared>, consumer: StreamConsumer, stop: Arc<Notify>) {
         // At the in-flight cap, wait for a slot before reading on; what
         // librdkafka has prefetched meanwhile is bounded by
         // queued.max.messages.kbytes.
-        let permit = tokio::select! {
-            () = &mut stopped => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                () = &mut stopped => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep(COMMIT_INTERVAL) => continue,
             },
-            () = tokio::time::sleep(COMMIT_INTERVAL) => continue,
         };
-        tokio::select! {
+        let received = tokio::select! {
+            biased;
+            received = consumer.recv() => received,
             () = &mut stopped => break,
-            received = consumer.recv() => {
-                let message = match received {
-                    Ok(m) => m.detach(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ingress consumer error");
-                        continue;
-                    }
-                };
-                if let Ok(mut o) = shared.offsets.lock() {
-                    o.start(message.topic(), message.partition(), message.offset());
-                }
-                let shared = Arc::clone(&shared);
-                tasks.spawn(async move {
-                    answer(&shared, message).await;
-                    drop(permit);
-                    shared.room.notify_one();
-                });
-            }
             // A request found its queue full: pause before reading more.
-            () = shared.room.notified() => {}
+            () = shared.room.notified() => continue,
+        };
+        let message = match received {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                tracing::warn!(error = %e, "ingress consumer error");
+                continue;
+            }
+        };
+        if let Ok(mut o) = shared.offsets.lock() {
+            o.start(message.partition(), message.offset());
         }
+        let pending = Box::new(Pending {
+            partition: message.partition(),
+            offset: message.offset(),
+            _permit: permit,
+        });
+        // Tracked by its permit (see above), not by a handle.
+        tokio::spawn(answer(Arc::clone(&shared), message, pending));
     }
     tracing::info!(
-        in_flight = tasks.len(),
+        in_flight = max_in_flight - permits.available_permits(),
         "Kafka ingress stopping: finishing requests already read"
     );
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "ingress task failed");
-        }
+    let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+    match tokio::time::timeout(SHUTDOWN_FLUSH, permits.acquire_many(all)).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            left = max_in_flight - permits.available_permits(),
+            "ingress answers still unconfirmed at shutdown; their offsets stay uncommitted"
+        ),
     }
     commit(&shared, &consumer, CommitMode::Sync);
     crate::metrics::ingress_in_flight(0);
@@ -212,8 +269,9 @@ fn commit(shared: &Shared, consumer: &StreamConsumer, mode: CommitMode) {
     if points.is_empty() {
         return;
     }
+    let topic = &shared.settings.requests_topic;
     let mut tpl = TopicPartitionList::new();
-    for (topic, partition, next) in &points {
+    for (partition, next) in &points {
         if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
             tracing::warn!(error = %e, "cannot build the commit list");
         }
@@ -226,7 +284,7 @@ fn commit(shared: &Shared, consumer: &StreamConsumer, mode: CommitMode) {
 }
 
 /// The correlation id: the header, else the key, else the request `id`.
-fn correlation_id(message: &OwnedMessage, request: Option<&IngressRequest>) -> Option<String> {
+fn correlation_id(message: &OwnedMessage, request_id: Option<&str>) -> Option<String> {
     let from_header = message.headers().and_then(|h| {
         h.iter()
             .find(|x| x.key == HEADER_CORRELATION_ID)
@@ -239,17 +297,12 @@ fn correlation_id(message: &OwnedMessage, request: Option<&IngressRequest>) -> O
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned())
         })
-        .or_else(|| {
-            request
-                .and_then(|r| r.request.get("id"))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
+        .or_else(|| request_id.map(str::to_string))
 }
 
-/// Answers one record and marks its offset finished once the answer (or
-/// dead letter) is confirmed.
-async fn answer(shared: &Shared, message: OwnedMessage) {
+/// Answers one record; its answer (or dead letter) carries `pending` to
+/// the delivery report.
+async fn answer(shared: Arc<Shared>, message: OwnedMessage, pending: Box<Pending>) {
     let started = Instant::now();
     let traceparent = message
         .headers()
@@ -257,17 +310,17 @@ async fn answer(shared: &Shared, message: OwnedMessage) {
         .and_then(|h| h.value);
     let mut trace =
         crate::telemetry::begin_with(traceparent, started, crate::telemetry::Door::Kafka);
-    let delivered = match read(&message) {
+    match read(&message) {
         Err(why) => {
             crate::metrics::ingress_record("dead_lettered");
-            dead_letter(shared, &message, &why).await
+            dead_letter(&shared, &message, &why, pending).await;
         }
-        Ok((request, parsed, version)) => {
+        Ok((model, version, parsed)) => {
             crate::telemetry::decoded(&mut trace);
-            let id = correlation_id(&message, Some(&request));
+            let id = correlation_id(&message, parsed.id.as_deref());
             let (status, body) = infer(
-                shared,
-                &request.model_name,
+                &shared,
+                &model,
                 version,
                 id.as_deref(),
                 parsed,
@@ -275,40 +328,37 @@ async fn answer(shared: &Shared, message: OwnedMessage) {
             )
             .await;
             crate::metrics::ingress_record(if status == 200 { "answered" } else { "failed" });
-            respond(shared, id.as_deref(), status, &body).await
-        }
-    };
-    match delivered {
-        Ok(()) => {
-            if let Ok(mut o) = shared.offsets.lock() {
-                o.finish(message.topic(), message.partition(), message.offset());
-            }
-        }
-        // Not finished, so never committed: after a restart or rebalance
-        // the record is read and answered again.
-        Err(e) => {
-            tracing::error!(error = %e, offset = message.offset(), "cannot produce an ingress answer; its offset stays uncommitted")
+            respond(&shared, id.as_deref(), status, &body, pending).await;
         }
     }
 }
 
-type Parsed = (IngressRequest, protocol::InferRequest, Option<u64>);
+/// The ingress fields of a record; the rest is the protocol's request,
+/// read by the same parser as an HTTP body (which skips these two).
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    model_name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    model_version: Option<Cow<'a, str>>,
+}
+
+type Parsed = (String, Option<u64>, protocol::InferRequest);
 
 /// A record's request, or why it cannot be read.
 fn read(message: &OwnedMessage) -> Result<Parsed, String> {
     let value = message.payload().ok_or("the record has no value")?;
-    let request: IngressRequest =
+    let head: Head<'_> =
         serde_json::from_slice(value).map_err(|e| format!("not an ingress request: {e}"))?;
-    let version = match &request.model_version {
+    let version = match &head.model_version {
         None => None,
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n > 0 => Some(n),
             _ => return Err(format!("model_version '{v}' is not a positive integer")),
         },
     };
-    let body = serde_json::to_vec(&request.request).map_err(|e| e.to_string())?;
-    let parsed = protocol::parse_infer_request(&body, None).map_err(|e| e.0)?;
-    Ok((request, parsed, version))
+    let parsed = protocol::parse_infer_request(value, None).map_err(|e| e.0)?;
+    Ok((head.model_name.into_owned(), version, parsed))
 }
 
 /// Runs the request as HTTP would, waiting out full queues (the consumer
@@ -347,9 +397,9 @@ async fn infer(
             Err(ApiError::QueueFull { .. }) => {
                 if !blocked {
                     blocked = true;
-                    shared
-                        .blocked
-                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    shared.blocked.fetch_add(1, Ordering::AcqRel);
+                    // The reading loop pauses before it reads more.
+                    shared.room.notify_one();
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
@@ -358,9 +408,7 @@ async fn infer(
         }
     };
     if blocked {
-        shared
-            .blocked
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        shared.blocked.fetch_sub(1, Ordering::AcqRel);
         shared.room.notify_one();
     }
     match result {
@@ -389,14 +437,25 @@ fn error_body(e: &ApiError, model: &str, id: Option<&str>) -> (u16, Vec<u8>) {
     (status, serde_json::to_vec(&body).unwrap_or_default())
 }
 
+/// The `quiver-status` header's value: the common ones without formatting.
+fn status_text(status: u16) -> Cow<'static, str> {
+    match status {
+        200 => Cow::Borrowed("200"),
+        400 => Cow::Borrowed("400"),
+        404 => Cow::Borrowed("404"),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
 async fn respond(
     shared: &Shared,
     id: Option<&str>,
     status: u16,
     body: &[u8],
-) -> Result<(), KafkaError> {
-    let status_text = status.to_string();
-    let mut headers = OwnedHeaders::new().insert(Header {
+    pending: Box<Pending>,
+) {
+    let status_text = status_text(status);
+    let mut headers = OwnedHeaders::new_with_capacity(3).insert(Header {
         key: HEADER_STATUS,
         value: Some(status_text.as_bytes()),
     });
@@ -413,33 +472,63 @@ async fn respond(
         });
     }
     let topic = &shared.settings.responses_topic;
-    send(shared, topic, id.map(str::as_bytes), Some(body), headers).await
+    send(
+        shared,
+        topic,
+        id.map(str::as_bytes),
+        Some(body),
+        headers,
+        pending,
+    )
+    .await;
 }
 
-/// Produces one record and waits for the broker's confirmation.
+/// Hands one record to librdkafka, waiting out a full queue; its delivery
+/// report settles `pending`.
 async fn send(
     shared: &Shared,
     topic: &str,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     headers: OwnedHeaders,
-) -> Result<(), KafkaError> {
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+    pending: Box<Pending>,
+) {
+    let mut record =
+        BaseRecord::<[u8], [u8], Box<Pending>>::with_opaque_to(topic, pending).headers(headers);
     if let Some(v) = value {
         record = record.payload(v);
     }
     if let Some(k) = key {
         record = record.key(k);
     }
-    shared
-        .producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+    let give_up = Instant::now() + SEND_QUEUE_TIMEOUT;
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        match shared.producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if Instant::now() < give_up =>
+            {
+                record = back;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+            }
+            // Dropping the record frees its permit; its offset is never
+            // finished, so it is answered again after a restart.
+            Err((e, back)) => {
+                tracing::error!(
+                    error = %e,
+                    partition = back.delivery_opaque.partition,
+                    offset = back.delivery_opaque.offset,
+                    "cannot produce an ingress answer; its offset stays uncommitted"
+                );
+                return;
+            }
+        }
+    }
 }
 
-async fn dead_letter(shared: &Shared, message: &OwnedMessage, why: &str) -> Result<(), KafkaError> {
+async fn dead_letter(shared: &Shared, message: &OwnedMessage, why: &str, pending: Box<Pending>) {
     tracing::warn!(
         error = why,
         partition = message.partition(),
@@ -463,5 +552,13 @@ async fn dead_letter(shared: &Shared, message: &OwnedMessage, why: &str) -> Resu
             value: Some(source.as_bytes()),
         });
     let topic = &shared.settings.dead_letter_topic;
-    send(shared, topic, message.key(), message.payload(), headers).await
+    send(
+        shared,
+        topic,
+        message.key(),
+        message.payload(),
+        headers,
+        pending,
+    )
+    .await;
 }

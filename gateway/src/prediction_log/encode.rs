@@ -29,18 +29,30 @@ fn tensors(ts: &[Tensor]) -> Vec<WireTensorOut<'_>> {
 
 /// The prediction record's JSON, one line (serde_json escapes newlines).
 pub fn prediction(e: &PredictionEvent) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&WirePrediction {
-        schema: RECORD_SCHEMA,
-        id: &e.id,
-        model: &e.model,
-        version: e.version,
-        arm: e.arm.as_str(),
-        source: e.source.as_str(),
-        timestamp_ms: e.timestamp_ms,
-        latency_us: e.latency_us,
-        inputs: tensors(&e.inputs),
-        outputs: tensors(&e.outputs),
-    })
+    let mut out = Vec::new();
+    prediction_into(&mut out, e)?;
+    Ok(out)
+}
+
+/// The same, written into `out` (cleared first): the writer reuses one
+/// buffer, so a record costs no allocation or regrowth of its own.
+pub fn prediction_into(out: &mut Vec<u8>, e: &PredictionEvent) -> Result<(), serde_json::Error> {
+    out.clear();
+    serde_json::to_writer(
+        out,
+        &WirePrediction {
+            schema: RECORD_SCHEMA,
+            id: &e.id,
+            model: &e.model,
+            version: e.version,
+            arm: e.arm.as_str(),
+            source: e.source.as_str(),
+            timestamp_ms: e.timestamp_ms,
+            latency_us: e.latency_us,
+            inputs: tensors(&e.inputs),
+            outputs: tensors(&e.outputs),
+        },
+    )
 }
 
 pub fn label(l: &LabelRecord) -> Result<Vec<u8>, serde_json::Error> {

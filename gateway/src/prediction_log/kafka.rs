@@ -38,6 +38,10 @@ pub struct Reports {
     replay_ok: AtomicU64,
     replay_failed: AtomicU64,
     last_replay_error: Mutex<Option<String>>,
+    /// Direct records confirmed, per stream, not yet added to the metric:
+    /// counted here on librdkafka's thread and handed over once per burst,
+    /// so a delivery report costs no metric lookup.
+    produced: [AtomicU64; 2],
 }
 
 impl ClientContext for Reports {}
@@ -57,7 +61,7 @@ impl ProducerContext for Reports {
         match result {
             Ok(_) => {
                 if batch == 0 {
-                    crate::metrics::log_records(stream.as_str(), "produced", 1);
+                    self.produced[stream.index()].fetch_add(1, Ordering::Relaxed);
                 } else if batch == self.replay_batch.load(Ordering::Acquire) {
                     self.replay_ok.fetch_add(1, Ordering::AcqRel);
                 }
@@ -142,6 +146,15 @@ impl LogProducer {
             }
             Err((e, _)) => Err(SendError::Other(e)),
         }
+    }
+
+    /// Direct records confirmed since the last call, per stream.
+    pub fn take_produced(&self) -> [u64; 2] {
+        let p = &self.reports().produced;
+        [
+            p[0].swap(0, Ordering::Relaxed),
+            p[1].swap(0, Ordering::Relaxed),
+        ]
     }
 
     /// Direct sends that failed since the last call.

@@ -243,7 +243,7 @@ fn run(mut writer: writer::Writer, queue: Arc<Queue>) {
 
 /// How long records gather between bursts while traffic flows: what a
 /// record may wait on top of the flush.
-const BUSY_POLL: Duration = Duration::from_millis(2);
+const BUSY_POLL: Duration = Duration::from_millis(5);
 /// The longest nap of an idle writer (it also ticks the spool and flushes).
 const IDLE_POLL: Duration = Duration::from_millis(50);
 

@@ -30,6 +30,8 @@ pub struct Writer {
     fsync_interval: Duration,
     last_sync: Instant,
     sink: Sink,
+    /// The record being encoded, reused.
+    buf: Vec<u8>,
 }
 
 enum Sink {
@@ -112,17 +114,20 @@ impl Writer {
             fsync_interval: s.fsync_interval,
             last_sync: Instant::now(),
             sink,
+            buf: Vec::with_capacity(4096),
         })
     }
 
     pub fn prediction(&mut self, e: &PredictionEvent) {
-        match encode::prediction(e) {
-            Ok(bytes) => self.record(Stream::Predictions, e.id.as_bytes(), &bytes),
+        let mut buf = std::mem::take(&mut self.buf);
+        match encode::prediction_into(&mut buf, e) {
+            Ok(()) => self.record(Stream::Predictions, e.id.as_bytes(), &buf),
             Err(err) => {
                 tracing::error!(error = %err, "cannot encode a prediction record");
                 crate::metrics::log_records(Stream::Predictions.as_str(), "dropped", 1);
             }
         }
+        self.buf = buf;
     }
 
     pub fn labels(&mut self, labels: &[LabelRecord]) {
@@ -255,8 +260,14 @@ impl KafkaSink {
         }
     }
 
-    /// Spools what the broker refused, then flushes (or syncs) the spools.
+    /// Counts what the broker confirmed, spools what it refused, then
+    /// flushes (or syncs) the spools.
     fn absorb_failed(&mut self, sync: bool) {
+        for (stream, n) in Stream::ALL.into_iter().zip(self.producer.take_produced()) {
+            if n > 0 {
+                crate::metrics::log_records(stream.as_str(), "produced", n);
+            }
+        }
         let failed = self.producer.take_failed();
         if let Some(first) = failed.first() {
             let why = format!("delivery failed: {}", first.error);
