@@ -260,7 +260,7 @@ for s in ${servers//,/ }; do
         *) log "unknown server $s"; exit 2 ;;
     esac
     server_pid=$!
-    if [[ "$s" == quiver || "$s" == quiver-before || "$s" == quiver-grpc || "$s" == triton-grpc ]]; then
+    if [[ "$s" == quiver || "$s" == quiver-before || "$s" == bare || "$s" == triton || "$s" == quiver-grpc || "$s" == triton-grpc ]]; then
         # Idle overhead: one request at a time.
         "$bench" run --url "$url" --label "$s-idle" --model "$model" "${extra[@]}" \
             --rows "$rows" --closed --connections 1 --duration 5 --warmup 1 \
