@@ -263,7 +263,19 @@ async fn lightgbm_and_scikit_learn_commands_publish_and_promote_and_failures_kee
         "{}",
         r.text()
     );
-    std::fs::remove_dir_all(&dir)?;
+    // The gateway appends that request to its log in the directory: stop
+    // it first, and give a training command the killed trainer left
+    // behind a moment to end (it runs to its own end or timeout).
+    drop(gw);
+    let mut removed = std::fs::remove_dir_all(&dir);
+    for _ in 0..25 {
+        if removed.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        removed = std::fs::remove_dir_all(&dir);
+    }
+    removed?;
     Ok(())
 }
 

@@ -40,16 +40,26 @@ pub struct Config {
     /// falls back to the standard `AWS_*` environment variable.
     #[serde(default)]
     pub s3: Option<S3Config>,
+    /// The gateways' local prediction log, read when no broker is set.
     pub log_dir: PathBuf,
+    /// The trainer's own state: `state.json`, the window logs, the events
+    /// log and the training commands' run directories.
     pub state_dir: PathBuf,
+    /// The topic of prediction records.
     #[serde(default = "default_predictions")]
     pub predictions_topic: String,
+    /// The topic of label records.
     #[serde(default = "default_labels")]
     pub labels_topic: String,
+    /// How long the loop sleeps when a poll found nothing, milliseconds.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
+    /// How long a prediction waits for its label (and a label for its
+    /// prediction) before it is dropped, milliseconds.
     #[serde(default = "default_join_window")]
     pub join_window_ms: u64,
+    /// Where the Prometheus metrics are served (`host:port`); none when
+    /// left out.
     #[serde(default)]
     pub metrics_addr: Option<String>,
     /// Consume from Kafka instead of the local log (when `brokers` is set).
@@ -139,9 +149,14 @@ pub enum Family<'a> {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// The model's name in the registry and in the records.
     pub name: String,
+    /// `{ kind = "classification", classes = N }` or `{ kind = "regression" }`.
     pub task: Task,
+    /// The name of the model's input tensor.
     pub input: String,
+    /// The model's outputs, each a name and a kind (`probabilities`,
+    /// `label`, `value`).
     pub outputs: Vec<OutputSpec>,
     /// The family trained at each retrain: `mlp`, `gbt`, or the name of
     /// a `[models.commands.<name>]` table (the user's own training code).
@@ -158,14 +173,24 @@ pub struct ModelConfig {
     /// family.
     #[serde(default)]
     pub commands: BTreeMap<String, CommandSettings>,
+    /// The seed of every random choice in training (splits, initial
+    /// weights), so a run can be repeated.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// The training window: the newest labelled rows kept, at most.
     #[serde(default = "default_window_rows")]
     pub window_rows: usize,
+    /// The newest fraction of the training rows held out to compare the
+    /// candidate with stable, in [0, 0.9).
     #[serde(default = "default_holdout")]
     pub holdout_fraction: f64,
+    /// The largest difference allowed between ONNX Runtime's output and the
+    /// trainer's (or the command's) own predictions.
     #[serde(default = "default_parity")]
     pub parity_bound: f64,
+    /// How much lower the candidate's held-out loss must be than stable's
+    /// to publish it; negative publishes a candidate unless it is worse by
+    /// more than that (the canary still judges it on live traffic).
     #[serde(default)]
     pub min_improvement: f64,
     /// After the held-out evaluation, train once more on the whole window
@@ -174,28 +199,90 @@ pub struct ModelConfig {
     /// rows resemble most.
     #[serde(default = "default_refit")]
     pub refit: bool,
+    /// `[models.mlp]`: the built-in multilayer perceptron.
     #[serde(default)]
     pub mlp: MlpSettings,
+    /// `[models.gbt]`: the built-in gradient-boosted trees.
     #[serde(default)]
     pub gbt: GbtSettings,
+    /// `[models.triggers]`: when the model retrains.
     #[serde(default)]
     pub triggers: Triggers,
+    /// `[models.canary]`: how a published candidate earns stable.
     #[serde(default)]
     pub canary: CanaryPolicy,
+}
+
+/// A setting that is either derived by the trainer (`"auto"`, the
+/// default) or given as a value.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Auto<T> {
+    #[default]
+    Auto,
+    Set(T),
+}
+
+impl<T: Copy> Auto<T> {
+    /// The value given, or `derived()` when auto.
+    pub fn or_else(self, derived: impl FnOnce() -> T) -> T {
+        match self {
+            Auto::Auto => derived(),
+            Auto::Set(v) => v,
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Auto<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Auto::Auto => s.serialize_str("auto"),
+            Auto::Set(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Auto<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either<T> {
+            Value(T),
+            Word(String),
+        }
+        match Either::<T>::deserialize(d)? {
+            Either::Value(v) => Ok(Auto::Set(v)),
+            Either::Word(w) if w == "auto" => Ok(Auto::Auto),
+            Either::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected \"auto\" or a number, found \"{w}\""
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Triggers {
+    /// No training before the window holds this many rows.
     pub min_rows: usize,
-    pub new_rows: u64,
+    /// Retrain after this many new labelled rows. `"auto"` (the default):
+    /// about as many as arrive during one training (at least 2 s of
+    /// labels), at most a tenth of the window, and right after a window
+    /// cut at most half the rows the last training used (`cadence.rs`).
+    pub new_rows: Auto<u64>,
+    /// Retrain when online accuracy falls this far below the stable
+    /// version's offline accuracy (regressors: RMSE above offline by this
+    /// fraction).
     pub quality_drop: f64,
+    /// Retrain when any feature's PSI against the stable version's
+    /// training reference exceeds this.
     pub drift_psi: f64,
+    /// Retrain at least this often, milliseconds; 0 = never on a schedule.
     pub schedule_ms: u64,
-    /// At each training run, look for the point in the window where the
-    /// served version's errors rose (a concept change) and train on the
-    /// rows after it only, when at least `min_rows` are left, instead of
-    /// waiting for the old concept to age out of the window.
+    /// Watch the served version's errors for a concept change (a rise by a
+    /// two-sample t statistic over every split of the window, bar 6, with
+    /// at least 200 rows after it), retrain as soon as one shows, and at
+    /// each training run train on the rows after the change only instead
+    /// of waiting for the old concept to age out of the window.
     pub cut_at_change: bool,
 }
 
@@ -203,7 +290,7 @@ impl Default for Triggers {
     fn default() -> Self {
         Triggers {
             min_rows: 500,
-            new_rows: 5000,
+            new_rows: Auto::Auto,
             quality_drop: 0.05,
             drift_psi: 0.25,
             schedule_ms: 0,
@@ -215,7 +302,14 @@ impl Default for Triggers {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CanaryPolicy {
-    pub min_samples: u64,
+    /// Labelled rows each arm (candidate, stable) needs in a step before a
+    /// verdict. `"auto"` (the default): as many as the steps collect in
+    /// about one retrain cycle, between 50 and 500; 50 when the
+    /// candidate's held-out loss was below 0.8 of stable's on the same
+    /// rows, and then one judged step on shared traffic promotes it
+    /// (`cadence.rs`).
+    pub min_samples: Auto<u64>,
+    /// Significance of the one-sided "candidate is worse" tests.
     pub alpha: f64,
     /// The canary's share of traffic at each step, rising, the last 1.0.
     /// Recorded into `routing.json` when the trainer starts a canary, so
@@ -226,7 +320,7 @@ pub struct CanaryPolicy {
 impl Default for CanaryPolicy {
     fn default() -> Self {
         CanaryPolicy {
-            min_samples: 200,
+            min_samples: Auto::Auto,
             alpha: 0.01,
             steps: DEFAULT_STEPS.to_vec(),
         }
@@ -489,6 +583,30 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn cadence_and_canary_samples_are_auto_unless_given() {
+        let plain = test_model("");
+        assert_eq!(plain.triggers.new_rows, Auto::Auto);
+        assert_eq!(plain.canary.min_samples, Auto::Auto);
+        let given = test_model(
+            "[models.triggers]\nnew_rows = 300\n[models.canary]\nmin_samples = \"auto\"\n",
+        );
+        assert_eq!(given.triggers.new_rows, Auto::Set(300));
+        assert_eq!(given.triggers.new_rows.or_else(|| 7), 300);
+        assert_eq!(given.canary.min_samples.or_else(|| 7), 7);
+        // Round trip through the lineage's JSON.
+        let text = serde_json::to_string(&given.triggers).unwrap();
+        assert!(text.contains("\"new_rows\":300"), "{text}");
+        let text = serde_json::to_string(&given.canary).unwrap();
+        assert!(text.contains("\"min_samples\":\"auto\""), "{text}");
+        let err = toml::from_str::<Config>(&format!(
+            "{TEST_CONFIG}[models.triggers]\nnew_rows = \"often\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("expected \"auto\" or a number"), "{err}");
     }
 
     #[test]

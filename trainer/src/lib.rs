@@ -17,6 +17,8 @@
 //! - [`rollout`]: the canary verdicts, written to the routing state in the
 //!   registry by compare-and-swap; [`run`]: the loop; [`events`]: the
 //!   events log; [`metrics`]: Prometheus names.
+//! - [`cadence`]: the retrain cadence and canary sample sizes derived
+//!   from the label rate, the training time and the window.
 //! - [`config`], [`csv`]: the config file and the bootstrap CSV.
 //!
 //! Training is hand-written over `ndarray` (MLP) and plain slices (GBT).
@@ -26,6 +28,7 @@
 //! matrix products per batch, which `ndarray` does at the same order of
 //! speed with no extra build time (numbers for this crate in the README).
 
+pub mod cadence;
 pub mod command;
 pub mod config;
 pub mod csv;

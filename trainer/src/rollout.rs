@@ -13,6 +13,7 @@ use quiver_registry::control;
 use quiver_registry::{Registry, UpdateError};
 use serde::{Deserialize, Serialize};
 
+use crate::cadence;
 use crate::config::ModelConfig;
 use crate::events::Events;
 use crate::monitor::stats::{ArmQuality, Verdict, step_verdict};
@@ -38,6 +39,17 @@ pub struct Rollout {
     /// The run record of the training that made the version.
     #[serde(default)]
     pub run: Option<String>,
+    /// Labelled rows per arm a step needs, fixed when it was published
+    /// (`cadence::canary_samples`); `None`: the config's or derived anew.
+    #[serde(default)]
+    pub min_samples: Option<u64>,
+    /// The candidate beat a failing stable clearly on held-out rows: one
+    /// judged step on shared traffic promotes it.
+    #[serde(default)]
+    pub clear_win: bool,
+    /// The prediction time of the newest row the candidate trained on.
+    #[serde(default)]
+    pub trained_through_ms: Option<u64>,
 }
 
 impl Rollout {
@@ -52,6 +64,9 @@ impl Rollout {
             candidate: ArmQuality::default(),
             stable_quality: ArmQuality::default(),
             run: None,
+            min_samples: None,
+            clear_win: false,
+            trained_through_ms: None,
         }
     }
 }
@@ -93,6 +108,47 @@ pub fn verdict(
         Ok(())
     })?;
     Ok((decision, state))
+}
+
+/// Ends `r`'s rollout before its verdict (its candidate learned a concept
+/// the stream has left): rolled back if its canary began, dropped if not.
+/// False when the registry refused (someone else decided meanwhile): the
+/// rollout goes on and its next turn sees what they did.
+pub fn abandon(
+    reg: &Registry,
+    events: &mut Events,
+    model: &ModelConfig,
+    r: &Rollout,
+    reason: &str,
+) -> bool {
+    let name = model.name.as_str();
+    if r.started {
+        match verdict(
+            reg,
+            name,
+            Action::Rollback,
+            r.version,
+            &model.canary.steps,
+            reason,
+        ) {
+            Ok((_, state)) => {
+                if let Some(run) = &r.run {
+                    crate::runs::rollout_ended(reg, name, run, r.version, &state);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(model = %name, version = r.version, error = %e, "rollback refused");
+                return false;
+            }
+        }
+    }
+    events.emit(
+        name,
+        "rolled_back",
+        Some(r.version),
+        serde_json::json!({"why": reason}),
+    );
+    true
 }
 
 /// One turn of `r`'s rollout: notices a promotion or rollback made by
@@ -172,15 +228,22 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
     // gateway's).
     let full = routing.canary.get(&r.version).is_some_and(|&w| w >= 1.0);
     let alone = full && r.step > 0;
+    let min_samples = r.min_samples.unwrap_or_else(|| {
+        model.canary.min_samples.or_else(|| {
+            let cycle = (model.window_rows as u64 / 10).max(cadence::MIN_RETRAIN_ROWS);
+            cadence::canary_samples(cycle, steps, None)
+        })
+    });
     let judged = step_verdict(
         &r.candidate,
         &r.stable_quality,
         alone,
-        model.canary.min_samples,
+        min_samples,
         model.canary.alpha,
         classifier,
     );
     let stats = serde_json::json!({
+        "min_samples": min_samples,
         "candidate_n": r.candidate.loss.n, "candidate_loss": r.candidate.loss.mean,
         "candidate_accuracy": r.candidate.correct as f64 / r.candidate.loss.n.max(1) as f64,
         "stable_n": r.stable_quality.loss.n, "stable_loss": r.stable_quality.loss.mean,
@@ -202,12 +265,23 @@ pub fn step(reg: &Registry, events: &mut Events, model: &ModelConfig, r: &mut Ro
             }
         }
         Verdict::NotWorse => {
-            let reason = if alone {
-                "all traffic after the judged steps, enough labelled rows"
+            // A candidate that beat a failing stable clearly on held-out
+            // rows and is not worse on shared traffic goes all the way:
+            // every further step costs a label delay of the stale model.
+            let (action, reason) = if alone {
+                (
+                    Action::Advance,
+                    "all traffic after the judged steps, enough labelled rows",
+                )
+            } else if r.clear_win {
+                (
+                    Action::Promote,
+                    "clearly better than a failing stable on held-out rows, not worse online",
+                )
             } else {
-                "online quality not worse than stable"
+                (Action::Advance, "online quality not worse than stable")
             };
-            match verdict(reg, name, Action::Advance, r.version, steps, reason) {
+            match verdict(reg, name, action, r.version, steps, reason) {
                 Ok((_, state)) => {
                     r.step += 1;
                     // Each step judges both arms afresh, on the traffic
@@ -394,5 +468,88 @@ mod tests {
         assert_eq!(stored.history[1].canary.get(&2), Some(&0.5));
         assert_eq!(stored.history[1].reason, "not worse");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_clear_win_is_promoted_after_one_step_and_a_stale_candidate_rolled_back() {
+        let (root, reg) = registry("clear-win");
+        let model = model();
+        for _ in 0..3 {
+            publish_next(&reg, &model);
+        }
+        control::update_routing(&reg, "m", false, |s| {
+            s.stable = Some(1);
+            Ok(())
+        })
+        .unwrap();
+        let mut events = Events::open(&root.join("state")).unwrap();
+        let mut r = Rollout::new(2, Some(1));
+        r.min_samples = Some(50);
+        r.clear_win = true;
+        assert!(!step(&reg, &mut events, &model, &mut r));
+        assert!(r.started);
+        // Not enough rows yet: no verdict.
+        for i in 0..60 {
+            if i < 49 {
+                r.candidate.correct += 1;
+                r.candidate.loss.add(0.1);
+            }
+            r.stable_quality.correct += i % 2;
+            r.stable_quality.loss.add(0.7);
+        }
+        assert!(!step(&reg, &mut events, &model, &mut r));
+        r.candidate.correct += 1;
+        r.candidate.loss.add(0.1);
+        // At the first of three steps, one judged step promotes it.
+        assert!(step(&reg, &mut events, &model, &mut r));
+        let (routing, _) = control::read_routing(&reg, "m").unwrap();
+        assert_eq!(routing.stable, Some(2));
+        assert_eq!(
+            routing.history.last().map(|e| e.decision.as_str()),
+            Some("promote")
+        );
+        // Without the clear win the same numbers only advance a step.
+        let mut r = Rollout::new(3, Some(2));
+        r.min_samples = Some(50);
+        assert!(!step(&reg, &mut events, &model, &mut r));
+        r.candidate = routing_arm(50, 0.1);
+        r.stable_quality = routing_arm(30, 0.7);
+        assert!(!step(&reg, &mut events, &model, &mut r));
+        let (routing, _) = control::read_routing(&reg, "m").unwrap();
+        assert_eq!(
+            (routing.stable, routing.canary.get(&3)),
+            (Some(2), Some(&0.5))
+        );
+        // A candidate trained before a concept change is rolled back.
+        assert!(abandon(
+            &reg,
+            &mut events,
+            &model,
+            &r,
+            "trained before a concept change"
+        ));
+        let (routing, _) = control::read_routing(&reg, "m").unwrap();
+        assert!(routing.canary.is_empty() && routing.rolled_back.contains(&3));
+        assert_eq!(routing.stable, Some(2));
+        // One whose canary never began is dropped without a verdict.
+        assert!(abandon(
+            &reg,
+            &mut events,
+            &model,
+            &Rollout::new(9, Some(2)),
+            "stale"
+        ));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn routing_arm(correct: u64, loss: f64) -> ArmQuality {
+        let mut q = ArmQuality {
+            correct,
+            ..ArmQuality::default()
+        };
+        for _ in 0..50 {
+            q.loss.add(loss);
+        }
+        q
     }
 }

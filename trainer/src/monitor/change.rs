@@ -29,7 +29,8 @@ pub struct Change {
 }
 
 /// The most likely rise in `errors` with at least `min_side` rows on each
-/// side, if it clears [`MIN_SCORE`].
+/// side, if it clears [`MIN_SCORE`] and more than `min_side` rows follow
+/// it.
 pub fn change_point(errors: &[f64], min_side: usize) -> Option<Change> {
     let n = errors.len();
     let min_side = min_side.max(2);
@@ -65,7 +66,29 @@ pub fn change_point(errors: &[f64], min_side: usize) -> Option<Change> {
             });
         }
     }
-    best.filter(|c| c.score >= MIN_SCORE)
+    // The best split pinned at the last one allowed: the rise is in the
+    // newest rows, fewer than `min_side` of them, and where it began is
+    // not known yet.
+    best.filter(|c| c.score >= MIN_SCORE && c.at < n - min_side)
+}
+
+/// A change among the rows predicted after `seen_ms` (the start of the
+/// last change acted upon), with the prediction time of its first row.
+/// Once acted upon, a change is not found again: after it the errors only
+/// fall, as versions of the new concept take over.
+pub fn change_since(
+    task: Task,
+    rows: &[&Example],
+    seen_ms: u64,
+    min_side: usize,
+) -> Option<(Change, u64)> {
+    let from = rows
+        .iter()
+        .position(|e| e.timestamp_ms > seen_ms)
+        .unwrap_or(rows.len());
+    let errors = served_errors(task, rows[from..].iter().copied());
+    let c = change_point(&errors, min_side)?;
+    Some((c, rows.get(from + c.at)?.timestamp_ms))
 }
 
 /// Each example's served error: wrong (1) or right (0) for classifiers,
@@ -120,6 +143,57 @@ mod tests {
         errors.extend(bernoulli(&mut rng, 400, 0.3));
         let c = change_point(&errors, 200).expect("a switch");
         assert!((4900..=5100).contains(&c.at), "{c:?}");
+    }
+
+    /// Rows served at the given error rates, one per millisecond from `t0`.
+    fn served(rng: &mut Rng, t0: u64, n: usize, p: f64) -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                let wrong = rng.next_f64() < p;
+                Example {
+                    model: "m".into(),
+                    version: 1,
+                    arm: "stable".into(),
+                    timestamp_ms: t0 + i as u64,
+                    features: vec![0.0],
+                    served: vec![0.2, 0.8],
+                    label: if wrong { 0.0 } else { 1.0 },
+                    at: String::new(),
+                }
+            })
+            .collect()
+    }
+
+    fn view(rows: &[Example]) -> Vec<&Example> {
+        rows.iter().collect()
+    }
+
+    #[test]
+    fn a_switch_is_reported_once_then_the_next_one() {
+        let task = Task::Classification { classes: 2 };
+        let mut rng = Rng::new(5);
+        // The old concept at 5 % error, the switch at t = 3000 (the old
+        // version now at 50 %), then a version of the new concept at 4 %.
+        let mut rows = served(&mut rng, 0, 3000, 0.05);
+        rows.extend(served(&mut rng, 3000, 120, 0.5));
+        // Too few rows after it: not yet.
+        assert_eq!(change_since(task, &view(&rows), 0, 200), None);
+        rows.extend(served(&mut rng, 3120, 280, 0.5));
+        let (c, at) = change_since(task, &view(&rows), 0, 200).expect("the switch");
+        assert!((2950..=3050).contains(&at), "{c:?} at {at}");
+        // Acted upon: the same change is not reported again, while the old
+        // version still serves or once new versions take over.
+        rows.extend(served(&mut rng, 3400, 1400, 0.5));
+        assert_eq!(change_since(task, &view(&rows), at, 200), None);
+        rows.extend(served(&mut rng, 4800, 3000, 0.04));
+        assert_eq!(change_since(task, &view(&rows), at, 200), None);
+        // A second switch later is.
+        rows.extend(served(&mut rng, 7800, 400, 0.45));
+        let (_, again) = change_since(task, &view(&rows), at, 200).expect("the second switch");
+        assert!((7700..=7900).contains(&again), "{again}");
+        // A stream that never changed reports nothing.
+        let steady = served(&mut rng, 0, 10_000, 0.2);
+        assert_eq!(change_since(task, &view(&steady), 0, 200), None);
     }
 
     #[test]

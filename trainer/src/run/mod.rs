@@ -231,6 +231,13 @@ impl Trainer {
         ] {
             metrics::counter!(m::JOIN_EVENTS, "outcome" => outcome).increment(d);
         }
+        let now = records::now_ms();
+        for model in &self.config.models {
+            let joined = examples.iter().filter(|e| e.model == model.name).count();
+            if let Some(ms) = self.state.models.get_mut(&model.name) {
+                ms.labels.observe(now, joined as u64);
+            }
+        }
         for e in examples {
             self.take(e);
         }
@@ -297,11 +304,34 @@ impl Trainer {
             .models
             .get(&model.name)
             .is_some_and(|s| s.rollout.is_some());
-        if has_rollout {
+        if has_rollout && let Some(reason) = self.stale_candidate(model) {
+            self.start_training(model, &reason);
+        } else if has_rollout {
             self.step_rollout(model);
         } else if let Some(reason) = self.trigger(model) {
             self.start_training(model, &reason);
         }
+    }
+
+    /// A concept change after the newest row the candidate in rollout
+    /// trained on: its canary would only compare two versions of the old
+    /// concept while the stream serves the new one, so it ends here and a
+    /// retrain on the rows after the change begins (the retrain's reason).
+    fn stale_candidate(&mut self, model: &ModelConfig) -> Option<String> {
+        let change = self.find_change(model)?;
+        let r = self.state.models.get(&model.name)?.rollout.clone()?;
+        if r.trained_through_ms.is_none_or(|t| t >= change.1) {
+            return None;
+        }
+        let reason = self.change_seen(model, change);
+        let why = "trained before a concept change";
+        if !rollout::abandon(&self.registry, &mut self.events, model, &r, why) {
+            return None;
+        }
+        if let Some(ms) = self.state.models.get_mut(&model.name) {
+            ms.rollout = None;
+        }
+        Some(format!("{reason}; v{} {why}, rolled back", r.version))
     }
 
     fn step_rollout(&mut self, model: &ModelConfig) {

@@ -11,6 +11,7 @@ use quiver_contract::layout;
 use serde::{Deserialize, Serialize};
 
 use super::{RunError, Trainer};
+use crate::cadence::LabelRate;
 use crate::config::Config;
 use crate::join::Joiner;
 use crate::monitor::quality::Quality;
@@ -44,6 +45,20 @@ pub(super) struct ModelState {
     /// How much of the window log belongs to this state.
     #[serde(default)]
     pub(super) window_log: Option<LogMark>,
+    /// Labelled rows joined per second (the retrain cadence follows it).
+    #[serde(default)]
+    pub(super) labels: LabelRate,
+    /// Seconds the last training run took, start to end.
+    #[serde(default)]
+    pub(super) last_training_s: Option<f64>,
+    /// The rows the last training used, when it cut its window at a
+    /// concept change.
+    #[serde(default)]
+    pub(super) rows_after_cut: Option<usize>,
+    /// A concept change is looked for among rows predicted after this time
+    /// (ms): the start of the last change acted upon.
+    #[serde(default)]
+    pub(super) change_seen_ms: u64,
 }
 
 fn state_path(config: &Config) -> PathBuf {

@@ -16,7 +16,8 @@ use quiver_contract::records::now_ms;
 use quiver_contract::runs::{Outcome, RunRecord};
 
 use super::{Trainer, command_runs_dir};
-use crate::config::ModelConfig;
+use crate::cadence;
+use crate::config::{Auto, ModelConfig};
 use crate::metrics as m;
 use crate::monitor::change;
 use crate::monitor::quality::Quality;
@@ -25,10 +26,13 @@ use crate::rollout::Rollout;
 use crate::runs;
 use crate::source;
 use crate::train::Dataset;
+use crate::train::metrics::primary_loss;
 use crate::trial::{self, Trial};
 
-/// The fewest rows a window is cut to at a concept change.
-const MIN_ROWS_AFTER_CUT: usize = 200;
+/// The fewest rows a window is cut to at a concept change (and the
+/// fewest after a change before it counts): right after a switch a small
+/// model of the new concept beats any amount of the old one.
+pub(super) const MIN_ROWS_AFTER_CUT: usize = 200;
 
 /// A training run in flight.
 pub(super) struct InFlight {
@@ -39,6 +43,7 @@ pub(super) struct InFlight {
     version: u64,
     /// The window's new-row count when it started: what it consumed.
     new_rows: u64,
+    started: std::time::Instant,
 }
 
 /// What the training thread owns.
@@ -102,11 +107,28 @@ impl Trainer {
             .cut_at_change
             .then(|| {
                 let errors = change::served_errors(model.task, ms.window.examples());
-                change::change_point(&errors, model.triggers.min_rows.max(MIN_ROWS_AFTER_CUT))
+                change::change_point(&errors, MIN_ROWS_AFTER_CUT)
             })
             .flatten();
+        // Never before the change last acted upon: as versions of the new
+        // concept take over, the best split of the served errors drifts
+        // back into the old concept's rows.
+        let seen = ms.change_seen_ms;
+        let after_seen = (seen > 0)
+            .then(|| ms.window.examples().position(|e| e.timestamp_ms >= seen))
+            .flatten()
+            .filter(|at| ms.window.len() - at >= MIN_ROWS_AFTER_CUT);
+        let change = match (change, after_seen) {
+            (Some(c), Some(at)) if at > c.at => Some(change::Change { at, ..c }),
+            (c, _) => c,
+        };
         let skip = change.map_or(0, |c| c.at);
         let data = ms.window.dataset_after(skip, features);
+        ms.rows_after_cut = change.map(|_| data.rows());
+        if let Some(at) = change.and_then(|c| ms.window.examples().nth(c.at)) {
+            // Acted upon: the change monitor looks after it from now on.
+            ms.change_seen_ms = ms.change_seen_ms.max(at.timestamp_ms);
+        }
         let used = || ms.window.examples().skip(skip);
         let mut ranges = BTreeMap::new();
         let offsets = source::kafka::offset_ranges(used().map(|e| e.at.as_str()));
@@ -200,6 +222,7 @@ impl Trainer {
                 stable,
                 version,
                 new_rows,
+                started: std::time::Instant::now(),
             },
         );
     }
@@ -237,10 +260,12 @@ impl Trainer {
             stable,
             version,
             new_rows,
+            started,
         } = run;
         // Rows that came while it trained still count as new.
         if let Some(ms) = self.state.models.get_mut(&model.name) {
             ms.window.new_rows = ms.window.new_rows.saturating_sub(new_rows);
+            ms.last_training_s = Some(started.elapsed().as_secs_f64());
         }
         let result = thread.join().unwrap_or_else(|_| {
             Err(PublishError::NoCandidate(
@@ -312,6 +337,21 @@ impl Trainer {
             return;
         }
         lineage.rows = candidate.rows as u64;
+        let trained_through_ms = lineage.trained_through_ms;
+        let held_out = candidate.stable_offline.as_ref().map(|s| {
+            (
+                primary_loss(candidate.task, &candidate.offline),
+                primary_loss(candidate.task, s),
+            )
+        });
+        let retrain_rows = self.retrain_rows(model);
+        let (min_samples, clear_win) = match model.canary.min_samples {
+            Auto::Set(n) => (n, false),
+            Auto::Auto => {
+                let n = cadence::canary_samples(retrain_rows, &model.canary.steps, held_out);
+                (n, cadence::clear_win(held_out))
+            }
+        };
         match publish::publish(&self.registry, model, version, &candidate, lineage) {
             Ok(manifest) => {
                 metrics::counter!(m::TRAININGS, "model" => model.name.clone(), "outcome" => "published").increment(1);
@@ -321,10 +361,14 @@ impl Trainer {
                     ms.published.push(version);
                     let mut rollout = Rollout::new(version, stable);
                     rollout.run = Some(record.id.clone());
+                    rollout.min_samples = Some(min_samples);
+                    rollout.clear_win = clear_win;
+                    rollout.trained_through_ms = trained_through_ms;
                     ms.rollout = Some(rollout);
                 }
                 self.events.emit(&model.name, "published", Some(version), serde_json::json!({
-                    "parent": stable, "lineage": manifest.lineage, "parity_max_abs": manifest.parity_max_abs}));
+                    "parent": stable, "lineage": manifest.lineage, "parity_max_abs": manifest.parity_max_abs,
+                    "canary_min_samples": min_samples, "clear_win": clear_win, "retrain_rows": retrain_rows}));
                 // Recorded before any traffic moves, so a restart never publishes it again.
                 if let Err(e) = self.save() {
                     tracing::error!(error = %e, "cannot save state after publishing");
