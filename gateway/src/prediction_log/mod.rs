@@ -210,24 +210,12 @@ fn run(mut writer: writer::Writer, queue: Arc<Queue>) {
         // Checked before draining: whatever was queued before the close is
         // written out below, and nothing can be queued after it.
         let stop = queue.closed.load(Ordering::Acquire);
-        let mut taken = 0usize;
-        while let Some(entry) = queue.entries.pop() {
-            taken += 1;
-            match entry {
-                Entry::Prediction(event) => writer.prediction(&event),
-                Entry::Labels(labels) => writer.labels(&labels),
-            }
-        }
+        let taken = drain(&queue, &mut writer);
         if stop {
             // A push that saw the queue open just before the close lands
             // right after it (the doors have drained by now, so there are
             // none in practice): take those too.
-            while let Some(entry) = queue.entries.pop() {
-                match entry {
-                    Entry::Prediction(event) => writer.prediction(&event),
-                    Entry::Labels(labels) => writer.labels(&labels),
-                }
-            }
+            drain(&queue, &mut writer);
             writer.shutdown();
             return;
         }
@@ -239,6 +227,19 @@ fn run(mut writer: writer::Writer, queue: Arc<Queue>) {
         };
         std::thread::park_timeout(nap);
     }
+}
+
+/// Writes out everything queued now; returns how many entries it took.
+fn drain(queue: &Queue, writer: &mut writer::Writer) -> usize {
+    let mut taken = 0;
+    while let Some(entry) = queue.entries.pop() {
+        taken += 1;
+        match entry {
+            Entry::Prediction(event) => writer.prediction(&event),
+            Entry::Labels(labels) => writer.labels(&labels),
+        }
+    }
+    taken
 }
 
 /// How long records gather between bursts while traffic flows: what a
