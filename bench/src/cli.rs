@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::driver::{self, Counters, Plan};
-use crate::result::{LoadRun, Machine, ResultFile, SCHEMA, SwapReport};
+use crate::result::{LoadRun, Machine, ResultFile, RunShape, SwapReport};
 use crate::workload::{self, Format, InputSpec};
 use crate::{analysis, bare, grpc, http, inprocess, online, progress, report, swap};
 
@@ -539,28 +539,21 @@ async fn run(a: RunArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let result = LoadRun {
-        schema: SCHEMA,
-        label: a.label.clone(),
-        url: a.url.clone(),
-        model: a.request.model.clone(),
-        format,
-        rows_per_request: a.request.rows,
-        mode: if open_rates.is_empty() {
-            "closed"
-        } else {
-            "open"
-        }
-        .into(),
-        connections: a.connections,
-        client_threads: a.threads,
-        warmup_s: a.points.warmup,
-        duration_s: a.points.duration,
-        slo_p99_ms: a.points.slo_p99_ms,
-        machine,
-        max_rate_held: analysis::max_rate_held(&points),
-        points,
         swap: swap_report,
-        kafka: None,
+        ..LoadRun::new(
+            RunShape {
+                label: &a.label,
+                url: a.url.clone(),
+                format,
+                request: &a.request,
+                timing: &a.points,
+                open: !open_rates.is_empty(),
+                connections: a.connections,
+                client_threads: a.threads,
+            },
+            machine,
+            points,
+        )
     };
     write_out(a.out.as_ref(), &ResultFile::Load(Box::new(result.clone())))?;
     let md = report::markdown::render(

@@ -62,6 +62,45 @@ pub struct LoadRun {
     pub kafka: Option<crate::kafka::KafkaReport>,
 }
 
+/// What a load run's result is made of, beside its points: where the
+/// load went and how it was sent.
+pub struct RunShape<'a> {
+    pub label: &'a str,
+    pub url: String,
+    pub format: crate::workload::Format,
+    pub request: &'a crate::cli::RequestArgs,
+    pub timing: &'a crate::cli::PointArgs,
+    /// Open-loop rates asked for; none means closed loop.
+    pub open: bool,
+    pub connections: usize,
+    pub client_threads: usize,
+}
+
+impl LoadRun {
+    /// A run's result from its shape and measured points.
+    pub fn new(shape: RunShape<'_>, machine: Machine, points: Vec<Point>) -> LoadRun {
+        LoadRun {
+            schema: SCHEMA,
+            label: shape.label.to_string(),
+            url: shape.url,
+            model: shape.request.model.clone(),
+            format: shape.format,
+            rows_per_request: shape.request.rows,
+            mode: if shape.open { "open" } else { "closed" }.into(),
+            connections: shape.connections,
+            client_threads: shape.client_threads,
+            warmup_s: shape.timing.warmup,
+            duration_s: shape.timing.duration,
+            slo_p99_ms: shape.timing.slo_p99_ms,
+            machine,
+            max_rate_held: crate::analysis::max_rate_held(&points),
+            points,
+            swap: None,
+            kafka: None,
+        }
+    }
+}
+
 /// One load point.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {

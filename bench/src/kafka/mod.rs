@@ -32,7 +32,7 @@ use quiver_contract::records::{REQUESTS_TOPIC, RESPONSES_TOPIC};
 use serde::{Deserialize, Serialize};
 
 use crate::driver::Plan;
-use crate::result::{LoadRun, ResultFile, SCHEMA};
+use crate::result::{LoadRun, ResultFile, RunShape};
 use crate::workload::{self, Format, InputSpec};
 use crate::{analysis, cli, http, report};
 
@@ -268,28 +268,21 @@ pub fn main(a: KafkaArgs) -> Result<()> {
     }
     drop(client);
     let result = LoadRun {
-        schema: SCHEMA,
-        label: a.label.clone(),
-        url: format!("kafka://{}/{}", a.brokers, a.requests_topic),
-        model: a.request.model.clone(),
-        format: Format::Json,
-        rows_per_request: a.request.rows,
-        mode: if open_rates.is_empty() {
-            "closed"
-        } else {
-            "open"
-        }
-        .into(),
-        connections: a.in_flight,
-        client_threads: 1,
-        warmup_s: a.points.warmup,
-        duration_s: a.points.duration,
-        slo_p99_ms: a.points.slo_p99_ms,
-        machine,
-        max_rate_held: analysis::max_rate_held(&points),
-        points,
-        swap: None,
         kafka: Some(kafka.clone()),
+        ..LoadRun::new(
+            RunShape {
+                label: &a.label,
+                url: format!("kafka://{}/{}", a.brokers, a.requests_topic),
+                format: Format::Json,
+                request: &a.request,
+                timing: &a.points,
+                open: !open_rates.is_empty(),
+                connections: a.in_flight,
+                client_threads: 1,
+            },
+            machine,
+            points,
+        )
     };
     cli::write_out(a.out.as_ref(), &ResultFile::Load(Box::new(result.clone())))?;
     let mut md = report::markdown::render(
