@@ -27,15 +27,9 @@ fn tensors(ts: &[Tensor]) -> Vec<WireTensorOut<'_>> {
     ts.iter().map(WireTensorOut::json).collect()
 }
 
-/// The prediction record's JSON, one line (serde_json escapes newlines).
-pub fn prediction(e: &PredictionEvent) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::new();
-    prediction_into(&mut out, e)?;
-    Ok(out)
-}
-
-/// The same, written into `out` (cleared first): the writer reuses one
-/// buffer, so a record costs no allocation or regrowth of its own.
+/// The prediction record's JSON, one line (serde_json escapes newlines),
+/// written into `out` (cleared first): the writer reuses one buffer, so a
+/// record costs no allocation or regrowth of its own.
 pub fn prediction_into(out: &mut Vec<u8>, e: &PredictionEvent) -> Result<(), serde_json::Error> {
     out.clear();
     serde_json::to_writer(
@@ -96,7 +90,8 @@ mod tests {
                 },
             ],
         };
-        let bytes = prediction(&e).unwrap();
+        let mut bytes = Vec::new();
+        prediction_into(&mut bytes, &e).unwrap();
         assert!(!bytes.contains(&b'\n'));
         let r: PredictionRecord = records::parse(&bytes).unwrap();
         assert_eq!(r.id, "r\n1");
