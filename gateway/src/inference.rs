@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::admission;
-use crate::batcher::{Job, JobOutput, Rejected};
+use crate::batcher::{Job, JobOutput, Rejected, Submitted};
 use crate::error::ApiError;
 use crate::live::ServedVersion;
 use crate::prediction_log::{PredictionEvent, Source};
@@ -148,7 +148,13 @@ pub async fn predict(
         reply: tx,
     };
     match served.batcher.submit(job) {
-        Ok(()) => {}
+        Ok(Submitted::Queued) => {}
+        Ok(Submitted::Lead(leader)) => {
+            // Let this thread read the requests already waiting on other
+            // connections first: they join this batch.
+            tokio::task::yield_now().await;
+            leader.run();
+        }
         Err(Rejected::Full(_)) => {
             return Err(ApiError::QueueFull {
                 model: spec.name.clone(),

@@ -47,11 +47,14 @@ pub struct ModelDefaults {
     /// priorities before it goes ahead of them, in milliseconds. A request
     /// with a deadline goes ahead once half its time budget is gone.
     pub max_priority_wait_ms: u64,
-    /// A request runs on the thread that received it, with no hand-off to
-    /// an instance thread, when nothing is queued, an instance is free and
-    /// the model's measured compute time for it is at most this many
-    /// microseconds; 0 never runs inline. Kept small, so a heavy model
-    /// never holds up the async runtime.
+    /// A request runs on the thread that received it, with no hand-off to an
+    /// instance thread, when an instance is free and the model's measured
+    /// compute time for the batch it would take is at most this many
+    /// microseconds: at once when the model is quiet; under load after its task
+    /// has yielded once, so that the requests already waiting join its batch,
+    /// and that thread then also takes what queued meanwhile, for at most this
+    /// long in all. 0 never runs inline (every batch goes to the instance
+    /// threads). Kept small, so a heavy model never holds up the async runtime.
     pub inline_max_compute_us: u64,
     /// ONNX Runtime sessions per model version, each on its own OS thread.
     pub instances: usize,

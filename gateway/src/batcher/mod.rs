@@ -1,8 +1,22 @@
-//! The dynamic batcher of one model version: a bounded queue shared by the
-//! version's instance threads. Each instance thread owns one backend
-//! session; when free it asks the policy for the next batch, concatenates
-//! the requests along the batch dimension, runs the engine, and splits the
-//! outputs back. The HTTP side only pushes jobs and awaits their answers.
+//! The dynamic batcher of one model version: a bounded queue and a pool of
+//! backend sessions (the version's instances). Whoever holds a free
+//! backend asks the policy for the next batch, concatenates the requests
+//! along the batch dimension, runs the engine, and splits the outputs back.
+//!
+//! Two kinds of thread do that. Each instance has its own thread, which
+//! waits for work. And for a cheap model (its measured compute within
+//! `inline_max`) the request's own thread does it: a request that finds a
+//! backend free takes the batch the policy releases and runs it at once,
+//! and after its batch it keeps taking the batches that queued meanwhile,
+//! within the same time budget, before it gives the backend back. Under
+//! load (requests have met a busy model in the last [`LEAD_HOLD`]) the
+//! request that finds the engine free becomes the batch's *leader*
+//! instead: its task yields once, so that its thread reads the other
+//! requests already waiting on its connections, and then runs everything
+//! queued as one batch. That is how batches form with no thread hop at
+//! all. Instance threads are woken only for work no request thread will
+//! take (an expensive model, a queue the budget does not cover, a shadow
+//! copy).
 
 pub mod policy;
 
@@ -78,12 +92,26 @@ struct State {
     /// Batches running now, on instance threads or inline.
     busy: usize,
     closed: bool,
-    /// Compute time per row of recent one-request batches, in nanoseconds
-    /// (a moving average; 0 until measured): what an inline run would
-    /// cost the caller's thread.
+    /// Compute time per row of recent batches, in nanoseconds (a moving
+    /// average; 0 until measured). Per row of small batches it includes
+    /// the engine's fixed cost per call, so it over-estimates big ones:
+    /// the safe side for deciding what a request's thread may run.
     row_cost_ns: u64,
-    /// When a request last arrived to find the model busy or work queued.
+    /// A request's task holds the right to run the next batch (it is
+    /// yielding so that more requests join); nobody else starts one.
+    leader: bool,
+    /// When a request last found the model busy or work queued.
     contended_at: Option<Instant>,
+}
+
+impl State {
+    fn learn(&mut self, compute: Duration, rows: usize) {
+        let sample = (compute.as_nanos() / rows.max(1) as u128).min(u128::from(u64::MAX)) as u64;
+        self.row_cost_ns = match self.row_cost_ns {
+            0 => sample.max(1),
+            old => (old.saturating_mul(7).saturating_add(sample) / 8).max(1),
+        };
+    }
 }
 
 struct Shared {
@@ -91,9 +119,22 @@ struct Shared {
     wake: Condvar,
     spec: Arc<ModelSpec>,
     metrics: VersionMetrics,
-    /// A request runs on the submitting thread when the model is idle and
-    /// its estimated compute time is at most this; `None`: never.
+    /// Work runs on a request's thread when the estimated compute of the
+    /// largest batch it could take is at most this; `None`: never.
     inline_max: Option<Duration>,
+}
+
+/// Answers what the policy took out of the queue (outside the lock).
+fn answer_dropped(shared: &Shared, dropped: &mut Vec<(Job, Dropped)>) {
+    for (job, why) in dropped.drain(..) {
+        match why {
+            Dropped::Expired => {
+                shared.metrics.expired.increment(1);
+                let _ = job.reply.send(Err(InferError::Expired));
+            }
+            Dropped::Cancelled => shared.metrics.cancelled.increment(1),
+        }
+    }
 }
 
 impl Shared {
@@ -103,21 +144,24 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a request's thread may take what is queued now: the model's
+    /// cost is measured and the largest batch the queue could release fits
+    /// the inline budget.
+    fn cheap_enough(&self, state: &State) -> bool {
+        let Some(max) = self.inline_max else {
+            return false;
+        };
+        let rows = state.queue.rows().min(state.queue.limits().max_rows);
+        state.row_cost_ns > 0 && u128::from(state.row_cost_ns) * rows as u128 <= max.as_nanos()
+    }
+
     /// Gives a backend back after a batch and lets a waiting thread on.
-    fn release(&self, backend: Box<dyn Backend>, one_job_cost: Option<(Duration, usize)>) {
-        let mut state = self.lock();
+    fn release(&self, mut state: MutexGuard<'_, State>, backend: Box<dyn Backend>) {
         state.idle.push(backend);
         state.busy -= 1;
-        if let Some((compute, rows)) = one_job_cost {
-            let sample =
-                (compute.as_nanos() / rows.max(1) as u128).min(u128::from(u64::MAX)) as u64;
-            state.row_cost_ns = match state.row_cost_ns {
-                0 => sample.max(1),
-                old => (old.saturating_mul(7).saturating_add(sample) / 8).max(1),
-            };
-        }
         self.metrics.busy_instances.set(state.busy as f64);
-        let (waiting, closed) = (!state.queue.is_empty(), state.closed);
+        // A pending leader takes the queue itself.
+        let (waiting, closed) = (!state.queue.is_empty() && !state.leader, state.closed);
         drop(state);
         if closed {
             // Threads waiting for a backend must see the end too.
@@ -160,6 +204,7 @@ impl Batcher {
                 busy: 0,
                 closed: false,
                 row_cost_ns: 0,
+                leader: false,
                 contended_at: None,
             }),
             wake: Condvar::new(),
@@ -194,53 +239,57 @@ impl Batcher {
     }
 
     /// Queues `job`; a full queue hands it back at once. When the model is
-    /// idle (nothing queued or running, and no request found it busy in
-    /// the last [`INLINE_HOLD`]) and cheap enough, the job runs here, on
-    /// the caller's thread, before this returns: no thread hop at all. The
-    /// answer goes to the job's reply either way.
-    pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+    /// cheap and a backend is free, the caller runs the batch itself: at
+    /// once when the model is quiet (before this returns, no thread hop at
+    /// all), or, under load, as the batch's [`Leader`] after its task has
+    /// yielded once. The answer goes to the job's reply either way.
+    pub fn submit(&self, job: Job) -> Result<Submitted<'_>, Rejected> {
         self.push(job, true)
     }
 
-    /// Queues `job` for an instance thread, never running it here.
+    /// Queues `job` without running anything on this thread.
     pub fn enqueue(&self, job: Job) -> Result<(), Rejected> {
-        self.push(job, false)
+        self.push(job, false).map(|_| ())
     }
 
-    fn push(&self, job: Job, inline: bool) -> Result<(), Rejected> {
-        let mut state = self.shared.lock();
+    fn push(&self, job: Job, inline: bool) -> Result<Submitted<'_>, Rejected> {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
         if state.closed {
             return Err(Rejected::Closed(job));
         }
         let now = Instant::now();
-        if !state.queue.is_empty() || state.busy > 0 {
+        if state.busy > 0 || !state.queue.is_empty() || state.leader {
             state.contended_at = Some(now);
         }
-        if let Some(max) = self.shared.inline_max
-            && inline
-            && state.queue.is_empty()
-            && state.busy == 0
-            && state
-                .contended_at
-                .is_none_or(|t| now.saturating_duration_since(t) >= INLINE_HOLD)
-            && state.row_cost_ns > 0
-            && u128::from(state.row_cost_ns) * job.rows as u128 <= max.as_nanos()
-            && let Some(backend) = state.idle.pop()
-        {
-            state.busy += 1;
-            self.shared.metrics.busy_instances.set(state.busy as f64);
-            drop(state);
-            run_inline(&self.shared, backend, job);
-            return Ok(());
-        }
         state.queue.push(job).map_err(Rejected::Full)?;
-        self.shared
-            .metrics
-            .queue_depth
-            .set(state.queue.len() as f64);
+        let mut dropped = Vec::new();
+        if inline && !state.leader && !state.idle.is_empty() && shared.cheap_enough(&state) {
+            let quiet = state
+                .contended_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= LEAD_HOLD);
+            if !quiet {
+                state.leader = true;
+                return Ok(Submitted::Lead(Leader {
+                    shared,
+                    done: false,
+                }));
+            }
+            if let Some(run) = take_batch(shared, &mut state, &mut dropped) {
+                drop(state);
+                answer_dropped(shared, &mut dropped);
+                run_inline(shared, run);
+                return Ok(Submitted::Queued);
+            }
+        }
+        shared.metrics.queue_depth.set(state.queue.len() as f64);
+        let wake = instance_can_take(&state);
         drop(state);
-        self.shared.wake.notify_one();
-        Ok(())
+        answer_dropped(shared, &mut dropped);
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(Submitted::Queued)
     }
 
     pub fn capacity(&self) -> usize {
@@ -276,44 +325,153 @@ impl Drop for Batcher {
     }
 }
 
-/// After a request found the model busy, how long requests keep going
-/// through the queue instead of running inline. Under load that keeps
-/// them batching (one engine call for many), which costs less per request
-/// than a call each; a quiet model goes back to inline runs.
-const INLINE_HOLD: Duration = Duration::from_millis(2);
+/// What [`Batcher::submit`] did with a job.
+pub enum Submitted<'a> {
+    /// Queued, or already run: its reply will come.
+    Queued,
+    /// Queued, and the caller leads the next batch: yield once, then
+    /// [`Leader::run`].
+    Lead(Leader<'a>),
+}
 
-/// A backend lent to an inline run; given back even if the run panics.
+/// The right to run the next batch on a request's thread. Dropped without
+/// running (its request gave up), it passes the work to an instance.
+pub struct Leader<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl Leader<'_> {
+    /// Runs what is queued (this leader's job, and everything that joined
+    /// it) on this thread, if the model is still cheap and a backend free;
+    /// otherwise leaves it to whoever frees one, or to an instance.
+    pub fn run(mut self) {
+        self.done = true;
+        let shared = self.shared;
+        let mut state = shared.lock();
+        state.leader = false;
+        let mut dropped = Vec::new();
+        let run = if shared.cheap_enough(&state) {
+            take_batch(shared, &mut state, &mut dropped)
+        } else {
+            None
+        };
+        let wake = run.is_none() && instance_can_take(&state);
+        drop(state);
+        answer_dropped(shared, &mut dropped);
+        if let Some(run) = run {
+            run_inline(shared, run);
+        } else if wake {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut state = self.shared.lock();
+        state.leader = false;
+        let wake = instance_can_take(&state);
+        drop(state);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// Whether an instance thread has something to do: a backend is free and
+/// work is queued that no leader has claimed.
+fn instance_can_take(state: &State) -> bool {
+    !state.leader && !state.idle.is_empty() && !state.queue.is_empty()
+}
+
+/// With a free backend, takes the batch the policy releases now, with
+/// that backend, for the calling thread.
+fn take_batch(
+    shared: &Shared,
+    state: &mut State,
+    dropped: &mut Vec<(Job, Dropped)>,
+) -> Option<(Vec<Job>, Box<dyn Backend>)> {
+    if state.idle.is_empty() {
+        return None;
+    }
+    let others_busy = state.busy > 0;
+    let Next::Batch(batch) = state.queue.next(Instant::now(), others_busy, dropped) else {
+        return None;
+    };
+    let backend = state.idle.pop()?;
+    state.busy += 1;
+    shared.metrics.queue_depth.set(state.queue.len() as f64);
+    shared.metrics.busy_instances.set(state.busy as f64);
+    Some((batch, backend))
+}
+
+/// After a request found the model busy, how long the next request that
+/// finds it free leads a batch (yields once first) instead of running
+/// alone at once. A quiet model goes back to running each request as it
+/// comes.
+const LEAD_HOLD: Duration = Duration::from_millis(2);
+
+/// A backend lent to a request's thread; given back even if a run panics.
 struct Lease<'a> {
     shared: &'a Shared,
     backend: Option<Box<dyn Backend>>,
-    cost: Option<(Duration, usize)>,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(backend) = self.backend.take() {
-            self.shared.release(backend, self.cost);
+            self.shared.release(self.shared.lock(), backend);
         }
     }
 }
 
-fn run_inline(shared: &Shared, backend: Box<dyn Backend>, job: Job) {
+/// Runs `batch` on the caller's thread, then the batches the policy
+/// releases after it, while the time spent here stays within the inline
+/// budget and the queue stays cheap; then gives the backend back (waking
+/// an instance thread for what is left).
+fn run_inline(shared: &Shared, (mut batch, backend): (Vec<Job>, Box<dyn Backend>)) {
+    let started = Instant::now();
+    let budget = shared.inline_max.unwrap_or_default();
     let mut lease = Lease {
         shared,
         backend: Some(backend),
-        cost: None,
     };
-    let Some(backend) = lease.backend.as_mut() else {
-        return;
-    };
-    if job.deadline.is_some_and(|d| d <= Instant::now()) {
-        shared.metrics.expired.increment(1);
-        let _ = job.reply.send(Err(InferError::Expired));
-        return;
+    let mut dropped = Vec::new();
+    loop {
+        let Some(backend) = lease.backend.as_mut() else {
+            return;
+        };
+        let rows = batch.iter().map(|j| j.rows).sum();
+        let compute = run_batch(shared, backend.as_mut(), batch);
+        let mut state = shared.lock();
+        state.learn(compute, rows);
+        let more = !state.closed && started.elapsed() < budget && shared.cheap_enough(&state);
+        let others_busy = state.busy > 1;
+        let next = if more {
+            state.queue.next(Instant::now(), others_busy, &mut dropped)
+        } else {
+            Next::Empty
+        };
+        match next {
+            Next::Batch(next) => {
+                shared.metrics.queue_depth.set(state.queue.len() as f64);
+                drop(state);
+                answer_dropped(shared, &mut dropped);
+                batch = next;
+            }
+            _ => {
+                if let Some(backend) = lease.backend.take() {
+                    shared.release(state, backend);
+                }
+                answer_dropped(shared, &mut dropped);
+                return;
+            }
+        }
     }
-    let rows = job.rows;
-    let compute = run_batch(shared, backend.as_mut(), vec![job]);
-    lease.cost = Some((compute, rows));
 }
 
 fn instance_loop(shared: &Shared) {
@@ -366,22 +524,16 @@ fn instance_loop(shared: &Shared) {
             }
         };
         // Answers go out without the lock held.
-        for (job, why) in dropped.drain(..) {
-            match why {
-                Dropped::Expired => {
-                    shared.metrics.expired.increment(1);
-                    let _ = job.reply.send(Err(InferError::Expired));
-                }
-                Dropped::Cancelled => shared.metrics.cancelled.increment(1),
-            }
-        }
+        answer_dropped(shared, &mut dropped);
         let Some((batch, mut backend)) = work else {
             continue;
         };
-        let one_job = (batch.len() == 1).then(|| batch.iter().map(|j| j.rows).sum::<usize>());
+        let rows = batch.iter().map(|j| j.rows).sum();
         let compute = run_batch(shared, backend.as_mut(), batch);
+        let mut state = shared.lock();
+        state.learn(compute, rows);
         // Wakes an instance waiting for this one to finish, if work waits.
-        shared.release(backend, one_job.map(|rows| (compute, rows)));
+        shared.release(state, backend);
     }
 }
 
@@ -731,5 +883,115 @@ mod tests {
             };
             assert_eq!(ran, want);
         }
+    }
+
+    /// Runs on the thread it is called from, records that thread's name,
+    /// and, once armed, announces each run and holds it until let go.
+    struct Holding {
+        ran: Arc<Mutex<Vec<String>>>,
+        armed: Arc<std::sync::atomic::AtomicBool>,
+        entered: std::sync::mpsc::SyncSender<()>,
+        go: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Backend for Holding {
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            self.ran
+                .lock()
+                .unwrap()
+                .push(format!("{name}:{}", inputs[0].shape[0]));
+            if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+                self.entered.send(()).unwrap();
+                let (lock, cv) = &*self.go;
+                let mut go = lock.lock().unwrap();
+                while !*go {
+                    go = cv.wait(go).unwrap();
+                }
+            }
+            Ok(vec![Tensor {
+                name: "y".into(),
+                shape: inputs[0].shape.clone(),
+                data: inputs[0].data.clone(),
+            }])
+        }
+    }
+
+    /// While a request's thread runs the one backend, new requests queue
+    /// without waking the instance thread; when its batch is done, that
+    /// same thread takes what queued, as one batch.
+    #[test]
+    fn the_thread_that_ran_the_engine_takes_what_queued_meanwhile() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let go = Arc::new((Mutex::new(false), Condvar::new()));
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(4);
+        let backend = Holding {
+            ran: Arc::clone(&ran),
+            armed: Arc::clone(&armed),
+            entered: entered_tx,
+            go: Arc::clone(&go),
+        };
+        let limits = BatchLimits {
+            max_rows: 8,
+            max_queue_delay: Duration::ZERO,
+            preferred: vec![],
+            capacity: 8,
+            priority_levels: 1,
+            max_priority_wait: Duration::from_secs(1),
+        };
+        let b = Arc::new(
+            Batcher::start(
+                spec(),
+                vec![Box::new(backend)],
+                limits,
+                VersionMetrics::new("m", 1),
+                Some(Duration::from_secs(60)),
+            )
+            .unwrap(),
+        );
+        // The first run measures the model's cost, on the instance thread.
+        let (j, rx) = job(1, 0.0);
+        b.submit(j).ok().unwrap();
+        rx.blocking_recv().unwrap().unwrap();
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let runner = {
+            let b = Arc::clone(&b);
+            std::thread::Builder::new()
+                .name("runner".into())
+                .spawn(move || {
+                    let (j, rx) = job(1, 1.0);
+                    b.submit(j).ok().unwrap();
+                    rx.blocking_recv().unwrap().unwrap()
+                })
+                .unwrap()
+        };
+        // The runner holds the backend; two requests queue behind it.
+        entered.recv().unwrap();
+        let queued: Vec<_> = [1usize, 2]
+            .into_iter()
+            .map(|rows| {
+                let (j, rx) = job(rows, 2.0);
+                b.submit(j).ok().unwrap();
+                rx
+            })
+            .collect();
+        assert_eq!(b.queue_len(), 2);
+        armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        {
+            let (lock, cv) = &*go;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        assert_eq!(runner.join().unwrap().batch_rows, 1);
+        for rx in queued {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap().batch_rows, 3);
+        }
+        assert_eq!(
+            *ran.lock().unwrap(),
+            vec!["quiver-m-v1-0:1", "runner:1", "runner:3"]
+        );
+        b.close();
+        b.join();
     }
 }

@@ -72,6 +72,8 @@ pub enum Next<T> {
 pub struct BatchQueue<T> {
     items: VecDeque<T>,
     limits: BatchLimits,
+    /// Rows of everything queued.
+    rows: usize,
 }
 
 impl<T: Queued> BatchQueue<T> {
@@ -82,6 +84,7 @@ impl<T: Queued> BatchQueue<T> {
         BatchQueue {
             items: VecDeque::with_capacity(limits.capacity.min(4096)),
             limits,
+            rows: 0,
         }
     }
 
@@ -97,11 +100,17 @@ impl<T: Queued> BatchQueue<T> {
         &self.limits
     }
 
+    /// Rows queued: with `max_rows`, a bound on the next batch's size.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Queues `item`, or hands it back when the queue is full.
     pub fn push(&mut self, item: T) -> Result<(), T> {
         if self.items.len() >= self.limits.capacity {
             return Err(item);
         }
+        self.rows += item.rows();
         self.items.push_back(item);
         Ok(())
     }
@@ -116,9 +125,18 @@ impl<T: Queued> BatchQueue<T> {
         dropped: &mut Vec<(T, Dropped)>,
     ) -> Next<T> {
         self.evict(now, dropped);
-        if self.limits.priority_levels > 1 {
-            return self.next_by_priority(now, model_busy);
+        let next = if self.limits.priority_levels > 1 {
+            self.next_by_priority(now, model_busy)
+        } else {
+            self.next_fifo(now, model_busy)
+        };
+        if let Next::Batch(batch) = &next {
+            self.rows -= batch.iter().map(Queued::rows).sum::<usize>();
         }
+        next
+    }
+
+    fn next_fifo(&mut self, now: Instant, model_busy: bool) -> Next<T> {
         let Some(head) = self.items.front() else {
             return Next::Empty;
         };
@@ -187,6 +205,7 @@ impl<T: Queued> BatchQueue<T> {
 
     /// Takes everything out (shutdown of an instance-less queue).
     pub fn drain_all(&mut self) -> Vec<T> {
+        self.rows = 0;
         self.items.drain(..).collect()
     }
 
@@ -200,8 +219,10 @@ impl<T: Queued> BatchQueue<T> {
             // A request past its deadline counts as expired even when its
             // client has already gone (it left because of the deadline).
             if item.deadline().is_some_and(|d| d <= now) {
+                self.rows -= item.rows();
                 dropped.push((item, Dropped::Expired));
             } else if item.is_cancelled() {
+                self.rows -= item.rows();
                 dropped.push((item, Dropped::Cancelled));
             } else {
                 kept.push_back(item);
@@ -609,6 +630,8 @@ mod tests {
                         }
                     }
                 }
+                // The row count follows every push, batch and eviction.
+                prop_assert_eq!(q.rows(), q.items.iter().map(|i| i.rows).sum::<usize>());
             }
             // Drain: everything pushed is accounted for exactly once.
             let mut dropped = Vec::new();
