@@ -102,6 +102,8 @@ struct State {
     leader: bool,
     /// When a request last found the model busy or work queued.
     contended_at: Option<Instant>,
+    /// How long after that requests lead batches ([`LEAD_HOLD`]).
+    lead_hold: Duration,
 }
 
 impl State {
@@ -206,6 +208,7 @@ impl Batcher {
                 row_cost_ns: 0,
                 leader: false,
                 contended_at: None,
+                lead_hold: LEAD_HOLD,
             }),
             wake: Condvar::new(),
             spec,
@@ -267,7 +270,7 @@ impl Batcher {
         if inline && !state.leader && !state.idle.is_empty() && shared.cheap_enough(&state) {
             let quiet = state
                 .contended_at
-                .is_none_or(|t| now.saturating_duration_since(t) >= LEAD_HOLD);
+                .is_none_or(|t| now.saturating_duration_since(t) >= state.lead_hold);
             if !quiet {
                 state.leader = true;
                 return Ok(Submitted::Lead(Leader {
@@ -990,6 +993,83 @@ mod tests {
         assert_eq!(
             *ran.lock().unwrap(),
             vec!["quiver-m-v1-0:1", "runner:1", "runner:3"]
+        );
+        b.close();
+        b.join();
+    }
+
+    /// Under load the request that finds the engine free leads: what
+    /// queues behind it waits for it (no instance woken), and its run
+    /// takes all of it as one batch on its own thread. A leader dropped
+    /// before running (its client gave up) hands the work to an instance.
+    #[test]
+    fn a_leader_runs_what_joined_it_and_a_dropped_one_hands_over() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (entered, _entered_rx) = std::sync::mpsc::sync_channel(1);
+        let backend = Holding {
+            ran: Arc::clone(&ran),
+            armed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            entered,
+            go: Arc::new((Mutex::new(true), Condvar::new())),
+        };
+        let limits = BatchLimits {
+            max_rows: 8,
+            max_queue_delay: Duration::ZERO,
+            preferred: vec![],
+            capacity: 8,
+            priority_levels: 1,
+            max_priority_wait: Duration::from_secs(1),
+        };
+        let b = Batcher::start(
+            spec(),
+            vec![Box::new(backend)],
+            limits,
+            VersionMetrics::new("m", 1),
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        let (j, rx) = job(1, 0.0);
+        b.submit(j).ok().unwrap();
+        rx.blocking_recv().unwrap().unwrap();
+        // As if a request had just found the model busy, and for long.
+        let contend = || {
+            let mut state = b.shared.lock();
+            state.contended_at = Some(Instant::now());
+            state.lead_hold = Duration::from_secs(3600);
+        };
+        contend();
+        let me = std::thread::current().name().unwrap_or("").to_string();
+        let (j, first) = job(1, 1.0);
+        let Ok(Submitted::Lead(leader)) = b.submit(j) else {
+            panic!("the first request to find the engine free leads");
+        };
+        let joined: Vec<_> = [2usize, 3]
+            .into_iter()
+            .map(|rows| {
+                let (j, rx) = job(rows, 2.0);
+                assert!(matches!(b.submit(j), Ok(Submitted::Queued)));
+                rx
+            })
+            .collect();
+        assert_eq!(b.queue_len(), 3, "nobody runs before the leader");
+        leader.run();
+        for rx in std::iter::once(first).chain(joined) {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap().batch_rows, 6);
+        }
+        contend();
+        let (j, rx) = job(1, 3.0);
+        let Ok(Submitted::Lead(leader)) = b.submit(j) else {
+            panic!("a leader expected");
+        };
+        drop(leader);
+        assert_eq!(rx.blocking_recv().unwrap().unwrap().batch_rows, 1);
+        assert_eq!(
+            *ran.lock().unwrap(),
+            vec![
+                "quiver-m-v1-0:1".to_string(),
+                format!("{me}:6"),
+                "quiver-m-v1-0:1".to_string()
+            ]
         );
         b.close();
         b.join();
