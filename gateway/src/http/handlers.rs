@@ -1,5 +1,6 @@
 //! The handlers: health, metadata, metrics and inference.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
@@ -205,7 +206,7 @@ fn encode(route: &Route, answer: &Answer, started: Instant) -> Result<Response<B
     let mut set = |name: &'static str, value: u128| {
         headers.insert(
             HeaderName::from_static(name),
-            HeaderValue::from(value as u64),
+            int_header(u64::try_from(value).unwrap_or(u64::MAX)),
         );
     };
     if let Some(n) = encoded.header_len {
@@ -224,6 +225,35 @@ fn encode(route: &Route, answer: &Answer, started: Instant) -> Result<Response<B
     Ok(resp)
 }
 
+/// A header value for an integer. Those below 4096 (versions, batch sizes,
+/// most timings in µs) come from a table made once, as static values: no
+/// allocation per response.
+fn int_header(v: u64) -> HeaderValue {
+    const SMALL: usize = 4096;
+    static TABLE: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut all = String::new();
+        let mut ends = Vec::with_capacity(SMALL);
+        for i in 0..SMALL {
+            all.push_str(&i.to_string());
+            ends.push(all.len());
+        }
+        let all: &'static str = String::leak(all);
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let s = &all[start..end];
+                start = end;
+                s
+            })
+            .collect()
+    });
+    match usize::try_from(v).ok().and_then(|i| table.get(i)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(v),
+    }
+}
+
 fn header_usize<B>(req: &Request<B>, name: &str) -> Result<Option<usize>, ApiError> {
     match req.headers().get(name) {
         None => Ok(None),
@@ -235,5 +265,17 @@ fn header_usize<B>(req: &Request<B>, name: &str) -> Result<Option<usize>, ApiErr
             .ok_or_else(|| {
                 ApiError::BadRequest(format!("header {name} must be a non-negative integer"))
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_headers_read_as_their_decimal_value() {
+        for v in [0u64, 7, 42, 999, 4095, 4096, 123_456, u64::MAX] {
+            assert_eq!(int_header(v).to_str().unwrap(), v.to_string());
+        }
     }
 }

@@ -3,13 +3,15 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::Body;
 use crate::error::ApiError;
 
 pub fn bytes(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
+    // Room for an inference answer's headers, so they never regrow the map.
+    *resp.headers_mut() = HeaderMap::with_capacity(16);
     *resp.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
