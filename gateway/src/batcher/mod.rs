@@ -278,7 +278,7 @@ impl Batcher {
                     done: false,
                 }));
             }
-            if let Some(run) = take_batch(shared, &mut state, &mut dropped) {
+            if let Some(run) = take_batch(shared, &mut state, now, &mut dropped) {
                 drop(state);
                 answer_dropped(shared, &mut dropped);
                 run_inline(shared, run);
@@ -355,7 +355,7 @@ impl Leader<'_> {
         state.leader = false;
         let mut dropped = Vec::new();
         let run = if shared.cheap_enough(&state) {
-            take_batch(shared, &mut state, &mut dropped)
+            take_batch(shared, &mut state, Instant::now(), &mut dropped)
         } else {
             None
         };
@@ -396,13 +396,14 @@ fn instance_can_take(state: &State) -> bool {
 fn take_batch(
     shared: &Shared,
     state: &mut State,
+    now: Instant,
     dropped: &mut Vec<(Job, Dropped)>,
 ) -> Option<(Vec<Job>, Box<dyn Backend>)> {
     if state.idle.is_empty() {
         return None;
     }
     let others_busy = state.busy > 0;
-    let Next::Batch(batch) = state.queue.next(Instant::now(), others_busy, dropped) else {
+    let Next::Batch(batch) = state.queue.next(now, others_busy, dropped) else {
         return None;
     };
     let backend = state.idle.pop()?;
@@ -452,10 +453,13 @@ fn run_inline(shared: &Shared, (mut batch, backend): (Vec<Job>, Box<dyn Backend>
         let compute = run_batch(shared, backend.as_mut(), batch);
         let mut state = shared.lock();
         state.learn(compute, rows);
-        let more = !state.closed && started.elapsed() < budget && shared.cheap_enough(&state);
+        let now = Instant::now();
+        let more = !state.closed
+            && now.saturating_duration_since(started) < budget
+            && shared.cheap_enough(&state);
         let others_busy = state.busy > 1;
         let next = if more {
-            state.queue.next(Instant::now(), others_busy, &mut dropped)
+            state.queue.next(now, others_busy, &mut dropped)
         } else {
             Next::Empty
         };
@@ -870,6 +874,7 @@ mod tests {
                         b.submit(j).ok().unwrap();
                         let out = rx.blocking_recv().unwrap().unwrap();
                         assert_eq!(out.outputs[0].shape, vec![1, 2]);
+                        wait_backend_back(&b);
                     }
                     b.close();
                     b.join();
@@ -885,6 +890,13 @@ mod tests {
                 vec!["quiver-m-v1-0"; 3]
             };
             assert_eq!(ran, want);
+        }
+    }
+
+    /// An answer goes out before its backend is given back: waits for that.
+    fn wait_backend_back(b: &Batcher) {
+        while b.shared.lock().busy > 0 {
+            std::thread::yield_now();
         }
     }
 
@@ -957,6 +969,7 @@ mod tests {
         let (j, rx) = job(1, 0.0);
         b.submit(j).ok().unwrap();
         rx.blocking_recv().unwrap().unwrap();
+        wait_backend_back(&b);
         armed.store(true, std::sync::atomic::Ordering::SeqCst);
         let runner = {
             let b = Arc::clone(&b);
@@ -1031,6 +1044,7 @@ mod tests {
         let (j, rx) = job(1, 0.0);
         b.submit(j).ok().unwrap();
         rx.blocking_recv().unwrap().unwrap();
+        wait_backend_back(&b);
         // As if a request had just found the model busy, and for long.
         let contend = || {
             let mut state = b.shared.lock();
