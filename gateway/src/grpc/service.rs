@@ -165,20 +165,27 @@ async fn infer(
     }
 }
 
+/// The answer's metadata: the same `x-quiver-*` values as the HTTP
+/// headers. Those that change with every call (timings, the request id)
+/// go out as never-indexed HPACK literals: indexing them would only churn
+/// the connection's header table, an insertion and an eviction per call.
 fn with_timings<T>(message: T, t: &Timings) -> Response<T> {
     let mut r = Response::new(message);
     let md = r.metadata_mut();
-    let mut set = |k: &'static str, v: u128| {
-        md.insert(k, MetadataValue::from(u64::try_from(v).unwrap_or(u64::MAX)));
+    let mut set = |k: &'static str, v: u128, changing: bool| {
+        let mut value = MetadataValue::from(u64::try_from(v).unwrap_or(u64::MAX));
+        value.set_sensitive(changing);
+        md.insert(k, value);
     };
-    set(HEADER_MODEL_VERSION, u128::from(t.version));
-    set(HEADER_QUEUE_US, t.queue.as_micros());
-    set(HEADER_COMPUTE_US, t.compute.as_micros());
-    set(HEADER_BATCH_SIZE, t.batch_rows as u128);
-    set(HEADER_TOTAL_US, t.total.as_micros());
+    set(HEADER_MODEL_VERSION, u128::from(t.version), false);
+    set(HEADER_QUEUE_US, t.queue.as_micros(), true);
+    set(HEADER_COMPUTE_US, t.compute.as_micros(), true);
+    set(HEADER_BATCH_SIZE, t.batch_rows as u128, false);
+    set(HEADER_TOTAL_US, t.total.as_micros(), true);
     if let Some(id) = &t.id
-        && let Ok(v) = MetadataValue::try_from(id.as_str())
+        && let Ok(mut v) = MetadataValue::try_from(id.as_str())
     {
+        v.set_sensitive(true);
         md.insert(HEADER_REQUEST_ID, v);
     }
     r
