@@ -2,8 +2,9 @@
 //! the model's ZipMap outputs rewritten into tensors, sessions, the
 //! interface (read from the graph, narrowed by config, with the shapes
 //! the batching probe saw), warm-up through every instance, then its
-//! batcher. Runs on a load
-//! worker thread; any failure comes back as the reason the manager shows.
+//! batcher. Runs on a load worker thread, the heavy part at a lower
+//! priority ([`at_lower_priority`]); any failure comes back as the reason
+//! the manager shows.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,17 +27,17 @@ use crate::probe;
 use crate::repository::{MODEL_FILE, ModelConfig};
 use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
-/// Loads one version directory: checks its manifest (if any) against the
-/// files, loads and warms up the model, and checks the interface the
-/// manifest declares against the graph.
-pub fn load_checked(
+/// Prepares one version directory: checks its manifest (if any) against
+/// the files, loads and warms up the model, and checks the interface the
+/// manifest declares against the graph. [`Prepared::start`] then serves it.
+pub fn prepare_checked(
     name: &str,
     version: u64,
     dir: &Path,
     manifest: Option<&Path>,
     cfg: &ModelConfig,
     env: &Environment,
-) -> Result<ServedVersion, String> {
+) -> Result<Prepared, String> {
     let manifest = match manifest {
         Some(path) => {
             let m = Manifest::read(path, Some((name, version))).map_err(|e| e.to_string())?;
@@ -45,12 +46,49 @@ pub fn load_checked(
         }
         None => None,
     };
-    let served = load_version(name, version, &dir.join(MODEL_FILE), cfg, env)?;
+    let prepared = prepare_version(name, version, &dir.join(MODEL_FILE), cfg, env)?;
     if let Some(m) = manifest {
-        declared_matches(&m.inputs, &served.spec.inputs, "input")?;
-        declared_matches(&m.outputs, &served.spec.outputs, "output")?;
+        declared_matches(&m.inputs, &prepared.spec.inputs, "input")?;
+        declared_matches(&m.outputs, &prepared.spec.outputs, "output")?;
     }
-    Ok(served)
+    Ok(prepared)
+}
+
+/// Runs `work` (a load's heavy part) on its own thread, `niceness` steps
+/// below the caller's priority, so that on a busy machine the serving
+/// threads get the CPU first. Threads inherit their creator's priority:
+/// `work` must start no thread that serves (the caller starts the
+/// instance threads afterwards, at its own priority). A priority that
+/// cannot be lowered is logged and the work runs anyway.
+pub fn at_lower_priority<T: Send>(
+    niceness: i32,
+    work: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    if niceness <= 0 {
+        return work();
+    }
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("quiver-prepare".into())
+            .spawn_scoped(scope, move || {
+                if let Err(e) = lower_priority(niceness) {
+                    tracing::warn!(error = %e, "cannot lower the load thread's priority; loading at full priority");
+                }
+                work()
+            })
+            .map_err(|e| format!("cannot start the load thread: {e}"))?;
+        thread
+            .join()
+            .map_err(|_| "the load thread panicked".to_string())?
+    })
+}
+
+/// Adds `niceness` to the calling thread's nice value (Linux: per thread).
+fn lower_priority(niceness: i32) -> std::io::Result<()> {
+    let me = Some(rustix::thread::gettid());
+    let now = rustix::process::getpriority_process(me)?;
+    rustix::process::setpriority_process(me, (now + niceness).min(19))?;
+    Ok(())
 }
 
 /// Each tensor the manifest declares must be in the graph as declared.
@@ -78,17 +116,51 @@ fn declared_matches(
     Ok(())
 }
 
+/// A version loaded and warmed up, its instance threads not started yet.
+pub struct Prepared {
+    spec: Arc<ModelSpec>,
+    backends: Vec<Box<dyn Backend>>,
+    limits: BatchLimits,
+    metrics: VersionMetrics,
+    inline_max: Option<Duration>,
+    default_timeout: Option<Duration>,
+    priorities: crate::live::Priorities,
+}
+
+impl Prepared {
+    /// Starts the instance threads, at the calling thread's priority.
+    pub fn start(self) -> Result<ServedVersion, String> {
+        let batcher = Batcher::start(
+            Arc::clone(&self.spec),
+            self.backends,
+            self.limits,
+            self.metrics.clone(),
+            self.inline_max,
+        )
+        .map_err(|e| format!("cannot start instance threads: {e}"))?;
+        Ok(ServedVersion {
+            spec: self.spec,
+            batcher,
+            metrics: self.metrics,
+            default_timeout: self.default_timeout,
+            priorities: self.priorities,
+            stats: Default::default(),
+            instance: crate::live::next_instance(),
+        })
+    }
+}
+
 /// Loads one version: the model read and, unless `zipmap = "raw"`, its
 /// ZipMap outputs rewritten into tensors; `instances` sessions; the
 /// interface read from the graph (narrowed by config); the batching probe
 /// on the first instance, then a warm-up batch through every other.
-pub fn load_version(
+pub fn prepare_version(
     name: &str,
     version: u64,
     file: &Path,
     cfg: &ModelConfig,
     env: &Environment,
-) -> Result<ServedVersion, String> {
+) -> Result<Prepared, String> {
     let s = &cfg.settings;
     let options = SessionOptions {
         intra_op_threads: s.intra_op_threads,
@@ -164,14 +236,6 @@ pub fn load_version(
     let metrics = VersionMetrics::new(name, version);
     let inline_max =
         (s.inline_max_compute_us > 0).then(|| Duration::from_micros(s.inline_max_compute_us));
-    let batcher = Batcher::start(
-        Arc::clone(&spec),
-        backends,
-        limits,
-        metrics.clone(),
-        inline_max,
-    )
-    .map_err(|e| format!("cannot start instance threads: {e}"))?;
     let default_timeout =
         (s.default_timeout_ms > 0).then(|| Duration::from_millis(s.default_timeout_ms));
     let priorities = crate::live::Priorities {
@@ -182,14 +246,14 @@ pub fn load_version(
             s.default_priority
         },
     };
-    Ok(ServedVersion {
+    Ok(Prepared {
         spec,
-        batcher,
+        backends,
+        limits,
         metrics,
+        inline_max,
         default_timeout,
         priorities,
-        stats: Default::default(),
-        instance: crate::live::next_instance(),
     })
 }
 

@@ -121,13 +121,14 @@ pub fn start(
     let (task_tx, task_rx) = mpsc::channel::<LoadTask>();
     let task_rx = Arc::new(Mutex::new(task_rx));
     let mut workers = Vec::new();
+    let niceness = gw.settings.repository.load_niceness;
     for i in 0..gw.settings.repository.max_concurrent_loads {
         let tasks = Arc::clone(&task_rx);
         let done = inbox.clone();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("quiver-load-{i}"))
-                .spawn(move || load_worker(&tasks, &done, env))?,
+                .spawn(move || load_worker(&tasks, &done, env, niceness))?,
         );
     }
     let settings = &gw.settings;
@@ -159,7 +160,14 @@ pub fn start(
     })
 }
 
-fn load_worker(tasks: &Mutex<Receiver<LoadTask>>, done: &SyncSender<Msg>, env: &Environment) {
+/// Loads one version after another. The heavy part runs `niceness` below
+/// this thread; the instance threads start here, at serving priority.
+fn load_worker(
+    tasks: &Mutex<Receiver<LoadTask>>,
+    done: &SyncSender<Msg>,
+    env: &Environment,
+    niceness: i32,
+) {
     loop {
         let task = {
             let rx = tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -168,19 +176,26 @@ fn load_worker(tasks: &Mutex<Receiver<LoadTask>>, done: &SyncSender<Msg>, env: &
         let Ok(task) = task else { return };
         let started = Instant::now();
         let version = task.version.version;
-        let result = task
-            .version
-            .materialize(&task.model)
-            .and_then(|(dir, manifest)| {
-                crate::loader::load_checked(
-                    &task.model,
-                    version,
-                    &dir,
-                    manifest.as_deref(),
-                    &task.config,
-                    env,
-                )
-            });
+        // ONNX Runtime's own thread pool (intra_op_threads other than 1) is
+        // started while the session is built and would inherit a lowered
+        // priority; such models load at full priority.
+        let niceness = if task.config.settings.intra_op_threads == 1 {
+            niceness
+        } else {
+            0
+        };
+        let result = crate::loader::at_lower_priority(niceness, || {
+            let (dir, manifest) = task.version.materialize(&task.model)?;
+            crate::loader::prepare_checked(
+                &task.model,
+                version,
+                &dir,
+                manifest.as_deref(),
+                &task.config,
+                env,
+            )
+        })
+        .and_then(crate::loader::Prepared::start);
         let msg = Msg::Loaded(Box::new(Loaded {
             model: task.model,
             version,

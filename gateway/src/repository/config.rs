@@ -30,6 +30,14 @@ pub struct RepositoryConfig {
     /// Versions loading at once. Each load runs on its own thread, never on
     /// a serving thread; the cap bounds the CPU and memory taken from them.
     pub max_concurrent_loads: usize,
+    /// How much lower than the serving threads a load's heavy part
+    /// (checksums, ONNX Runtime session, batching probe, warm-up) runs: a
+    /// nice increment, 0 to 19, so serving keeps the CPU during a hot
+    /// swap. 0 loads at the serving threads' priority. A model with
+    /// `intra_op_threads` other than 1 always loads at full priority
+    /// (ONNX Runtime starts its thread pool during the load, and those
+    /// threads serve).
+    pub load_niceness: u8,
     /// Serve only versions that have a `manifest.json` (written last, with
     /// checksums). Off, a version without one is taken once its
     /// `model.onnx` has stayed unchanged for one poll interval. Object
@@ -48,6 +56,7 @@ impl Default for RepositoryConfig {
             full_scan_interval_ms: 60_000,
             cache_dir: std::env::temp_dir().join("quiver-cache"),
             max_concurrent_loads: 1,
+            load_niceness: 19,
             require_manifest: false,
             s3: S3Config::default(),
         }
@@ -87,6 +96,7 @@ pub struct RepositorySettings {
     /// `None`: no watching.
     pub poll_interval: Option<Duration>,
     pub max_concurrent_loads: usize,
+    pub load_niceness: i32,
     pub require_manifest: bool,
 }
 
@@ -100,6 +110,12 @@ impl RepositoryConfig {
             return Err(InvalidSetting::new(
                 "repository.max_concurrent_loads",
                 "must be at least 1",
+            ));
+        }
+        if self.load_niceness > 19 {
+            return Err(InvalidSetting::new(
+                "repository.load_niceness",
+                "must be between 0 and 19",
             ));
         }
         let s3c = self.s3;
@@ -120,6 +136,7 @@ impl RepositoryConfig {
             cache_dir: self.cache_dir,
             poll_interval: every(self.poll_interval_ms),
             max_concurrent_loads: self.max_concurrent_loads,
+            load_niceness: i32::from(self.load_niceness),
             require_manifest: self.require_manifest,
         })
     }
