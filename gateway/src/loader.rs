@@ -387,3 +387,25 @@ fn check_shapes(specs: &[TensorSpec], got: &[Vec<i64>]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn my_niceness() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    /// The work runs `niceness` below the caller, on its own thread; the
+    /// caller (which starts the instance threads next) keeps its priority.
+    #[test]
+    fn load_work_runs_below_the_caller_and_leaves_the_caller_as_it_was() {
+        let before = my_niceness();
+        let inside = at_lower_priority(5, || Ok(my_niceness())).unwrap();
+        assert_eq!(inside, (before + 5).min(19));
+        assert_eq!(my_niceness(), before);
+        assert_eq!(at_lower_priority(0, || Ok(my_niceness())).unwrap(), before);
+        let failed: Result<(), String> = at_lower_priority(5, || Err("no model".into()));
+        assert_eq!(failed.unwrap_err(), "no model");
+    }
+}
