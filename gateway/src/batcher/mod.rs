@@ -713,6 +713,31 @@ mod tests {
         })
     }
 
+    /// A batcher of one `backend` instance, at most 8 rows a batch.
+    fn one_instance(
+        backend: impl Backend + 'static,
+        max_queue_delay: Duration,
+        capacity: usize,
+        inline_max: Option<Duration>,
+    ) -> Batcher {
+        let limits = BatchLimits {
+            max_rows: 8,
+            max_queue_delay,
+            preferred: vec![],
+            capacity,
+            priority_levels: 1,
+            max_priority_wait: Duration::from_secs(1),
+        };
+        Batcher::start(
+            spec(),
+            vec![Box::new(backend)],
+            limits,
+            VersionMetrics::new("m", 1),
+            inline_max,
+        )
+        .unwrap()
+    }
+
     fn job(rows: usize, base: f32) -> (Job, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
         let data = (0..rows * 2).map(|i| base + i as f32).collect();
@@ -747,22 +772,7 @@ mod tests {
             seen: Arc::clone(&seen),
             gate: Arc::clone(&gate),
         };
-        let limits = BatchLimits {
-            max_rows: 8,
-            max_queue_delay,
-            preferred: vec![],
-            capacity,
-            priority_levels: 1,
-            max_priority_wait: Duration::from_secs(1),
-        };
-        let b = Batcher::start(
-            spec(),
-            vec![Box::new(backend)],
-            limits,
-            VersionMetrics::new("m", 1),
-            None,
-        )
-        .unwrap();
+        let b = one_instance(backend, max_queue_delay, capacity, None);
         let open = move || {
             let (lock, cv) = &*gate;
             *lock.lock().unwrap() = true;
@@ -850,22 +860,7 @@ mod tests {
     fn cheap_idle_model_runs_inline_once_measured() {
         for inline in [Some(Duration::from_secs(1)), None] {
             let threads = Arc::new(Mutex::new(Vec::new()));
-            let limits = BatchLimits {
-                max_rows: 8,
-                max_queue_delay: Duration::ZERO,
-                preferred: vec![],
-                capacity: 4,
-                priority_levels: 1,
-                max_priority_wait: Duration::from_secs(1),
-            };
-            let b = Batcher::start(
-                spec(),
-                vec![Box::new(Where(Arc::clone(&threads)))],
-                limits,
-                VersionMetrics::new("m", 1),
-                inline,
-            )
-            .unwrap();
+            let b = one_instance(Where(Arc::clone(&threads)), Duration::ZERO, 4, inline);
             std::thread::Builder::new()
                 .name("caller".into())
                 .spawn(move || {
@@ -947,24 +942,12 @@ mod tests {
             entered: entered_tx,
             go: Arc::clone(&go),
         };
-        let limits = BatchLimits {
-            max_rows: 8,
-            max_queue_delay: Duration::ZERO,
-            preferred: vec![],
-            capacity: 8,
-            priority_levels: 1,
-            max_priority_wait: Duration::from_secs(1),
-        };
-        let b = Arc::new(
-            Batcher::start(
-                spec(),
-                vec![Box::new(backend)],
-                limits,
-                VersionMetrics::new("m", 1),
-                Some(Duration::from_secs(60)),
-            )
-            .unwrap(),
-        );
+        let b = Arc::new(one_instance(
+            backend,
+            Duration::ZERO,
+            8,
+            Some(Duration::from_secs(60)),
+        ));
         // The first run measures the model's cost, on the instance thread.
         let (j, rx) = job(1, 0.0);
         b.submit(j).ok().unwrap();
@@ -1025,22 +1008,7 @@ mod tests {
             entered,
             go: Arc::new((Mutex::new(true), Condvar::new())),
         };
-        let limits = BatchLimits {
-            max_rows: 8,
-            max_queue_delay: Duration::ZERO,
-            preferred: vec![],
-            capacity: 8,
-            priority_levels: 1,
-            max_priority_wait: Duration::from_secs(1),
-        };
-        let b = Batcher::start(
-            spec(),
-            vec![Box::new(backend)],
-            limits,
-            VersionMetrics::new("m", 1),
-            Some(Duration::from_secs(60)),
-        )
-        .unwrap();
+        let b = one_instance(backend, Duration::ZERO, 8, Some(Duration::from_secs(60)));
         let (j, rx) = job(1, 0.0);
         b.submit(j).ok().unwrap();
         rx.blocking_recv().unwrap().unwrap();
