@@ -372,6 +372,9 @@ with_cpu() {
 
 # quiver-bench kafka against a fresh broker and an ingress gateway (build
 # $1) with Quiver's defaults, its predictions logged to the same broker.
+# --delete-consumed stands in for a broker's retention: nisshi's in-memory
+# store lists every batch of a partition on each fetch, so without it the
+# broker's cost per record grows with the run's length.
 ingress() {
     local build="$1" name="$2"; shift 2
     wait_idle
@@ -379,7 +382,7 @@ ingress() {
     kgateway "$build" QUIVER_KAFKA__BROKERS="$brokers" QUIVER_KAFKA__INGRESS__ENABLED=true
     with_cpu "$name" "$bench" kafka --brokers "$brokers" --url "http://127.0.0.1:$((port + 20))" \
         --model "$model" --rows "$rows" --duration "$duration" --warmup "$warmup" \
-        --slo-p99-ms "$slo" --label "$name" --out "$kout/$name.json" "$@" >"$kout/$name.md"
+        --slo-p99-ms "$slo" --label "$name" --out "$kout/$name.json" --delete-consumed "$@" >"$kout/$name.md"
     stop_all
 }
 for build in "${builds[@]}"; do

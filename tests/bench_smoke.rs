@@ -303,3 +303,72 @@ async fn kafka_mode_matches_every_answer() -> Result<()> {
     assert!((100.0..=300.0).contains(&achieved), "{achieved}");
     Ok(())
 }
+
+/// `--delete-consumed` cuts both topics while a run goes on, and only below
+/// what is done with: every record is still answered exactly once, and
+/// both topics' first offsets have moved.
+#[tokio::test]
+async fn kafka_mode_deletes_only_consumed_records() -> Result<()> {
+    use quiver_contract::records::{REQUESTS_TOPIC, RESPONSES_TOPIC};
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = quiver_tests::kafka::Broker::start()?;
+    let bootstrap = broker.bootstrap();
+    let repo = scratch("bench-smoke-retention-repo")?;
+    copy_model("mlp", &repo)?;
+    let spool = scratch("bench-smoke-retention-spool")?;
+    let gw = Gateway::start_ready(
+        &repo,
+        &[],
+        &[
+            ("QUIVER_KAFKA__BROKERS", bootstrap.as_str()),
+            ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("path")?),
+            ("QUIVER_KAFKA__INGRESS__ENABLED", "true"),
+        ],
+    )
+    .await?;
+    let dir = scratch("bench-smoke-retention")?;
+    let json = dir.join("kafka.json");
+    let url = format!("http://{}", gw.addr);
+    bench(&[
+        "kafka",
+        "--brokers",
+        &bootstrap,
+        "--url",
+        &url,
+        "--model",
+        "mlp",
+        "--rate",
+        "300",
+        "--closed",
+        "--in-flight",
+        "64",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--delete-consumed",
+        "--out",
+        json.to_str().context("path")?,
+    ])?;
+    let r = read_json(&json)?;
+    let fates = r["kafka"]["points"].as_array().unwrap();
+    assert_eq!(fates.len(), 2, "{r}");
+    for k in fates {
+        let produced = k["produced"].as_u64().unwrap();
+        assert!(produced > 0, "{k}");
+        assert_eq!(k["answered"].as_u64(), Some(produced), "{k}");
+        for none in ["produce_failed", "unanswered", "duplicates"] {
+            assert_eq!(k[none].as_u64(), Some(0), "{none}: {k}");
+        }
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
+    for topic in [REQUESTS_TOPIC, RESPONSES_TOPIC] {
+        let (low, high) = consumer.fetch_watermarks(topic, 0, std::time::Duration::from_secs(5))?;
+        assert!(low > 0 && low <= high, "{topic}: {low}..{high}");
+    }
+    Ok(())
+}

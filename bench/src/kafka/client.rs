@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::retention::Retention;
 use super::{KafkaArgs, KafkaPoint};
 
 /// The delivery callback's record of refused records, by `(point, index)`.
@@ -100,6 +101,7 @@ pub(super) struct Client {
     pub(super) deliveries: Arc<Deliveries>,
     pub(super) answers: Arc<Answers>,
     pub(super) consumer: Option<std::thread::JoinHandle<()>>,
+    pub(super) retention: Option<std::thread::JoinHandle<()>>,
     pub(super) requests_topic: String,
     pub(super) value: Vec<u8>,
 }
@@ -109,6 +111,9 @@ impl Drop for Client {
         self.answers.stop.store(true, Ordering::Relaxed);
         if let Some(c) = self.consumer.take() {
             let _ = c.join();
+        }
+        if let Some(r) = self.retention.take() {
+            let _ = r.join();
         }
     }
 }
@@ -164,7 +169,8 @@ impl Client {
         for (k, v) in options(&a.consumer_options)? {
             cc.set(k, v);
         }
-        let consumer: BaseConsumer = cc.create().context("cannot create the Kafka consumer")?;
+        let consumer: Arc<BaseConsumer> =
+            Arc::new(cc.create().context("cannot create the Kafka consumer")?);
         consumer
             .subscribe(&[a.responses_topic.as_str()])
             .context("cannot subscribe to the responses topic")?;
@@ -176,6 +182,22 @@ impl Client {
             foreign: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
+        let retention = if a.delete_consumed {
+            let r = Retention::new(
+                &a.brokers,
+                &a.gateway_group,
+                &a.requests_topic,
+                Arc::clone(&consumer),
+            )?;
+            let shared = Arc::clone(&answers);
+            Some(
+                std::thread::Builder::new()
+                    .name("quiver-bench-kafka-retention".into())
+                    .spawn(move || r.run(&shared))?,
+            )
+        } else {
+            None
+        };
         let reader = Arc::clone(&answers);
         let consumer = std::thread::Builder::new()
             .name("quiver-bench-kafka-reader".into())
@@ -185,6 +207,7 @@ impl Client {
             deliveries,
             answers,
             consumer: Some(consumer),
+            retention,
             requests_topic: a.requests_topic.clone(),
             value,
         })

@@ -18,6 +18,7 @@
 //!   counted in the result.
 
 mod client;
+mod retention;
 
 use client::{Client, progress};
 
@@ -81,6 +82,16 @@ pub struct KafkaArgs {
     /// librdkafka consumer option KEY=VALUE (repeatable).
     #[arg(long = "consumer-option")]
     consumer_options: Vec<String>,
+    /// Delete the records this run no longer needs (requests the gateway's
+    /// group committed, responses already read) every 250 ms, as a
+    /// broker's retention would: for a test broker whose fetch cost grows
+    /// with what a partition holds. Only for topics this run owns.
+    #[arg(long)]
+    delete_consumed: bool,
+    /// The gateway's consumer group (`kafka.ingress.group_id`), read by
+    /// --delete-consumed.
+    #[arg(long, default_value = "quiver-gateway")]
+    gateway_group: String,
     /// The target's name in reports.
     #[arg(long, default_value = "quiver-kafka")]
     label: String,
