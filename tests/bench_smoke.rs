@@ -212,16 +212,14 @@ async fn swap_scenario_publishes_versions_during_the_run() -> Result<()> {
     Ok(())
 }
 
-/// The Kafka mode against the real gateway's ingress and a real broker: an
-/// open-loop point, the saturation point and the half-rate point, every
-/// record answered once and matched by its correlation id.
-#[tokio::test]
-async fn kafka_mode_matches_every_answer() -> Result<()> {
+/// A real broker, and the gateway serving `mlp` with its Kafka ingress on
+/// (scratch folders named after `prefix`).
+async fn broker_and_ingress(prefix: &str) -> Result<(quiver_tests::kafka::Broker, Gateway)> {
     let broker = quiver_tests::kafka::Broker::start()?;
     let bootstrap = broker.bootstrap();
-    let repo = scratch("bench-smoke-kafka-repo")?;
+    let repo = scratch(&format!("{prefix}-repo"))?;
     copy_model("mlp", &repo)?;
-    let spool = scratch("bench-smoke-kafka-spool")?;
+    let spool = scratch(&format!("{prefix}-spool"))?;
     let gw = Gateway::start_ready(
         &repo,
         &[],
@@ -232,6 +230,16 @@ async fn kafka_mode_matches_every_answer() -> Result<()> {
         ],
     )
     .await?;
+    Ok((broker, gw))
+}
+
+/// The Kafka mode against the real gateway's ingress and a real broker: an
+/// open-loop point, the saturation point and the half-rate point, every
+/// record answered once and matched by its correlation id.
+#[tokio::test]
+async fn kafka_mode_matches_every_answer() -> Result<()> {
+    let (broker, gw) = broker_and_ingress("bench-smoke-kafka").await?;
+    let bootstrap = broker.bootstrap();
     let dir = scratch("bench-smoke-kafka")?;
     let json = dir.join("kafka.json");
     let url = format!("http://{}", gw.addr);
@@ -313,21 +321,8 @@ async fn kafka_mode_deletes_only_consumed_records() -> Result<()> {
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
-    let broker = quiver_tests::kafka::Broker::start()?;
+    let (broker, gw) = broker_and_ingress("bench-smoke-retention").await?;
     let bootstrap = broker.bootstrap();
-    let repo = scratch("bench-smoke-retention-repo")?;
-    copy_model("mlp", &repo)?;
-    let spool = scratch("bench-smoke-retention-spool")?;
-    let gw = Gateway::start_ready(
-        &repo,
-        &[],
-        &[
-            ("QUIVER_KAFKA__BROKERS", bootstrap.as_str()),
-            ("QUIVER_KAFKA__SPOOL_DIR", spool.to_str().context("path")?),
-            ("QUIVER_KAFKA__INGRESS__ENABLED", "true"),
-        ],
-    )
-    .await?;
     let dir = scratch("bench-smoke-retention")?;
     let json = dir.join("kafka.json");
     let url = format!("http://{}", gw.addr);
