@@ -78,7 +78,7 @@ pub fn serve(addr: &str, model: &str, input: &InputSpec, output: &InputSpec) -> 
                 .product()
         ]),
     };
-    let infer = encode_infer_response(model, 1, None, &[(&out, false)])?.body;
+    let infer = encode_infer_response(model, 1, None, &[(&out, false)]).body;
     let metadata = serde_json::json!({
         "name": model, "versions": ["1"], "platform": "bare",
         "inputs": [input], "outputs": [output],

@@ -69,10 +69,12 @@ pub struct Answer {
     pub queue_time: Duration,
     pub compute_time: Duration,
     pub batch_rows: usize,
-    /// When the batch left the queue, and when this answer came back.
+    /// When the batch left the queue, and when this answer came back (the
+    /// batch's end unless traces are exported).
     pub batch_started: Instant,
     pub answered_at: Instant,
-    /// The inputs as received, kept for the prediction log.
+    /// The inputs as received (in the model's input order), kept for the
+    /// prediction log.
     logged_inputs: Option<Vec<Tensor>>,
 }
 
@@ -99,7 +101,7 @@ impl Answer {
     }
 
     /// The protocol's response body for this answer.
-    pub fn encode(&self, route: &Route) -> Result<crate::protocol::EncodedResponse, ApiError> {
+    pub fn encode(&self, route: &Route) -> crate::protocol::EncodedResponse {
         let spec = &route.served.spec;
         crate::protocol::encode_infer_response(
             &spec.name,
@@ -107,7 +109,6 @@ impl Answer {
             self.id.as_deref(),
             &self.selected(),
         )
-        .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))
     }
 }
 
@@ -133,9 +134,9 @@ pub async fn predict(
         .priorities
         .level(priority)
         .map_err(ApiError::BadRequest)?;
-    // Shadows and the log need the inputs after the answer; copy only then.
-    let shadow_inputs = (!route.shadows.is_empty()).then(|| inputs.clone());
-    let logged_inputs = route.logged.then(|| inputs.clone());
+    // Shadows and the log need the inputs after the answer: the batcher
+    // hands them back (in the model's input order).
+    let keep_inputs = route.logged || !route.shadows.is_empty();
     let admitted = admission::admit(spec, inputs)?;
     let deadline = timeout.or(served.default_timeout).map(|t| started + t);
     let (tx, rx) = oneshot::channel();
@@ -145,6 +146,7 @@ pub async fn predict(
         enqueued_at: Instant::now(),
         deadline,
         priority,
+        keep_inputs,
         reply: tx,
     };
     match served.batcher.submit(job) {
@@ -181,15 +183,15 @@ pub async fn predict(
         compute_time,
         batch_rows,
         batch_started,
+        inputs,
     } = answer
         .map_err(|_| ApiError::Internal("the model instance dropped the request".into()))??;
-    let outputs = match shadow_inputs {
-        Some(inputs) => {
-            let outputs = Arc::new(outputs);
-            gw.shadows.send(&route.shadows, &inputs, &outputs);
-            Arc::unwrap_or_clone(outputs)
-        }
-        None => outputs,
+    let outputs = if route.shadows.is_empty() {
+        outputs
+    } else {
+        let outputs = Arc::new(outputs);
+        gw.shadows.send(&route.shadows, &inputs, &outputs);
+        Arc::unwrap_or_clone(outputs)
     };
     // A logged prediction needs an id for its labels to refer to.
     let id = match id {
@@ -205,8 +207,13 @@ pub async fn predict(
         compute_time,
         batch_rows,
         batch_started,
-        answered_at: Instant::now(),
-        logged_inputs,
+        // A clock read per request only when a trace will show it.
+        answered_at: if crate::telemetry::enabled() {
+            Instant::now()
+        } else {
+            batch_started + compute_time
+        },
+        logged_inputs: route.logged.then_some(inputs),
     })
 }
 
@@ -248,7 +255,7 @@ pub fn log(gw: &Gateway, route: &Route, answer: Answer, source: Source, elapsed:
     };
     gw.traffic.log_prediction(PredictionEvent {
         id,
-        model: route.served.spec.name.clone(),
+        model: Arc::clone(&route.served.name),
         version: route.served.spec.version,
         arm: route.arm,
         source,

@@ -23,6 +23,8 @@ use crate::routing::{Arm, RouteTable};
 /// A loaded, warmed-up model version and its batcher.
 pub struct ServedVersion {
     pub spec: Arc<ModelSpec>,
+    /// The model's name, shared by every record the log writes for it.
+    pub name: Arc<str>,
     pub batcher: Batcher,
     pub metrics: VersionMetrics,
     /// Deadline for requests that send no `timeout`.

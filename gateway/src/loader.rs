@@ -139,6 +139,7 @@ impl Prepared {
         )
         .map_err(|e| format!("cannot start instance threads: {e}"))?;
         Ok(ServedVersion {
+            name: Arc::from(self.spec.name.as_str()),
             spec: self.spec,
             batcher,
             metrics: self.metrics,

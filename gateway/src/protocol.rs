@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::tensor::{self, DataType, Tensor, binary, json::JsonData};
+use crate::tensor::{self, DataType, Tensor, binary, json_out};
 
 /// The header that splits a body into its JSON part and its binary part.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -226,45 +226,6 @@ pub fn priority(value: Option<u64>) -> Result<Option<u32>, ProtocolError> {
     }
 }
 
-#[derive(Serialize)]
-struct WireResponse<'a> {
-    model_name: &'a str,
-    model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    outputs: Vec<WireTensorOut<'a>>,
-}
-
-/// A tensor in the protocol's JSON shape; also the prediction log's.
-#[derive(Serialize)]
-pub(crate) struct WireTensorOut<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [i64],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinarySize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<JsonData<'a>>,
-}
-
-#[derive(Serialize)]
-struct BinarySize {
-    binary_data_size: usize,
-}
-
-impl<'a> WireTensorOut<'a> {
-    /// The tensor with its elements inline as JSON.
-    pub(crate) fn json(t: &'a Tensor) -> Self {
-        WireTensorOut {
-            name: &t.name,
-            datatype: t.datatype().as_str(),
-            shape: &t.shape,
-            parameters: None,
-            data: Some(JsonData(&t.data)),
-        }
-    }
-}
-
 /// An encoded response: the body and, when any output went binary, the
 /// length of its JSON header.
 pub struct EncodedResponse {
@@ -272,45 +233,45 @@ pub struct EncodedResponse {
     pub header_len: Option<usize>,
 }
 
-/// Encodes a response; each output goes binary when its flag says so.
+/// Encodes a response (`model_name`, `model_version`, `id` when there is
+/// one, `outputs`); each output goes binary when its flag says so.
 pub fn encode_infer_response(
     model: &str,
     version: u64,
     id: Option<&str>,
     outputs: &[(&Tensor, bool)],
-) -> Result<EncodedResponse, serde_json::Error> {
-    let wire = WireResponse {
-        model_name: model,
-        model_version: version.to_string(),
-        id,
-        outputs: outputs
-            .iter()
-            .map(|(t, binary)| WireTensorOut {
-                name: &t.name,
-                datatype: t.datatype().as_str(),
-                shape: &t.shape,
-                parameters: binary.then(|| BinarySize {
-                    binary_data_size: binary::encoded_len(&t.data),
-                }),
-                data: (!binary).then_some(JsonData(&t.data)),
-            })
-            .collect(),
-    };
+) -> EncodedResponse {
     let binary_len: usize = outputs
         .iter()
         .filter(|(_, b)| *b)
         .map(|(t, _)| binary::encoded_len(&t.data))
         .sum();
     let mut body = Vec::with_capacity(256 + binary_len);
-    serde_json::to_writer(&mut body, &wire)?;
+    body.extend_from_slice(b"{\"model_name\":");
+    json_out::string(&mut body, model);
+    body.extend_from_slice(b",\"model_version\":\"");
+    json_out::uint(&mut body, version);
+    body.push(b'"');
+    if let Some(id) = id {
+        body.extend_from_slice(b",\"id\":");
+        json_out::string(&mut body, id);
+    }
+    body.extend_from_slice(b",\"outputs\":[");
+    for (i, (t, binary)) in outputs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        json_out::tensor(&mut body, t, binary.then(|| binary::encoded_len(&t.data)));
+    }
+    body.extend_from_slice(b"]}");
     let header_len = body.len();
     for (t, _) in outputs.iter().filter(|(_, b)| *b) {
         binary::encode(&t.data, &mut body);
     }
-    Ok(EncodedResponse {
+    EncodedResponse {
         body,
         header_len: outputs.iter().any(|(_, b)| *b).then_some(header_len),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -389,14 +350,35 @@ mod tests {
             shape: vec![1],
             data: TensorData::Int64(vec![9]),
         };
-        let enc = encode_infer_response("m", 3, Some("id7"), &[(&a, false), (&b, true)]).unwrap();
+        let enc = encode_infer_response("m", 3, Some("id7"), &[(&a, false), (&b, true)]);
         let header_len = enc.header_len.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&enc.body[..header_len]).unwrap(),
+            r#"{"model_name":"m","model_version":"3","id":"id7","outputs":[{"name":"a","datatype":"FP32","shape":[2],"data":[1.0,2.0]},{"name":"b","datatype":"INT64","shape":[1],"parameters":{"binary_data_size":8}}]}"#
+        );
         let header: Value = serde_json::from_slice(&enc.body[..header_len]).unwrap();
         assert_eq!(header["model_version"], "3");
         assert_eq!(header["id"], "id7");
         assert_eq!(header["outputs"][0]["data"], serde_json::json!([1.0, 2.0]));
         assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 8);
         assert_eq!(&enc.body[header_len..], &9i64.to_le_bytes());
+    }
+
+    #[test]
+    fn response_without_id_escapes_names_and_has_no_binary_part() {
+        let a = Tensor {
+            name: "out\"1".into(),
+            shape: vec![1, 2],
+            data: TensorData::Bool(vec![true, false]),
+        };
+        let enc = encode_infer_response("m\\odel", 12, None, &[(&a, false)]);
+        assert_eq!(enc.header_len, None);
+        assert_eq!(
+            std::str::from_utf8(&enc.body).unwrap(),
+            r#"{"model_name":"m\\odel","model_version":"12","outputs":[{"name":"out\"1","datatype":"BOOL","shape":[1,2],"data":[true,false]}]}"#
+        );
+        let back: Value = serde_json::from_slice(&enc.body).unwrap();
+        assert_eq!(back["model_name"], "m\\odel");
     }
 
     #[test]

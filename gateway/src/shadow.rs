@@ -54,6 +54,7 @@ impl Shadows {
                 deadline: None,
                 // A copy for comparison never goes ahead of served traffic.
                 priority: shadow.priorities.levels,
+                keep_inputs: false,
                 reply: tx,
             };
             // Queued, never run inline: the copy must not hold up the

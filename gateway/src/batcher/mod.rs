@@ -44,6 +44,9 @@ pub struct JobOutput {
     pub batch_rows: usize,
     /// When the batch left the queue.
     pub batch_started: Instant,
+    /// The job's inputs, handed back when it asked for them
+    /// ([`Job::keep_inputs`]); empty otherwise.
+    pub inputs: Vec<Tensor>,
 }
 
 pub type Reply = Result<JobOutput, InferError>;
@@ -57,6 +60,11 @@ pub struct Job {
     pub deadline: Option<Instant>,
     /// Its priority level, 1 the highest.
     pub priority: u32,
+    /// Hand the inputs back with the answer (the prediction log records
+    /// them). A batch of several jobs copies them into its own tensors, so
+    /// they come back at no cost; a job run alone gives its tensors to the
+    /// engine, so only then are they copied.
+    pub keep_inputs: bool,
     pub reply: oneshot::Sender<Reply>,
 }
 
@@ -551,7 +559,13 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) ->
     let inputs = if batch.len() == 1 {
         batch
             .first_mut()
-            .map(|j| std::mem::take(&mut j.inputs))
+            .map(|j| {
+                if j.keep_inputs {
+                    j.inputs.clone()
+                } else {
+                    std::mem::take(&mut j.inputs)
+                }
+            })
             .unwrap_or_default()
     } else {
         concatenate(&batch, rows)
@@ -580,6 +594,11 @@ fn run_batch(shared: &Shared, backend: &mut dyn Backend, mut batch: Vec<Job>) ->
                     compute_time,
                     batch_rows: rows,
                     batch_started: started,
+                    inputs: if job.keep_inputs {
+                        job.inputs
+                    } else {
+                        Vec::new()
+                    },
                 }));
             }
         }
@@ -753,6 +772,7 @@ mod tests {
                 enqueued_at: Instant::now(),
                 deadline: None,
                 priority: 1,
+                keep_inputs: true,
                 reply: tx,
             },
             rx,
@@ -792,7 +812,8 @@ mod tests {
     }
 
     /// While the one instance is held busy, queued jobs collect; released,
-    /// they run as one batch and each gets its own rows back.
+    /// they run as one batch and each gets its own rows back, and its
+    /// inputs when it asked for them (a job run alone gets a copy).
     #[test]
     fn queued_jobs_batch_and_split_back() {
         let (b, seen, open) = gated(Duration::from_millis(1), 16);
@@ -800,15 +821,20 @@ mod tests {
         let mut rxs = Vec::new();
         for (i, rows) in [1usize, 3, 2].into_iter().enumerate() {
             let base = 100.0 * (i + 1) as f32;
-            let (j, rx) = job(rows, base);
+            let (mut j, rx) = job(rows, base);
+            j.keep_inputs = i != 1;
+            let sent = j.inputs.clone();
             b.submit(j).ok().unwrap();
-            rxs.push((rows, base, rx));
+            rxs.push((rows, base, rx, (i != 1).then_some(sent)));
         }
         open();
-        assert!(first_rx.blocking_recv().unwrap().is_ok());
-        for (rows, base, rx) in rxs {
+        let first = first_rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(first.batch_rows, 1);
+        assert_eq!(first.inputs[0].data, TensorData::Fp32(vec![0.0, 1.0]));
+        for (rows, base, rx, sent) in rxs {
             let out = rx.blocking_recv().unwrap().unwrap();
             assert_eq!(out.batch_rows, 6);
+            assert_eq!(out.inputs, sent.unwrap_or_default());
             let want: Vec<f32> = (0..rows * 2).map(|i| 2.0 * (base + i as f32)).collect();
             assert_eq!(out.outputs[0].data, TensorData::Fp32(want));
             assert_eq!(out.outputs[0].shape, vec![rows as i64, 2]);

@@ -136,12 +136,15 @@ pub async fn infer(
     };
     let version = route.served.spec.version;
     let result = match inference::predict(gw, &route, request, started).await {
-        Ok(answer) => encode(&route, &answer, started).map(|resp| (resp, answer)),
+        Ok(answer) => Ok((encode(&route, &answer), answer)),
         Err(e) => Err(e),
     };
     let elapsed = started.elapsed();
     match result {
-        Ok((response, answer)) => {
+        Ok((mut response, answer)) => {
+            response
+                .headers_mut()
+                .insert(TOTAL_US, int_header(micros(elapsed)));
             let timing = crate::telemetry::Timing::of(&answer, started + elapsed);
             inference::account(&route, Source::Http, "success", elapsed, false);
             inference::log(gw, &route, answer, Source::Http, elapsed);
@@ -193,9 +196,10 @@ async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferReque
 }
 
 /// The HTTP response for an answer: JSON, or JSON plus binary outputs.
-fn encode(route: &Route, answer: &Answer, started: Instant) -> Result<Response<Body>, ApiError> {
+/// The total time header is the caller's, set once the body is encoded.
+fn encode(route: &Route, answer: &Answer) -> Response<Body> {
     let spec = &route.served.spec;
-    let encoded = answer.encode(route)?;
+    let encoded = answer.encode(route);
     let content_type = if encoded.header_len.is_some() {
         "application/octet-stream"
     } else {
@@ -203,26 +207,32 @@ fn encode(route: &Route, answer: &Answer, started: Instant) -> Result<Response<B
     };
     let mut resp = reply::bytes(200, content_type, encoded.body);
     let headers = resp.headers_mut();
-    let mut set = |name: &'static str, value: u128| {
-        headers.insert(
-            HeaderName::from_static(name),
-            int_header(u64::try_from(value).unwrap_or(u64::MAX)),
-        );
-    };
     if let Some(n) = encoded.header_len {
-        set(HEADER_CONTENT_LENGTH, n as u128);
+        headers.insert(CONTENT_LENGTH_HEADER, int_header(n as u64));
     }
-    set(HEADER_MODEL_VERSION, u128::from(spec.version));
-    set(HEADER_QUEUE_US, answer.queue_time.as_micros());
-    set(HEADER_COMPUTE_US, answer.compute_time.as_micros());
-    set(HEADER_BATCH_SIZE, answer.batch_rows as u128);
-    set(HEADER_TOTAL_US, started.elapsed().as_micros());
+    headers.insert(MODEL_VERSION, int_header(spec.version));
+    headers.insert(QUEUE_US, int_header(micros(answer.queue_time)));
+    headers.insert(COMPUTE_US, int_header(micros(answer.compute_time)));
+    headers.insert(BATCH_SIZE, int_header(answer.batch_rows as u64));
     if let Some(id) = &answer.id
         && let Ok(v) = HeaderValue::from_str(id)
     {
-        headers.insert(HeaderName::from_static(HEADER_REQUEST_ID), v);
+        headers.insert(REQUEST_ID, v);
     }
-    Ok(resp)
+    resp
+}
+
+// Checked once, at compile time, rather than on every response.
+const CONTENT_LENGTH_HEADER: HeaderName = HeaderName::from_static(HEADER_CONTENT_LENGTH);
+const MODEL_VERSION: HeaderName = HeaderName::from_static(HEADER_MODEL_VERSION);
+const QUEUE_US: HeaderName = HeaderName::from_static(HEADER_QUEUE_US);
+const COMPUTE_US: HeaderName = HeaderName::from_static(HEADER_COMPUTE_US);
+const BATCH_SIZE: HeaderName = HeaderName::from_static(HEADER_BATCH_SIZE);
+const TOTAL_US: HeaderName = HeaderName::from_static(HEADER_TOTAL_US);
+const REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A header value for an integer. Those below 4096 (versions, batch sizes,

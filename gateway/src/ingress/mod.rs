@@ -416,15 +416,10 @@ async fn infer(
             let encoded = answer.encode(&route);
             let elapsed = started.elapsed();
             inference::account(&route, Source::Kafka, "success", elapsed, false);
-            match encoded {
-                Ok(e) => {
-                    let timing = crate::telemetry::Timing::of(&answer, started + elapsed);
-                    inference::log(gw, &route, answer, Source::Kafka, elapsed);
-                    crate::telemetry::finish(trace, &route, 200, "success", Some(timing));
-                    (200, e.body)
-                }
-                Err(e) => error_body(&e, model, id),
-            }
+            let timing = crate::telemetry::Timing::of(&answer, started + elapsed);
+            inference::log(gw, &route, answer, Source::Kafka, elapsed);
+            crate::telemetry::finish(trace, &route, 200, "success", Some(timing));
+            (200, encoded.body)
         }
         Err(e) => error_body(&e, model, id),
     }

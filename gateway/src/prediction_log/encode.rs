@@ -1,52 +1,40 @@
 //! Events → the JSON records of `quiver_contract::records`. Tensors are
-//! written by the same serializer as inference responses, so a logged
-//! input reads exactly as the client sent it.
+//! written by the same code as inference responses
+//! ([`crate::tensor::json_out`]), so a logged input reads exactly as an
+//! answer would show it.
 
 use quiver_contract::records::{LabelRecord, RECORD_SCHEMA};
-use serde::Serialize;
 
 use super::PredictionEvent;
-use crate::protocol::WireTensorOut;
-use crate::tensor::Tensor;
+use crate::tensor::json_out;
 
-#[derive(Serialize)]
-struct WirePrediction<'a> {
-    schema: u32,
-    id: &'a str,
-    model: &'a str,
-    version: u64,
-    arm: &'static str,
-    source: &'static str,
-    timestamp_ms: u64,
-    latency_us: u64,
-    inputs: Vec<WireTensorOut<'a>>,
-    outputs: Vec<WireTensorOut<'a>>,
-}
-
-fn tensors(ts: &[Tensor]) -> Vec<WireTensorOut<'_>> {
-    ts.iter().map(WireTensorOut::json).collect()
-}
-
-/// The prediction record's JSON, one line (serde_json escapes newlines),
-/// written into `out` (cleared first): the writer reuses one buffer, so a
-/// record costs no allocation or regrowth of its own.
-pub fn prediction_into(out: &mut Vec<u8>, e: &PredictionEvent) -> Result<(), serde_json::Error> {
+/// The prediction record's JSON, one line (strings are escaped, so no raw
+/// newline), written into `out` (cleared first): the writer reuses one
+/// buffer, so a record costs no allocation or regrowth of its own. Keys
+/// in the order `quiver_contract::records::PredictionRecord` declares.
+pub fn prediction_into(out: &mut Vec<u8>, e: &PredictionEvent) {
     out.clear();
-    serde_json::to_writer(
-        out,
-        &WirePrediction {
-            schema: RECORD_SCHEMA,
-            id: &e.id,
-            model: &e.model,
-            version: e.version,
-            arm: e.arm.as_str(),
-            source: e.source.as_str(),
-            timestamp_ms: e.timestamp_ms,
-            latency_us: e.latency_us,
-            inputs: tensors(&e.inputs),
-            outputs: tensors(&e.outputs),
-        },
-    )
+    out.extend_from_slice(b"{\"schema\":");
+    json_out::uint(out, u64::from(RECORD_SCHEMA));
+    out.extend_from_slice(b",\"id\":");
+    json_out::string(out, &e.id);
+    out.extend_from_slice(b",\"model\":");
+    json_out::string(out, &e.model);
+    out.extend_from_slice(b",\"version\":");
+    json_out::uint(out, e.version);
+    out.extend_from_slice(b",\"arm\":\"");
+    out.extend_from_slice(e.arm.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"source\":\"");
+    out.extend_from_slice(e.source.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"timestamp_ms\":");
+    json_out::uint(out, e.timestamp_ms);
+    out.extend_from_slice(b",\"latency_us\":");
+    json_out::uint(out, e.latency_us);
+    out.extend_from_slice(b",\"inputs\":");
+    json_out::tensors(out, &e.inputs);
+    out.extend_from_slice(b",\"outputs\":");
+    json_out::tensors(out, &e.outputs);
+    out.push(b'}');
 }
 
 pub fn label(l: &LabelRecord) -> Result<Vec<u8>, serde_json::Error> {
@@ -60,7 +48,7 @@ mod tests {
     use super::*;
     use crate::prediction_log::Source;
     use crate::routing::Arm;
-    use crate::tensor::TensorData;
+    use crate::tensor::{Tensor, TensorData};
 
     #[test]
     fn the_contract_reads_what_the_gateway_writes() {
@@ -91,7 +79,7 @@ mod tests {
             ],
         };
         let mut bytes = Vec::new();
-        prediction_into(&mut bytes, &e).unwrap();
+        prediction_into(&mut bytes, &e);
         assert!(!bytes.contains(&b'\n'));
         let r: PredictionRecord = records::parse(&bytes).unwrap();
         assert_eq!(r.id, "r\n1");

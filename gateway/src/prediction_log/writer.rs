@@ -120,13 +120,8 @@ impl Writer {
 
     pub fn prediction(&mut self, e: &PredictionEvent) {
         let mut buf = std::mem::take(&mut self.buf);
-        match encode::prediction_into(&mut buf, e) {
-            Ok(()) => self.record(Stream::Predictions, e.id.as_bytes(), &buf),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot encode a prediction record");
-                crate::metrics::log_records(Stream::Predictions.as_str(), "dropped", 1);
-            }
-        }
+        encode::prediction_into(&mut buf, e);
+        self.record(Stream::Predictions, e.id.as_bytes(), &buf);
         self.buf = buf;
     }
 

@@ -45,6 +45,11 @@ struct Tracer {
 
 static TRACER: OnceLock<Tracer> = OnceLock::new();
 
+/// Whether traces are exported (an endpoint is configured).
+pub fn enabled() -> bool {
+    TRACER.get().is_some()
+}
+
 /// Starts the exporter thread when an endpoint is configured. Once per
 /// process: the tracer is global, as `tracing`'s subscriber is.
 pub fn start(settings: &TracingSettings) -> std::io::Result<()> {

@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod json;
+pub mod json_out;
 
 use std::fmt;
 
