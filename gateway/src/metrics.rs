@@ -93,6 +93,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
     describe();
+    register_log_records();
     spawn_upkeep(handle.clone())?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
@@ -295,9 +296,35 @@ fn describe() {
     );
 }
 
+/// The log's streams and record outcomes: the labels' closed sets.
+const LOG_STREAMS: [&str; 2] = ["predictions", "labels"];
+const LOG_OUTCOMES: [&str; 6] = [
+    "written", "produced", "spooled", "replayed", "resent", "dropped",
+];
+
+/// Handles for every (stream, outcome), registered with the recorder so
+/// the writer, which counts each record, does not look them up by name.
+static LOG_RECORDS: OnceLock<[[Counter; LOG_OUTCOMES.len()]; LOG_STREAMS.len()]> = OnceLock::new();
+
+fn register_log_records() {
+    LOG_RECORDS.get_or_init(|| {
+        LOG_STREAMS.map(|s| {
+            LOG_OUTCOMES.map(|o| counter!(LOG_RECORDS_TOTAL, "stream" => s, "outcome" => o))
+        })
+    });
+}
+
 /// Counts prediction log records by stream and outcome.
 pub fn log_records(stream: &'static str, outcome: &'static str, n: u64) {
-    counter!(LOG_RECORDS_TOTAL, "stream" => stream, "outcome" => outcome).increment(n);
+    let registered = LOG_RECORDS.get().and_then(|table| {
+        let s = LOG_STREAMS.iter().position(|x| *x == stream)?;
+        let o = LOG_OUTCOMES.iter().position(|x| *x == outcome)?;
+        Some(&table[s][o])
+    });
+    match registered {
+        Some(c) => c.increment(n),
+        None => counter!(LOG_RECORDS_TOTAL, "stream" => stream, "outcome" => outcome).increment(n),
+    }
 }
 
 pub fn log_segments_deleted(stream: &'static str, n: u64) {

@@ -151,8 +151,8 @@ impl Default for RoutingConfig {
 
 #[derive(Debug, Clone)]
 pub struct RoutingSettings {
-    /// Lowercase, as hyper stores header names.
-    pub key_header: String,
+    /// Checked once here, so a request's lookup only hashes it.
+    pub key_header: hyper::header::HeaderName,
     pub shadow_max_in_flight: usize,
     pub shadow_tolerance: f64,
     pub rollout_interval: Duration,
@@ -160,13 +160,13 @@ pub struct RoutingSettings {
 
 impl RoutingConfig {
     pub fn validate(self) -> Result<RoutingSettings, InvalidSetting> {
-        let key_header = self.key_header.to_ascii_lowercase();
-        if hyper::header::HeaderName::from_bytes(key_header.as_bytes()).is_err() {
+        let Ok(key_header) = hyper::header::HeaderName::from_bytes(self.key_header.as_bytes())
+        else {
             return Err(InvalidSetting::new(
                 "routing.key_header",
                 format!("'{}' is not a valid header name", self.key_header),
             ));
-        }
+        };
         if !(self.shadow_tolerance.is_finite() && self.shadow_tolerance >= 0.0) {
             return Err(InvalidSetting::new(
                 "routing.shadow_tolerance",

@@ -115,7 +115,7 @@ pub async fn infer(
     let started = Instant::now();
     let header_key = req
         .headers()
-        .get(gw.settings.routing.key_header.as_str())
+        .get(&gw.settings.routing.key_header)
         .map(|v| key_hash(v.as_bytes()));
     let mut trace = crate::telemetry::begin(req.headers(), started);
     let request = match read_request(gw, req).await {
@@ -175,8 +175,8 @@ pub async fn infer(
 
 async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferRequest, ApiError> {
     let limit = gw.settings.http.max_body_bytes;
-    let header_len = header_usize(&req, HEADER_CONTENT_LENGTH)?;
-    if header_usize(&req, CONTENT_LENGTH.as_str())?.is_some_and(|n| n > limit) {
+    let header_len = header_usize(&req, &CONTENT_LENGTH_HEADER)?;
+    if header_usize(&req, &CONTENT_LENGTH)?.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let body = Limited::new(req.into_body(), limit)
@@ -264,7 +264,7 @@ fn int_header(v: u64) -> HeaderValue {
     }
 }
 
-fn header_usize<B>(req: &Request<B>, name: &str) -> Result<Option<usize>, ApiError> {
+fn header_usize<B>(req: &Request<B>, name: &HeaderName) -> Result<Option<usize>, ApiError> {
     match req.headers().get(name) {
         None => Ok(None),
         Some(v) => v
