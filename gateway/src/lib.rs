@@ -53,6 +53,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod grpc;
+pub mod histogram;
 pub mod http;
 pub mod inference;
 pub mod ingress;

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{
-    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
-};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::histogram::{self, DURATION_BUCKETS, Histogram, SIZE_BUCKETS};
 use crate::routing::Arm;
 
 pub const REQUESTS_TOTAL: &str = "quiver_requests_total";
@@ -32,6 +30,18 @@ pub const ARM_REQUEST_DURATION: &str = "quiver_arm_request_duration_seconds";
 pub const SHADOW_TOTAL: &str = "quiver_shadow_requests_total";
 pub const SHADOW_AGREEMENT_TOTAL: &str = "quiver_shadow_agreement_total";
 pub const SHADOW_DURATION: &str = "quiver_shadow_duration_seconds";
+const REQUEST_DURATION_HELP: &str =
+    "Server-side time per inference request, body read to response.";
+const QUEUE_DURATION_HELP: &str = "Time a request waited in the batch queue.";
+const COMPUTE_DURATION_HELP: &str = "Time the engine took per batch.";
+const BATCH_SIZE_HELP: &str = "Rows per batch run by the engine.";
+const ARM_REQUEST_DURATION_HELP: &str = "Server-side time per request by model, version and arm.";
+const SHADOW_DURATION_HELP: &str = "Time from queueing a shadow copy to its answer.";
+
+fn seconds(name: &'static str, help: &'static str, labels: &[(&str, &str)]) -> Histogram {
+    histogram::register(name, help, &DURATION_BUCKETS, labels)
+}
+
 pub const ROLLOUT_DECISIONS_TOTAL: &str = "quiver_rollout_decisions_total";
 pub const ROLLOUT_STABLE_VERSION: &str = "quiver_rollout_stable_version";
 pub const ROLLOUT_CANARY_WEIGHT: &str = "quiver_rollout_canary_weight";
@@ -78,45 +88,20 @@ pub fn install() -> Result<PrometheusHandle, String> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
-    let duration_buckets = [
-        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-        0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    ];
-    let size_buckets = [
-        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-    ];
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &duration_buckets)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &size_buckets))
-        .map_err(|e| e.to_string())?
-        .build_recorder();
+    let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
     describe();
     register_log_records();
-    spawn_upkeep(handle.clone())?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// How often recorded histogram samples are folded into their buckets.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The recorder keeps every histogram sample until it is folded into the
-/// buckets, which only a scrape or an upkeep does: without this, memory
-/// grows with traffic between scrapes (about 40 bytes a request), or
-/// forever when nobody scrapes. A process-long thread, like the recorder
-/// it serves; it needs no shutdown.
-fn spawn_upkeep(handle: PrometheusHandle) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("quiver-metrics-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
-                handle.run_upkeep();
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))
+/// The whole `/metrics` text: the recorder's counters and gauges, then
+/// the request path's histograms ([`crate::histogram`]).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    crate::histogram::render(&mut out);
+    out
 }
 
 fn describe() {
@@ -137,22 +122,6 @@ fn describe() {
         REQUESTS_TOTAL,
         "Inference requests by model, version, protocol (http, grpc, kafka) and outcome."
     );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "Server-side time per inference request, body read to response."
-    );
-    describe_histogram!(
-        QUEUE_DURATION,
-        Unit::Seconds,
-        "Time a request waited in the batch queue."
-    );
-    describe_histogram!(
-        COMPUTE_DURATION,
-        Unit::Seconds,
-        "Time the engine took per batch."
-    );
-    describe_histogram!(BATCH_SIZE, Unit::Count, "Rows per batch run by the engine.");
     describe_gauge!(
         QUEUE_DEPTH,
         Unit::Count,
@@ -209,11 +178,6 @@ fn describe() {
         ROUTED_TOTAL,
         "Requests by model, version and arm (stable, canary, pinned) and outcome."
     );
-    describe_histogram!(
-        ARM_REQUEST_DURATION,
-        Unit::Seconds,
-        "Server-side time per request by model, version and arm."
-    );
     describe_counter!(
         SHADOW_TOTAL,
         "Shadow copies by outcome: success, error, skipped (shadow capacity or queue full)."
@@ -221,11 +185,6 @@ fn describe() {
     describe_counter!(
         SHADOW_AGREEMENT_TOTAL,
         "Shadow answers that agreed (or not) with the served answer."
-    );
-    describe_histogram!(
-        SHADOW_DURATION,
-        Unit::Seconds,
-        "Time from queueing a shadow copy to its answer."
     );
     describe_counter!(
         ROLLOUT_DECISIONS_TOTAL,
@@ -461,10 +420,10 @@ impl VersionMetrics {
         let (m, v) = (model.to_string(), version.to_string());
         VersionMetrics {
             outcomes: PROTOCOLS.map(|p| OUTCOMES.map(|o| counter!(REQUESTS_TOTAL, "model" => m.clone(), "version" => v.clone(), "protocol" => p, "outcome" => o))),
-            request_duration: histogram!(REQUEST_DURATION, "model" => m.clone(), "version" => v.clone()),
-            queue_duration: histogram!(QUEUE_DURATION, "model" => m.clone(), "version" => v.clone()),
-            compute_duration: histogram!(COMPUTE_DURATION, "model" => m.clone(), "version" => v.clone()),
-            batch_size: histogram!(BATCH_SIZE, "model" => m.clone(), "version" => v.clone()),
+            request_duration: seconds(REQUEST_DURATION, REQUEST_DURATION_HELP, &[("model", &m), ("version", &v)]),
+            queue_duration: seconds(QUEUE_DURATION, QUEUE_DURATION_HELP, &[("model", &m), ("version", &v)]),
+            compute_duration: seconds(COMPUTE_DURATION, COMPUTE_DURATION_HELP, &[("model", &m), ("version", &v)]),
+            batch_size: histogram::register(BATCH_SIZE, BATCH_SIZE_HELP, &SIZE_BUCKETS, &[("model", &m), ("version", &v)]),
             queue_depth: gauge!(QUEUE_DEPTH, "model" => m.clone(), "version" => v.clone()),
             busy_instances: gauge!(BUSY_INSTANCES, "model" => m.clone(), "version" => v.clone()),
             expired: counter!(DROPPED_TOTAL, "model" => m.clone(), "version" => v.clone(), "reason" => "expired"),
@@ -475,14 +434,14 @@ impl VersionMetrics {
                 .collect(),
             arm_duration: Arm::ALL
                 .iter()
-                .map(|a| histogram!(ARM_REQUEST_DURATION, "model" => m.clone(), "version" => v.clone(), "arm" => a.as_str()))
+                .map(|a| seconds(ARM_REQUEST_DURATION, ARM_REQUEST_DURATION_HELP, &[("model", &m), ("version", &v), ("arm", a.as_str())]))
                 .collect(),
             shadow_success: counter!(SHADOW_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => "success"),
             shadow_error: counter!(SHADOW_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => "error"),
             shadow_skipped: counter!(SHADOW_TOTAL, "model" => m.clone(), "version" => v.clone(), "outcome" => "skipped"),
             shadow_agree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "true"),
             shadow_disagree: counter!(SHADOW_AGREEMENT_TOTAL, "model" => m.clone(), "version" => v.clone(), "agree" => "false"),
-            shadow_duration: histogram!(SHADOW_DURATION, "model" => m, "version" => v),
+            shadow_duration: seconds(SHADOW_DURATION, SHADOW_DURATION_HELP, &[("model", &m), ("version", &v)]),
             totals: Arc::new(Totals::default()),
             dashboard: std::sync::Arc::default(),
         }

@@ -47,7 +47,11 @@ pub fn server_metadata() -> Response<Body> {
 }
 
 pub fn metrics(gw: &Gateway) -> Response<Body> {
-    reply::bytes(200, "text/plain; version=0.0.4", gw.prometheus.render())
+    reply::bytes(
+        200,
+        "text/plain; version=0.0.4",
+        crate::metrics::render(&gw.prometheus),
+    )
 }
 
 #[derive(Serialize)]
