@@ -76,10 +76,20 @@ fn param<'a>(params: &'a Option<Map<String, Value>>, key: &str) -> Option<&'a Va
     params.as_ref().and_then(|p| p.get(key))
 }
 
+/// Names a tensor in an error message ("input 'x'"), formatted only
+/// when an error is.
+struct Named<'a>(&'static str, &'a str);
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} '{}'", self.0, self.1)
+    }
+}
+
 fn bool_param(
     params: &Option<Map<String, Value>>,
     key: &str,
-    whose: &str,
+    whose: impl std::fmt::Display,
 ) -> Result<Option<bool>, ProtocolError> {
     match param(params, key) {
         None => Ok(None),
@@ -93,7 +103,7 @@ fn bool_param(
 fn u64_param(
     params: &Option<Map<String, Value>>,
     key: &str,
-    whose: &str,
+    whose: impl std::fmt::Display,
 ) -> Result<Option<u64>, ProtocolError> {
     match param(params, key) {
         None => Ok(None),
@@ -133,7 +143,7 @@ pub fn parse_infer_request(
 
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
-        let whose = format!("input '{}'", input.name);
+        let whose = Named("input", &input.name);
         let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
             ProtocolError(format!("{whose} has unknown datatype '{}'", input.datatype))
         })?;
@@ -198,7 +208,7 @@ pub fn parse_infer_request(
         let binary = bool_param(
             &output.parameters,
             "binary_data",
-            &format!("output '{}'", output.name),
+            Named("output", &output.name),
         )?;
         outputs.push(RequestedOutput {
             name: output.name,
