@@ -179,7 +179,7 @@ pub async fn infer(
 
 async fn read_request(gw: &Gateway, req: Request<Incoming>) -> Result<InferRequest, ApiError> {
     let limit = gw.settings.http.max_body_bytes;
-    let header_len = header_usize(&req, &CONTENT_LENGTH_HEADER)?;
+    let header_len = header_usize(&req, &INFERENCE_HEADER_LENGTH)?;
     if header_usize(&req, &CONTENT_LENGTH)?.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -212,7 +212,7 @@ fn encode(route: &Route, answer: &Answer) -> Response<Body> {
     let mut resp = reply::bytes(200, content_type, encoded.body);
     let headers = resp.headers_mut();
     if let Some(n) = encoded.header_len {
-        headers.insert(CONTENT_LENGTH_HEADER, int_header(n as u64));
+        headers.insert(INFERENCE_HEADER_LENGTH, int_header(n as u64));
     }
     headers.insert(MODEL_VERSION, int_header(spec.version));
     headers.insert(QUEUE_US, int_header(micros(answer.queue_time)));
@@ -227,7 +227,7 @@ fn encode(route: &Route, answer: &Answer) -> Response<Body> {
 }
 
 // Checked once, at compile time, rather than on every response.
-const CONTENT_LENGTH_HEADER: HeaderName = HeaderName::from_static(HEADER_CONTENT_LENGTH);
+const INFERENCE_HEADER_LENGTH: HeaderName = HeaderName::from_static(HEADER_CONTENT_LENGTH);
 const MODEL_VERSION: HeaderName = HeaderName::from_static(HEADER_MODEL_VERSION);
 const QUEUE_US: HeaderName = HeaderName::from_static(HEADER_QUEUE_US);
 const COMPUTE_US: HeaderName = HeaderName::from_static(HEADER_COMPUTE_US);
